@@ -1,0 +1,148 @@
+"""Chat template -> token ids and assistant-only labels -> padded, typed batches.
+
+Every conversation is rendered with `tokenizer.apply_chat_template`, the one template used
+in training, evaluation and inference. Assistant spans are found by rendering prefixes of
+the conversation (so any template works, not only ChatML):
+
+    start of turn i = len(render(messages[:i], add_generation_prompt=True))
+    end of turn i   = len(render(messages[:i + 1]))
+
+The characters in [start, end) are the assistant's reply and its end-of-turn token; they
+are mapped to tokens through the fast tokenizer's offsets, so BPE merges across the
+boundary cannot shift the mask. Whitespace-only tokens at the end of a span (ChatML's "\\n"
+after <|im_end|>) are the template's separator, not something the model must say, and are
+not supervised. System, user and tool turns and the assistant header are -100.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+class TemplateError(ValueError):
+    """The tokenizer's chat template cannot be used for assistant-only masking."""
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise TemplateError(f"Tokenizer {tokenizer.name_or_path} has no chat template; "
+                            f"set one (tokenizer.chat_template) or pick a chat tokenizer.")
+    return tokenizer.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the [start, end) character span of every assistant turn."""
+    text = render(tokenizer, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        head = render(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = render(tokenizer, messages[: i + 1])
+        if not text.startswith(head) or not text.startswith(upto) or len(upto) < len(head):
+            raise TemplateError(f"The chat template of {tokenizer.name_or_path} does not render "
+                                f"conversation prefixes as prefixes of the whole conversation, "
+                                f"so assistant turns cannot be located.")
+        spans.append((len(head), len(upto)))
+    return text, spans
+
+
+def tokenize_conversation(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 outside assistant turns), right-truncated to `max_length`."""
+    text, spans = assistant_char_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in spans:
+        inside = [t for t, (a, b) in enumerate(offsets) if a >= start and b <= end and b > a]
+        # Drop trailing separator tokens ("\n" after the end-of-turn token).
+        while inside and not tokenizer.decode([ids[inside[-1]]]).strip():
+            inside.pop()
+        for t in inside:
+            labels[t] = ids[t]
+    return ids[:max_length], labels[:max_length]
+
+
+def tokenize_sft_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """Tokenize canonical SFT rows; drop (and count) rows left with no supervised token."""
+    out, dropped = [], 0
+    for row in rows:
+        ids, labels = tokenize_conversation(tokenizer, row["messages"], max_length)
+        if all(label == IGNORE_INDEX for label in labels):
+            dropped += 1
+            continue
+        out.append({"input_ids": ids, "labels": labels, "row": row["row"]})
+    return out, dropped
+
+
+@dataclass
+class SFTBatch:
+    """A right-padded batch for next-token training.
+
+    input_ids:      (B, T) long, padded with the tokenizer's pad id.
+    attention_mask: (B, T) long, 1 on real tokens, 0 on padding.
+    labels:         (B, T) long, the token id on supervised positions, -100 elsewhere.
+                    labels[b, t] is the target of position t itself; the loss shifts.
+    """
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        """Supervised tokens that the loss counts (each label after the first position)."""
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+@dataclass
+class StepBatch:
+    """All micro-batches of one optimizer step (--batch-size rows each,
+    --accumulate-grad-batches of them). Keeping them together lets the loss be normalised
+    by the supervised tokens of the whole step, so accumulation equals one big batch."""
+    micro_batches: list[SFTBatch]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(mb.num_tokens for mb in self.micro_batches)
+
+
+def pad_sft(examples: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> SFTBatch:
+    """Right-pad tokenized examples into an SFTBatch."""
+    longest = max(len(e["input_ids"]) for e in examples)
+    T = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    B = len(examples)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, T), dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    for b, e in enumerate(examples):
+        n = len(e["input_ids"])
+        input_ids[b, :n] = torch.tensor(e["input_ids"])
+        attention_mask[b, :n] = 1
+        labels[b, :n] = torch.tensor(e["labels"])
+    return SFTBatch(input_ids, attention_mask, labels)
+
+
+class SFTCollator:
+    """DataLoader collate_fn: tokenized examples -> SFTBatch (validation) or StepBatch (training)."""
+
+    def __init__(self, pad_id: int, micro_batch_size: int | None = None, pad_to_multiple_of: int = 1):
+        self.pad_id = pad_id
+        self.micro_batch_size = micro_batch_size
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: list[dict]):
+        if self.micro_batch_size is None:
+            return pad_sft(examples, self.pad_id, self.pad_to_multiple_of)
+        chunks = [examples[i:i + self.micro_batch_size]
+                  for i in range(0, len(examples), self.micro_batch_size)]
+        return StepBatch([pad_sft(c, self.pad_id, self.pad_to_multiple_of) for c in chunks])
+
+
+def prompt_and_reference(messages: list[dict]) -> tuple[list[dict], str]:
+    """Split a conversation at its last assistant turn: (prompt messages, reference reply)."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]

@@ -1,0 +1,357 @@
+"""Load a data set, adapt it to one canonical row per training type, and filter it.
+
+    CustomDataset("HuggingFaceTB/smol-smoltalk", split="train", training_type="sft")
+    CustomDataset("embedded/data/prefs", split="test", training_type="dpo")
+    CustomDataset("../shared/data/hh-rlhf/harmless-base-test-part1.jsonl.gz", "train", "dpo")
+
+Sources: a Hub name (`load_dataset`), a local file (.json/.jsonl/.csv/.parquet, optionally
+.gz), a `save_to_disk` folder, or a folder of such files whose names give the splits
+(`train.jsonl`, `test_prefs.jsonl`, ...).
+
+Canonical rows (what the collators consume):
+  sft / sft_verifier:  {"messages": [{"role", "content"}, ...]}         (at least one assistant turn)
+  dpo / bt:            {"prompt": [messages...], "chosen": [assistant message],
+                        "rejected": [assistant message]}
+Known source formats: smoltalk / ultrafeedback `messages`; ultrafeedback_binarized
+`prompt`/`chosen`/`rejected` message lists; Anthropic hh-rlhf `chosen`/`rejected`
+transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ..."); `prompt`/`completion` strings.
+
+Filters, in this order: --dataset-source, --{train,test}-percentile, then
+--{train,test}-dataset-length (first rows, or a seeded random subset with
+--dataset-random-sample). Bad rows raise `DataError` naming the data set, row and field;
+the row index counts from 0 in the source split (the file, for a single file),
+before any held-out split or filter.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+ROLES = ("system", "user", "assistant", "tool")
+SFT_TYPES = ("sft", "sft_verifier")
+PREFERENCE_TYPES = ("dpo", "bt")
+# Split names each request may resolve to, in order of preference.
+SPLIT_ALIASES = {
+    "train": {"sft": ("train_sft", "train"), "pref": ("train_prefs", "train")},
+    "test": {"sft": ("test_sft", "test", "validation", "valid", "val"),
+             "pref": ("test_prefs", "test", "validation", "valid", "val")},
+}
+# A held-out split made from `train` when the source has none. A constant seed (not
+# --seed) so runs with different seeds are evaluated on the same rows.
+HELDOUT_SEED = 1234
+HELDOUT_FRACTION = 0.1
+HELDOUT_MAX_ROWS = 1000
+DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+log = logging.getLogger("data")
+
+
+class DataError(ValueError):
+    """A user's data is unusable; the message is one sentence naming data set, row and field."""
+
+
+@dataclass
+class DataStats:
+    """Counts reported in the logs: rows read, rows kept by each filter, rows skipped."""
+    source_rows: int = 0
+    after_source: int = 0
+    after_percentile: int = 0
+    after_length: int = 0
+    skipped_bad_rows: int = 0
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _strip_compression(path: str) -> str:
+    return path[:-3] if path.endswith(".gz") else path
+
+
+def _file_builder(path: str) -> str:
+    ext = os.path.splitext(_strip_compression(path))[1]
+    return {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[ext]
+
+
+def _is_data_file(path: str) -> bool:
+    return _strip_compression(path).endswith(DATA_EXTENSIONS)
+
+
+def _load_file(path: str):
+    import datasets
+    try:
+        return datasets.load_dataset(_file_builder(path), data_files=path, split="train")
+    except Exception as e:  # noqa: BLE001 - arrow/json errors come in many types
+        raise DataError(f"Could not read data file {path}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def load_splits(name_or_path: str) -> dict:
+    """Return {split_name: datasets.Dataset} for a Hub name, file, or folder."""
+    import datasets
+    if os.path.isfile(name_or_path):
+        if not _is_data_file(name_or_path):
+            raise DataError(f"Data file {name_or_path} has an unsupported extension "
+                            f"(expected one of {', '.join(DATA_EXTENSIONS)}, optionally .gz).")
+        return {"train": _load_file(name_or_path)}
+    if os.path.isdir(name_or_path):
+        if any(os.path.exists(os.path.join(name_or_path, f))
+               for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
+            loaded = datasets.load_from_disk(name_or_path)
+            return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+        files = sorted(f for f in os.listdir(name_or_path) if _is_data_file(f))
+        if not files:
+            raise DataError(f"Data folder {name_or_path} holds no data files "
+                            f"({', '.join(DATA_EXTENSIONS)}) and is not a save_to_disk folder.")
+        # The file's stem names the split: train.jsonl -> train, test_prefs.jsonl.gz -> test_prefs.
+        return {os.path.splitext(_strip_compression(f))[0]: _load_file(os.path.join(name_or_path, f))
+                for f in files}
+    if name_or_path.startswith((".", "/", "~")) or _is_data_file(name_or_path):
+        raise DataError(f"Data set path {name_or_path} does not exist.")
+    try:
+        return dict(datasets.load_dataset(name_or_path))
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types
+        raise DataError(f"Could not load data set '{name_or_path}' from the Hugging Face Hub "
+                        f"(no such local path either): {_first_line(e)}") from None
+
+
+def pick_split(splits: dict, split: str, training_type: str, name: str):
+    """Choose the source split for `train`/`test`. A source with no test split is split
+    once, with a constant seed, into train and held-out rows (each kept in source order)."""
+    kind = "pref" if training_type in PREFERENCE_TYPES else "sft"
+    train_name = next((c for c in SPLIT_ALIASES["train"][kind] if c in splits), None)
+    test_name = next((c for c in SPLIT_ALIASES["test"][kind] if c in splits), None)
+    if split == "test" and test_name is not None:
+        return splits[test_name]
+    if train_name is None:
+        raise DataError(f"Data set {name} has no '{split}' split (found: {', '.join(splits)}).")
+    train = splits[train_name]
+    if test_name is not None:
+        return train
+    if len(train) < 2:
+        raise DataError(f"Data set {name} has {len(train)} row(s): too few to hold some out for testing.")
+    n_test = max(1, min(HELDOUT_MAX_ROWS, int(round(HELDOUT_FRACTION * len(train)))))
+    order = np.random.default_rng(HELDOUT_SEED).permutation(len(train))
+    keep = order[:n_test] if split == "test" else order[n_test:]
+    return train.select(np.sort(keep))
+
+
+# ---------------------------------------------------------------------- format adapters
+
+def hh_transcript_to_messages(text: str) -> list[dict]:
+    """Anthropic "\\n\\nHuman: ...\\n\\nAssistant: ..." transcript -> chat messages."""
+    if not isinstance(text, str):
+        raise ValueError("transcript is not a string")
+    pieces = HH_TURN.split(text)
+    if pieces[0].strip():
+        raise ValueError("transcript does not start with '\\n\\nHuman:'")
+    messages = []
+    for speaker, content in zip(pieces[1::2], pieces[2::2]):
+        messages.append({"role": "user" if speaker == "Human" else "assistant",
+                         "content": content.strip()})
+    if not messages:
+        raise ValueError("transcript has no 'Human:' or 'Assistant:' turns")
+    return messages
+
+
+def _check_messages(messages, field: str, need_assistant: bool = True) -> None:
+    """Raise ValueError('<field>...: reason') for a malformed message list."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{field}: expected a non-empty list of messages")
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"{field}[{j}]: expected an object with 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise ValueError(f"{field}[{j}].role: unknown role {m['role']!r} (expected one of {', '.join(ROLES)})")
+        if not isinstance(m["content"], str):
+            raise ValueError(f"{field}[{j}].content: expected a string, got {type(m['content']).__name__}")
+        if not m["content"].strip():
+            raise ValueError(f"{field}[{j}].content: empty content")
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise ValueError(f"{field}: the conversation has no assistant turn")
+
+
+def _clean(messages: list) -> list[dict]:
+    # Arrow adds None for keys other rows have (tool_calls, ...); keep role and content only.
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def adapt_sft(row: dict) -> dict:
+    """Any known format -> {"messages": [...]}."""
+    if "messages" in row and row["messages"] is not None:
+        messages = row["messages"]
+        _check_messages(messages, "messages")
+        return {"messages": _clean(messages)}
+    if isinstance(row.get("chosen"), str):          # hh-rlhf: train on the chosen transcript
+        try:
+            messages = hh_transcript_to_messages(row["chosen"])
+        except ValueError as e:
+            raise ValueError(f"chosen: {e}") from None
+        _check_messages(messages, "chosen")
+        return {"messages": messages}
+    if isinstance(row.get("chosen"), list):         # ultrafeedback prefs: the chosen conversation
+        _check_messages(row["chosen"], "chosen")
+        return {"messages": _clean(row["chosen"])}
+    if "prompt" in row and "completion" in row:
+        for key in ("prompt", "completion"):
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise ValueError(f"{key}: expected a non-empty string")
+        return {"messages": [{"role": "user", "content": row["prompt"]},
+                             {"role": "assistant", "content": row["completion"]}]}
+    raise ValueError("missing column: expected 'messages', 'chosen' or 'prompt'+'completion'")
+
+
+def adapt_preference(row: dict) -> dict:
+    """Any known format -> {"prompt": [...], "chosen": [assistant], "rejected": [assistant]}."""
+    for key in ("chosen", "rejected"):
+        if row.get(key) is None:
+            raise ValueError(f"{key}: missing column")
+    chosen, rejected = row["chosen"], row["rejected"]
+    if isinstance(chosen, str) and isinstance(rejected, str):   # hh-rlhf transcripts
+        try:
+            chosen = hh_transcript_to_messages(chosen)
+        except ValueError as e:
+            raise ValueError(f"chosen: {e}") from None
+        try:
+            rejected = hh_transcript_to_messages(rejected)
+        except ValueError as e:
+            raise ValueError(f"rejected: {e}") from None
+    for key, conv in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(conv, list) or not conv:
+            raise ValueError(f"{key}: expected a message list or a transcript string")
+        if not isinstance(conv[-1], dict) or conv[-1].get("role") != "assistant":
+            raise ValueError(f"{key}: the last message is not an assistant message")
+        _check_messages(conv, key)
+    prompt_c, prompt_r = _clean(chosen[:-1]), _clean(rejected[:-1])
+    if prompt_c != prompt_r:
+        raise ValueError("chosen/rejected: the two conversations have different prompts")
+    if not prompt_c:
+        raise ValueError("chosen: no prompt before the reply")
+    return {"prompt": prompt_c, "chosen": _clean(chosen[-1:]), "rejected": _clean(rejected[-1:])}
+
+
+ADAPTERS = {"sft": adapt_sft, "sft_verifier": adapt_sft, "dpo": adapt_preference, "bt": adapt_preference}
+
+
+# ------------------------------------------------------------------------------ filters
+
+def string_length(value) -> int:
+    """Characters of text in a row: the sum over every string it holds, at any depth."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(string_length(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(string_length(v) for v in value)
+    return 0
+
+
+def percentile_filter(ds, percentile: float):
+    """Keep rows whose string length is <= the `percentile`-th percentile of lengths."""
+    lengths = np.array([string_length(r) for r in ds])
+    threshold = np.percentile(lengths, percentile)
+    return ds.select(np.flatnonzero(lengths <= threshold))
+
+
+def length_filter(ds, length: int, random_sample: bool, seed: int):
+    """Cap the row count: the first `length` rows, or a seeded random subset (in source order)."""
+    if length >= len(ds):
+        return ds
+    if random_sample:
+        keep = np.sort(np.random.default_rng(seed).choice(len(ds), size=length, replace=False))
+        return ds.select(keep)
+    return ds.select(range(length))
+
+
+# ------------------------------------------------------------------------------ dataset
+
+class CustomDataset(torch.utils.data.Dataset):
+    """Canonical rows of one split of a data set, after filtering.
+
+    Args:
+        name_or_path: Hub name, file, or folder.
+        split: "train" or "test".
+        training_type: selects the canonical row (see the module docstring).
+        source: keep rows whose `source` column equals this (--dataset-source).
+        percentile: keep rows with string length <= this percentile, in (0, 100].
+        length: keep at most this many rows.
+        random_sample: with `length`, take a random subset seeded by `seed`.
+        skip_bad_rows: skip (and count, logging the first few reasons) rows that fail
+            validation instead of stopping at the first one. Real data sets have such
+            rows: the hh-rlhf slice has transcripts with an empty last reply and one pair
+            whose transcripts diverge before the last turn.
+    """
+
+    def __init__(self, name_or_path: str, split: str, training_type: str, *,
+                 source: str | None = None, percentile: float | None = None,
+                 length: int | None = None, random_sample: bool = False, seed: int = 0,
+                 skip_bad_rows: bool = False):
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if training_type not in ADAPTERS:
+            raise ValueError(f"no data adapter for training type {training_type!r}")
+        self.name, self.split, self.training_type = name_or_path, split, training_type
+        self.skip_bad_rows = skip_bad_rows
+        self.stats = DataStats()
+        # Number rows before any split or filter, so errors point at the row in the source.
+        splits = {k: v.add_column("_row", list(range(len(v)))) for k, v in load_splits(name_or_path).items()}
+        ds = pick_split(splits, split, training_type, name_or_path)
+        self.stats.source_rows = len(ds)
+        if source is not None:
+            if "source" not in ds.column_names:
+                raise DataError(f"Data set {name_or_path} ({split}) has no 'source' column, "
+                                f"which --dataset-source needs.")
+            ds = ds.filter(lambda s: s == source, input_columns="source")
+            if len(ds) == 0:
+                raise DataError(f"Data set {name_or_path} ({split}) has no rows with source "
+                                f"{source!r}.")
+        self.stats.after_source = len(ds)
+        if percentile is not None and len(ds):
+            ds = percentile_filter(ds, percentile)
+        self.stats.after_percentile = len(ds)
+        if length is not None:
+            ds = length_filter(ds, length, random_sample, seed)
+        self.stats.after_length = len(ds)
+        self.rows = self._adapt(ds)
+        if not self.rows:
+            raise DataError(f"Data set {name_or_path} ({split}) is empty after filtering.")
+
+    def _adapt(self, ds) -> list[dict]:
+        adapt = ADAPTERS[self.training_type]
+        rows = []
+        for raw in ds:
+            row_idx = raw.pop("_row")
+            try:
+                row = adapt(raw)
+            except ValueError as e:
+                where = f"Data set {self.name} ({self.split}), row {row_idx}, field {e}"
+                if not self.skip_bad_rows:
+                    raise DataError(f"{where} (--skip-bad-rows skips and counts such rows).") from None
+                self.stats.skipped_bad_rows += 1
+                if self.stats.skipped_bad_rows <= 5:
+                    log.warning("skipped: %s", where)
+                continue
+            row["row"] = row_idx
+            rows.append(row)
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+    def describe(self) -> str:
+        s = self.stats
+        text = (f"{self.name} [{self.split}]: {s.source_rows} rows, {s.after_source} after source filter, "
+                f"{s.after_percentile} after percentile filter, {len(self)} used")
+        if s.skipped_bad_rows:
+            text += f", {s.skipped_bad_rows} bad rows skipped"
+        return text

@@ -1,0 +1,1 @@
+"""Embedded default model and data sets (see README.md); ``embedded.task`` generates the task."""

@@ -1,0 +1,18 @@
+"""Loss registry: training type -> pure loss function.
+
+Each loss lives in its own file with its paper's equation in the docstring. The module
+looks the function up here; adding a training type adds one entry, not a branch.
+Training types listed in NOT_YET are accepted by the command line's choices but fail at
+start-up with a sentence saying which piece of work brings them.
+"""
+from losses.sft import sft_loss
+
+LOSSES = {
+    "sft": sft_loss,
+}
+
+NOT_YET = {
+    "dpo": "the preference-learning work (DPO, Bradley-Terry, win rate)",
+    "bt": "the preference-learning work (DPO, Bradley-Terry, win rate)",
+    "sft_verifier": "the GenRM-CoT extension",
+}

@@ -1,0 +1,53 @@
+"""Masked next-token cross-entropy (supervised fine-tuning).
+
+    L_SFT = - (1 / N) * sum_{b, t : m[b, t+1] = 1} log p_theta(y[b, t+1] | y[b, <= t])
+
+where m marks supervised (assistant) tokens and N is the number of supervised tokens.
+The reduction is a per-token mean over the supervised tokens of the whole optimizer step
+(every micro-batch of a gradient-accumulation window, on every DDP worker), not a mean of
+per-sequence or per-micro-batch means: the caller passes that step-wide N as
+`normalizer`, so micro-batch 4 x accumulation 2 gives the same gradient as batch 8.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SFTLossOutput:
+    """loss: scalar, sum of token losses / normalizer. nll_sum: scalar, detached sum of
+    token losses. num_tokens: scalar long, supervised tokens in this batch."""
+    loss: torch.Tensor
+    nll_sum: torch.Tensor
+    num_tokens: torch.Tensor
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor,
+             normalizer: float | torch.Tensor | None = None) -> SFTLossOutput:
+    """Masked next-token cross-entropy.
+
+    Args:
+        logits: (B, T, V) scores for the token after each position.
+        labels: (B, T) target ids aligned with the inputs (labels[:, t] is token t);
+            -100 marks unsupervised positions. The shift happens here: logits[:, t]
+            is scored against labels[:, t + 1].
+        normalizer: the token count to divide by; defaults to this batch's supervised
+            token count (a plain per-token mean).
+    Returns:
+        SFTLossOutput. A batch with no supervised token gives loss 0 (never NaN).
+    """
+    shift_logits = logits[:, :-1, :].float()                      # (B, T-1, V)
+    shift_labels = labels[:, 1:]                                  # (B, T-1)
+    token_nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                shift_labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                                reduction="none")                 # (B*(T-1),), 0 where ignored
+    nll_sum = token_nll.sum()
+    num_tokens = (shift_labels != IGNORE_INDEX).sum()
+    denom = num_tokens if normalizer is None else normalizer
+    denom = torch.as_tensor(denom, dtype=nll_sum.dtype, device=nll_sum.device).clamp(min=1)
+    return SFTLossOutput(loss=nll_sum / denom, nll_sum=nll_sum.detach(), num_tokens=num_tokens)

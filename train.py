@@ -1,0 +1,371 @@
+"""Train or evaluate a language model: SFT (and, as they land, DPO, Bradley-Terry, GenRM-CoT).
+
+    python train.py                                  # SFT of the bundled tiny model on the bundled data
+    python train.py --training-type sft --model-name Qwen/Qwen2.5-0.5B \\
+        --dataset-name HuggingFaceTB/smol-smoltalk --lr 2e-5 --max-length 2048
+    python train.py --config my_run.yaml --lr 1e-4   # YAML supplies defaults, the command line wins
+    python train.py --mode test --resume-from-checkpoint runs/NAME/checkpoints/last.ckpt
+
+Everything a run writes lands in <--storage-path>/<--name>/: checkpoints/ (Lightning .ckpt
+files with the resolved config inside), tensorboard/ (event files), config.yaml.
+Flags keep the names of the original project's train.py; booleans are --x / --no-x.
+A flag or value whose feature has not landed yet fails with a sentence saying so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+EMBEDDED_MODEL = REPO / "embedded" / "model"
+EMBEDDED_DATA = {"sft": REPO / "embedded" / "data" / "sft", "dpo": REPO / "embedded" / "data" / "prefs",
+                 "bt": REPO / "embedded" / "data" / "prefs", "sft_verifier": REPO / "embedded" / "data" / "problems"}
+TRAINING_TYPES = ("sft", "dpo", "bt", "sft_verifier")
+PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true", "transformer-engine")
+log = logging.getLogger("train")
+
+
+class ConfigError(ValueError):
+    """A flag, flag combination or config file is unusable; the message is one sentence."""
+
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """Every flag, declared once with its default and help text."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                argument_default=argparse.SUPPRESS if suppress_defaults else None)
+
+    def add(*names, **kw):
+        if suppress_defaults:
+            kw.pop("default", None)
+        p.add_argument(*names, **kw)
+
+    flag = argparse.BooleanOptionalAction
+    g = p.add_argument_group("run")
+    add("--config", type=str, default=None, help="YAML file of flag defaults (keys are flag names); the command line wins")
+    add("--training-type", choices=TRAINING_TYPES, default="sft", help="what to train")
+    add("--mode", choices=("train", "test"), default="train",
+        help="train, or evaluate --resume-from-checkpoint (or --model-name) on the test split")
+    add("--model-name", type=str, default=None,
+        help="Hub name or local folder of the starting model (default: the bundled tiny Qwen2 model, embedded/model)")
+    add("--dataset-name", type=str, default=None,
+        help="Hub name, data file or folder (default: the bundled data set for the training type, embedded/data/)")
+    add("--storage-path", type=str, default="runs", help="where run folders are written")
+    add("--name", type=str, default=None, help="run folder name (default: <training-type>-<date>-<time>)")
+    add("--seed", type=int, default=42, help="seed for weights init, data order and sampling")
+    add("--verbose", action=flag, default=False, help="debug logging, library warnings")
+    add("--roundoff", type=int, default=None, help="round logged metric values to this many digits")
+    add("--trust-remote-code", action=flag, default=False, help="allow model code from the Hub (off for safety)")
+
+    g = p.add_argument_group("optimisation")
+    add("--max-epochs", type=int, default=1, help="epochs over the training set")
+    add("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: no limit)")
+    add("--batch-size", type=int, default=8, help="rows per micro-batch, per worker")
+    add("--accumulate-grad-batches", type=int, default=1,
+        help="micro-batches per optimizer step; the loss is normalised over the whole step")
+    add("--lr", type=float, default=2e-5, help="peak learning rate (AdamW)")
+    add("--warmup-ratio", type=float, default=0.05, help="fraction of steps of linear warm-up before linear decay to 0")
+    add("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    add("--gradient-clip-val", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    add("--max-length", type=int, default=1024, help="truncate tokenized conversations to this many tokens")
+    add("--precision", choices=PRECISIONS, default="32-true", help="Lightning precision")
+    add("--beta", type=float, default=0.1, help="DPO beta (the seed used 1.0 and 2.0)")
+    add("--lambda", dest="lambda_", type=float, default=0.1,
+        help="GenRM weight of the generation term, L_verify + lambda * L_correct (sft_verifier)")
+
+    g = p.add_argument_group("data")
+    add("--train-dataset-length", type=int, default=None, help="keep at most this many training rows")
+    add("--test-dataset-length", type=int, default=None, help="keep at most this many test rows")
+    add("--dataset-random-sample", action=flag, default=False,
+        help="with a length cap, take a seeded random subset instead of the first rows")
+    add("--dataset-source", type=str, default=None, help="keep rows whose 'source' column equals this")
+    add("--train-percentile", type=float, default=None,
+        help="keep training rows whose string length is <= this percentile (98 drops the longest 2%%)")
+    add("--test-percentile", type=float, default=None, help="same for test rows")
+    add("--sanity-train", action=flag, default=False, help="validate on the training set (checks the code can overfit)")
+
+    g = p.add_argument_group("evaluation and checkpoints")
+    add("--check-val-every-n-epoch", type=int, default=1, help="validate every N epochs")
+    add("--num-sanity-val-steps", type=int, default=2, help="validation batches run before training starts")
+    add("--val-generations", type=int, default=4, help="validation prompts answered greedily for val/edit_distance")
+    add("--val-max-new-tokens", type=int, default=128, help="token budget of those replies")
+    add("--calculate-win-rate", action=flag, default=False, help="log the win rate against the reference model")
+    add("--log-every-n-steps", type=int, default=10, help="log training metrics every N steps")
+    add("--checkpoint-frequency", type=int, default=1, help="save a checkpoint every N epochs")
+    add("--ckpt-to-keep", type=int, default=2, help="keep the N most recent checkpoints (plus last.ckpt)")
+    add("--resume-from-checkpoint", type=str, default=None,
+        help="a .ckpt file, or a run folder (its checkpoints/last.ckpt), to continue or to test")
+
+    g = p.add_argument_group("hardware and distribution")
+    add("--use-gpu", action=flag, default=False, help="train on one CUDA GPU (per worker with --use-ray)")
+    add("--use-ray", action=flag, default=False, help="run inside Ray Train")
+    add("--num-workers", type=int, default=1, help="Ray Train workers")
+    add("--strategy", type=str, default="auto", help="distribution strategy: auto, or ddp/fsdp with --use-ray")
+    add("--state-dict-type", choices=("full", "sharded"), default="full", help="FSDP checkpoint layout")
+    add("--accelerator-type", type=str, default=None, help="Ray accelerator type, e.g. H100")
+    add("--placement-strategy", type=str, default="PACK", help="Ray placement strategy")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[dict, set]:
+    """Flags -> (resolved config dict, names set explicitly on the command line or in YAML)."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    given = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
+    pre = vars(parser.parse_args(argv))
+    if pre["config"]:
+        defaults = _read_yaml_defaults(pre["config"], parser)
+        parser.set_defaults(**defaults)
+        given |= set(defaults)
+    config = vars(parser.parse_args(argv))
+    config.pop("config")
+    given.discard("config")
+    return config, given
+
+
+def _read_yaml_defaults(path: str, parser: argparse.ArgumentParser) -> dict:
+    import yaml
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of flag names to values.")
+    actions = {a.dest: a for a in parser._actions}
+    out = {}
+    for key, value in data.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        dest = "lambda_" if dest == "lambda" else dest
+        if dest not in actions or dest in ("help", "config"):
+            raise ConfigError(f"Config file {path}: unknown key '{key}'.")
+        action = actions[dest]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise ConfigError(f"Config file {path}: '{key}' must be true or false.")
+            out[dest] = value
+        elif value is None:
+            out[dest] = None
+        else:
+            # A string default goes through the flag's type and choices, like a command-line value.
+            text = str(value)
+            try:
+                converted = action.type(text) if action.type else text
+            except (TypeError, ValueError):
+                raise ConfigError(f"Config file {path}: '{key}' has an invalid value {value!r}.") from None
+            if action.choices and converted not in action.choices:
+                raise ConfigError(f"Config file {path}: '{key}' must be one of {', '.join(map(str, action.choices))}.")
+            out[dest] = converted
+    return out
+
+
+def validate(config: dict, given: set) -> None:
+    """Refuse flags we cannot honour and inconsistent combinations, one sentence each."""
+    c = config
+    if c["use_ray"]:
+        raise ConfigError("--use-ray is not available yet: Ray Train comes with the distributed and cloud work; "
+                          "run without it for now.")
+    for name in ("num_workers", "accelerator_type", "placement_strategy"):
+        if name in given and not c["use_ray"]:
+            raise ConfigError(f"--{name.replace('_', '-')} only applies with --use-ray.")
+    if c["strategy"] != "auto":
+        raise ConfigError(f"--strategy {c['strategy']} is not available yet: ddp/fsdp run inside Ray Train, "
+                          f"which comes with the distributed work; use --strategy auto.")
+    if "state_dict_type" in given and c["strategy"] != "fsdp":
+        raise ConfigError("--state-dict-type only applies to --strategy fsdp.")
+    if c["precision"] == "transformer-engine":
+        raise ConfigError("--precision transformer-engine (FP8) is not available yet: it needs an NVIDIA Hopper GPU, "
+                          "`pip install -r requirements-gpu.txt` and the distributed work that wires it.")
+    if c["training_type"] != "sft":
+        from losses import NOT_YET
+        raise ConfigError(f"--training-type {c['training_type']} is not available yet: it comes with "
+                          f"{NOT_YET[c['training_type']]}.")
+    if "beta" in given and c["training_type"] != "dpo":
+        raise ConfigError("--beta only applies to --training-type dpo.")
+    if "lambda_" in given and c["training_type"] != "sft_verifier":
+        raise ConfigError("--lambda only applies to --training-type sft_verifier.")
+    if c["calculate_win_rate"]:
+        raise ConfigError("--calculate-win-rate is not available yet: it comes with the preference-learning work.")
+    if c["use_gpu"]:
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError("--use-gpu was given but no CUDA GPU is visible to this process.")
+    positive = ("batch_size", "accumulate_grad_batches", "max_epochs", "check_val_every_n_epoch",
+                "checkpoint_frequency", "ckpt_to_keep", "log_every_n_steps")
+    for name in positive:
+        if c[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {c[name]}).")
+    for name in ("train_dataset_length", "test_dataset_length"):
+        if c[name] is not None and c[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {c[name]}).")
+    for name in ("train_percentile", "test_percentile"):
+        if c[name] is not None and not 0 < c[name] <= 100:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 100] (got {c[name]}).")
+    if c["max_length"] < 2:
+        raise ConfigError(f"--max-length must be at least 2 (got {c['max_length']}).")
+    if c["lr"] <= 0:
+        raise ConfigError(f"--lr must be positive (got {c['lr']}).")
+    if not 0 <= c["warmup_ratio"] < 1:
+        raise ConfigError(f"--warmup-ratio must be in [0, 1) (got {c['warmup_ratio']}).")
+    if c["max_steps"] == 0 or c["max_steps"] < -1:
+        raise ConfigError(f"--max-steps must be positive or -1 (got {c['max_steps']}).")
+    for name in ("num_sanity_val_steps", "val_generations", "val_max_new_tokens"):
+        if c[name] < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative (got {c[name]}).")
+    if c["roundoff"] is not None and c["roundoff"] < 0:
+        raise ConfigError(f"--roundoff must not be negative (got {c['roundoff']}).")
+
+
+def resolve(config: dict) -> dict:
+    """Fill the defaults that depend on other flags (model, data, run name, checkpoint)."""
+    c = dict(config)
+    if c["resume_from_checkpoint"]:
+        ckpt = Path(c["resume_from_checkpoint"])
+        if ckpt.is_dir():
+            ckpt = ckpt / "checkpoints" / "last.ckpt" if (ckpt / "checkpoints").is_dir() else ckpt / "last.ckpt"
+        if not ckpt.is_file():
+            raise ConfigError(f"Checkpoint {c['resume_from_checkpoint']} does not exist "
+                              f"(give a .ckpt file or a run folder holding checkpoints/last.ckpt).")
+        c["resume_from_checkpoint"] = str(ckpt)
+        if c["name"] is None and ckpt.parent.name == "checkpoints":
+            # Continue in the folder the checkpoint came from.
+            c["storage_path"], c["name"] = str(ckpt.parent.parent.parent), ckpt.parent.parent.name
+    c["model_name"] = c["model_name"] or str(EMBEDDED_MODEL)
+    c["dataset_name"] = c["dataset_name"] or str(EMBEDDED_DATA[c["training_type"]])
+    if c["name"] is None:
+        c["name"] = f"{c['training_type']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return c
+
+
+def run_dir(c: dict) -> Path:
+    return Path(c["storage_path"]) / c["name"]
+
+
+def build_data(c: dict, tokenizer):
+    """CustomDataset -> tokenized rows -> DataLoaders, logging what every filter kept."""
+    import torch
+    from collate_functions import SFTCollator, prompt_and_reference, tokenize_sft_rows
+    from custom_dataset import CustomDataset
+
+    common = dict(source=c["dataset_source"], random_sample=c["dataset_random_sample"], seed=c["seed"])
+    train = CustomDataset(c["dataset_name"], "train", c["training_type"], percentile=c["train_percentile"],
+                          length=c["train_dataset_length"], **common) if c["mode"] == "train" else None
+    if c["sanity_train"] and train is not None:
+        test = train
+    else:
+        test = CustomDataset(c["dataset_name"], "test", c["training_type"], percentile=c["test_percentile"],
+                             length=c["test_dataset_length"], **common)
+    counts = {}
+    loaders = {}
+    for split, ds in (("train", train), ("test", test)):
+        if ds is None:
+            continue
+        rows, dropped = tokenize_sft_rows(ds, tokenizer, c["max_length"])
+        if not rows:
+            from custom_dataset import DataError
+            raise DataError(f"Data set {ds.name} ({split}): every row lost all its assistant tokens to "
+                            f"truncation at --max-length {c['max_length']}.")
+        log.info("%s; %d dropped (no assistant token left after truncation to %d tokens)",
+                 ds.describe(), dropped, c["max_length"])
+        counts[f"data/{split}_rows"], counts[f"data/{split}_dropped_truncated"] = len(rows), dropped
+        counts[f"data/{split}_skipped_empty_reply"] = ds.stats.skipped_empty_reply
+        if split == "train":
+            generator = torch.Generator().manual_seed(c["seed"])
+            loaders[split] = torch.utils.data.DataLoader(
+                rows, batch_size=c["batch_size"] * c["accumulate_grad_batches"], shuffle=True,
+                generator=generator, collate_fn=SFTCollator(tokenizer.pad_token_id, c["batch_size"]))
+        else:
+            loaders[split] = torch.utils.data.DataLoader(
+                rows, batch_size=c["batch_size"], shuffle=False, collate_fn=SFTCollator(tokenizer.pad_token_id))
+    val_prompts = [prompt_and_reference(row["messages"]) for row in list(test)[: c["val_generations"]]]
+    return loaders, val_prompts, counts
+
+
+def build_trainer(c: dict, out: Path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="epoch={epoch}-step={step}",
+                                 auto_insert_metric_name=False, every_n_epochs=c["checkpoint_frequency"],
+                                 save_top_k=c["ckpt_to_keep"], monitor="step", mode="max", save_last=True)
+    logger = TensorBoardLogger(save_dir=str(out), name="", version="tensorboard", default_hp_metric=False)
+    return L.Trainer(accelerator="gpu" if c["use_gpu"] else "cpu", devices=1, precision=c["precision"],
+                     max_epochs=c["max_epochs"], max_steps=c["max_steps"],
+                     check_val_every_n_epoch=c["check_val_every_n_epoch"],
+                     num_sanity_val_steps=c["num_sanity_val_steps"], log_every_n_steps=c["log_every_n_steps"],
+                     logger=logger, callbacks=[checkpoint, TQDMProgressBar()], default_root_dir=str(out),
+                     enable_model_summary=c["verbose"])
+
+
+def save_config(c: dict, out: Path) -> None:
+    import yaml
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(c, sort_keys=True))
+    os.replace(tmp, out / "config.yaml")      # never leave a half-written config
+
+
+def run(c: dict) -> dict:
+    """Train or test with a resolved config; returns the final metrics."""
+    import lightning as L
+    from module import PostTrainingModule, load_tokenizer
+
+    out = run_dir(c)
+    if c["mode"] == "train" and not c["resume_from_checkpoint"] and (out / "checkpoints").is_dir() \
+            and any((out / "checkpoints").iterdir()):
+        raise ConfigError(f"Run folder {out} already holds checkpoints; continue it with "
+                          f"--resume-from-checkpoint {out} or choose another --name.")
+    L.seed_everything(c["seed"], workers=True, verbose=False)
+    tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"])
+    loaders, val_prompts, counts = build_data(c, tokenizer)
+    module = PostTrainingModule(c, tokenizer=tokenizer, val_prompts=val_prompts)
+    trainer = build_trainer(c, out)
+    if c["mode"] == "test":
+        trainer.test(module, dataloaders=loaders["test"], ckpt_path=c["resume_from_checkpoint"], verbose=False)
+        metrics = {k: round(v, c["roundoff"]) if c["roundoff"] is not None else v
+                   for k, v in module.test_metrics.items()}
+        print(json.dumps(metrics, sort_keys=True))
+        return metrics
+    save_config(c, out)
+    for name, value in counts.items():
+        trainer.logger.experiment.add_scalar(name, value, 0)
+    trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["test"],
+                ckpt_path=c["resume_from_checkpoint"])
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    print(f"Done: step {trainer.global_step}. Checkpoints in {out / 'checkpoints'}, TensorBoard logs in "
+          f"{out / 'tensorboard'} (view: tensorboard --logdir {out / 'tensorboard'}).")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    from collate_functions import TemplateError
+    from custom_dataset import DataError
+    from module import ModelLoadError
+
+    try:
+        config, given = parse_config(argv)
+        logging.basicConfig(level=logging.DEBUG if config["verbose"] else logging.INFO,
+                            format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        if not config["verbose"]:
+            import transformers
+            transformers.logging.set_verbosity_error()
+            import warnings
+            warnings.filterwarnings("ignore", module="lightning")
+        validate(config, given)
+        run(resolve(config))
+    except (ConfigError, DataError, ModelLoadError, TemplateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
