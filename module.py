@@ -15,6 +15,7 @@ greedy reply and the reference reply on the first --val-generations validation p
 from __future__ import annotations
 
 import math
+import os
 
 import lightning as L
 import torch
@@ -29,8 +30,14 @@ class ModelLoadError(OSError):
     """The model name or path cannot be loaded; the message is one sentence."""
 
 
+def _check_local(name_or_path: str) -> None:
+    if name_or_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise ModelLoadError(f"Model folder {name_or_path} does not exist.")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
+    _check_local(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - hub/file errors come in many types
@@ -44,6 +51,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
+    _check_local(name_or_path)
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32,
                                                     trust_remote_code=trust_remote_code)

@@ -87,6 +87,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--train-percentile", type=float, default=None,
         help="keep training rows whose string length is <= this percentile (98 drops the longest 2%%)")
     add("--test-percentile", type=float, default=None, help="same for test rows")
+    add("--skip-bad-rows", action=flag, default=False,
+        help="skip and count malformed rows instead of stopping at the first one")
     add("--sanity-train", action=flag, default=False, help="validate on the training set (checks the code can overfit)")
 
     g = p.add_argument_group("evaluation and checkpoints")
@@ -254,7 +256,8 @@ def build_data(c: dict, tokenizer):
     from collate_functions import SFTCollator, prompt_and_reference, tokenize_sft_rows
     from custom_dataset import CustomDataset
 
-    common = dict(source=c["dataset_source"], random_sample=c["dataset_random_sample"], seed=c["seed"])
+    common = dict(source=c["dataset_source"], random_sample=c["dataset_random_sample"], seed=c["seed"],
+                  skip_bad_rows=c["skip_bad_rows"])
     train = CustomDataset(c["dataset_name"], "train", c["training_type"], percentile=c["train_percentile"],
                           length=c["train_dataset_length"], **common) if c["mode"] == "train" else None
     if c["sanity_train"] and train is not None:
@@ -275,7 +278,7 @@ def build_data(c: dict, tokenizer):
         log.info("%s; %d dropped (no assistant token left after truncation to %d tokens)",
                  ds.describe(), dropped, c["max_length"])
         counts[f"data/{split}_rows"], counts[f"data/{split}_dropped_truncated"] = len(rows), dropped
-        counts[f"data/{split}_skipped_empty_reply"] = ds.stats.skipped_empty_reply
+        counts[f"data/{split}_skipped_bad_rows"] = ds.stats.skipped_bad_rows
         if split == "train":
             generator = torch.Generator().manual_seed(c["seed"])
             loaders[split] = torch.utils.data.DataLoader(

@@ -29,19 +29,24 @@ _PEOPLE = [
     (name, "she", "her", "her")
     for name in ["Mia", "Emma", "Ava", "Lily", "Zoe", "Nora", "Ella", "Ruby", "Anna", "Sara",
                  "Maya", "Lucy", "Ivy", "Grace", "Chloe", "Hana", "Olivia", "Sofia", "Amelia",
-                 "Clara", "Elena", "Fatima", "Priya", "Yuki", "Leila", "Rosa", "Julia", "Alice"]
+                 "Clara", "Elena", "Fatima", "Priya", "Yuki", "Leila", "Rosa", "Julia", "Alice",
+                 "Nadia", "Ingrid", "Beatrice", "Camila", "Wendy", "Harriet", "Marisol",
+                 "Tamsin"]
 ] + [
     (name, "he", "him", "his")
     for name in ["Leo", "Sam", "Noah", "Ben", "Omar", "Jack", "Luke", "Ryan", "Tom", "Max",
                  "Ethan", "Owen", "Kai", "Adam", "Hugo", "Ravi", "Lucas", "Mateo", "Henry",
-                 "Daniel", "Felix", "Arjun", "Kenji", "Tariq", "Diego", "Oscar", "Victor", "Peter"]
+                 "Daniel", "Felix", "Arjun", "Kenji", "Tariq", "Diego", "Oscar", "Victor", "Peter",
+                 "Gustavo", "Winston", "Bartholomew", "Ignatius", "Rupert", "Dmitri",
+                 "Sebastian", "Finnegan"]
 ]
 
 _OBJECTS = ["apples", "marbles", "stickers", "books", "pencils", "coins", "cookies", "cards",
             "shells", "stamps", "eggs", "balloons", "toy cars", "flowers", "candies", "beads",
             "crayons", "blocks", "oranges", "buttons", "bananas", "cupcakes", "feathers",
             "postcards", "seashells", "tickets", "puzzles", "comic books", "paper planes",
-            "strawberries", "lemons", "muffins", "rubber ducks", "keychains", "badges", "rocks"]
+            "strawberries", "lemons", "muffins", "rubber ducks", "keychains", "badges", "rocks",
+            "pinecones", "walnuts", "dinosaur figures", "origami cranes", "jellybeans", "thimbles"]
 
 # Actions on the main person's count.  Fields: op, question verb phrase (the main person is
 # the subject), solution clause.  "{O}" is another person; "{obj}" the main person's object
