@@ -127,7 +127,37 @@ def parse_config(argv: list[str] | None = None) -> tuple[dict, set]:
     config = vars(parser.parse_args(argv))
     config.pop("config")
     given.discard("config")
+    if config["resume_from_checkpoint"]:
+        # Resuming or testing a run: its saved config supplies every flag not given now.
+        config["resume_from_checkpoint"] = str(find_checkpoint(config["resume_from_checkpoint"]))
+        for key, value in saved_config(config["resume_from_checkpoint"]).items():
+            if key in config and key not in given and key not in ("mode", "resume_from_checkpoint"):
+                config[key] = value
     return config, given
+
+
+def find_checkpoint(path: str) -> Path:
+    """A .ckpt file, or a run folder (its checkpoints/last.ckpt)."""
+    ckpt = Path(path)
+    if ckpt.is_dir():
+        ckpt = ckpt / "checkpoints" / "last.ckpt" if (ckpt / "checkpoints").is_dir() else ckpt / "last.ckpt"
+    if not ckpt.is_file():
+        raise ConfigError(f"Checkpoint {path} does not exist "
+                          f"(give a .ckpt file or a run folder holding checkpoints/last.ckpt).")
+    return ckpt
+
+
+def saved_config(ckpt: str) -> dict:
+    """The resolved config a checkpoint was trained with (config.yaml beside it, else its hparams)."""
+    import yaml
+    beside = Path(ckpt).parent.parent / "config.yaml"
+    if beside.is_file():
+        return yaml.safe_load(beside.read_text()) or {}
+    import torch
+    try:
+        return dict(torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {}))
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
+        raise ConfigError(f"Checkpoint {ckpt} cannot be read: {str(e).splitlines()[0]}.") from None
 
 
 def _read_yaml_defaults(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -230,12 +260,6 @@ def resolve(config: dict) -> dict:
     c = dict(config)
     if c["resume_from_checkpoint"]:
         ckpt = Path(c["resume_from_checkpoint"])
-        if ckpt.is_dir():
-            ckpt = ckpt / "checkpoints" / "last.ckpt" if (ckpt / "checkpoints").is_dir() else ckpt / "last.ckpt"
-        if not ckpt.is_file():
-            raise ConfigError(f"Checkpoint {c['resume_from_checkpoint']} does not exist "
-                              f"(give a .ckpt file or a run folder holding checkpoints/last.ckpt).")
-        c["resume_from_checkpoint"] = str(ckpt)
         if c["name"] is None and ckpt.parent.name == "checkpoints":
             # Continue in the folder the checkpoint came from.
             c["storage_path"], c["name"] = str(ckpt.parent.parent.parent), ckpt.parent.parent.name
@@ -296,6 +320,12 @@ def build_trainer(c: dict, out: Path):
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    class ProgressBar(TQDMProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)      # the logger's version is always "tensorboard"
+            return metrics
+
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="epoch={epoch}-step={step}",
                                  auto_insert_metric_name=False, every_n_epochs=c["checkpoint_frequency"],
                                  save_top_k=c["ckpt_to_keep"], monitor="step", mode="max", save_last=True)
@@ -304,7 +334,7 @@ def build_trainer(c: dict, out: Path):
                      max_epochs=c["max_epochs"], max_steps=c["max_steps"],
                      check_val_every_n_epoch=c["check_val_every_n_epoch"],
                      num_sanity_val_steps=c["num_sanity_val_steps"], log_every_n_steps=c["log_every_n_steps"],
-                     logger=logger, callbacks=[checkpoint, TQDMProgressBar()], default_root_dir=str(out),
+                     logger=logger, callbacks=[checkpoint, ProgressBar()], default_root_dir=str(out),
                      enable_model_summary=c["verbose"])
 
 
@@ -362,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             transformers.logging.set_verbosity_error()
             import warnings
             warnings.filterwarnings("ignore", module="lightning")
+            # Lightning's banner lines (devices, tips) are noise on a laptop; --verbose shows them.
+            logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         validate(config, given)
         run(resolve(config))
     except (ConfigError, DataError, ModelLoadError, TemplateError) as e:

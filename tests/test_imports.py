@@ -1,0 +1,13 @@
+"""Every module imports, and every script opens with a docstring saying how to run it."""
+import importlib
+
+import pytest
+
+MODULES = ["train", "module", "custom_dataset", "collate_functions", "generation", "losses", "losses.sft",
+           "embedded.task", "embedded.build"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_imports_and_has_docstring(name):
+    module = importlib.import_module(name)
+    assert module.__doc__ and len(module.__doc__.strip()) > 40

@@ -1,0 +1,116 @@
+"""train.py end to end on the bundled model and data: checkpoints, TensorBoard scalars read
+back from the event file, falling loss, changed weights, resume, --mode test, and
+gradient-accumulation equivalence."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train
+from conftest import EMBEDDED_MODEL
+
+FAST = ["--val-generations", "2", "--val-max-new-tokens", "24", "--num-sanity-val-steps", "1",
+        "--test-dataset-length", "32", "--lr", "1e-3", "--log-every-n-steps", "4"]
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def state_dict(ckpt_path):
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return ckpt, {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
+    code = train.main(["--storage-path", str(storage), "--name", "sft", "--train-dataset-length", "256",
+                       "--batch-size", "8", "--max-epochs", "2", *FAST])
+    assert code == 0
+    return storage / "sft"
+
+
+def test_checkpoints_config_and_events_exist(sft_run):
+    names = sorted(p.name for p in (sft_run / "checkpoints").iterdir())
+    assert names == ["epoch=0-step=32.ckpt", "epoch=1-step=64.ckpt", "last.ckpt"]
+    config = (sft_run / "config.yaml").read_text()
+    assert "training_type: sft" in config and "train_dataset_length: 256" in config
+    ckpt, _ = state_dict(sft_run / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 64 and ckpt["hyper_parameters"]["lr"] == 1e-3
+
+
+def test_loss_falls_and_metrics_are_logged(sft_run):
+    s = scalars(sft_run)
+    train_loss = [v for _, v in s["train/loss"]]
+    assert len(train_loss) == 16                     # 64 steps, logged every 4
+    assert sum(train_loss[-3:]) / 3 < 0.8 * sum(train_loss[:3]) / 3
+    val = [v for _, v in s["val/loss"]]
+    assert len(val) == 2 and val[1] < val[0]
+    for (_, loss), (_, ppl) in zip(s["val/loss"], s["val/perplexity"]):
+        assert abs(ppl - torch.tensor(loss).exp().item()) < 1e-3 * ppl
+    assert len(s["val/edit_distance"]) == 2 and all(v >= 0 for _, v in s["val/edit_distance"])
+    assert s["data/train_rows"][0][1] == 256 and s["data/test_rows"][0][1] == 32
+    assert s["lr"][-1][1] < s["lr"][0][1]            # linear decay
+
+
+def test_parameters_changed(sft_run):
+    _, trained = state_dict(sft_run / "checkpoints" / "last.ckpt")
+    start = load_file(str(EMBEDDED_MODEL / "model.safetensors"))
+    changed = [k for k, v in start.items() if not torch.equal(v, trained[k])]
+    assert len(changed) == len(start)
+
+
+def test_resume_continues_at_saved_step_then_mode_test(sft_run, capsys):
+    # The run's saved config supplies every flag not given again (data caps, lr, ...).
+    code = train.main(["--resume-from-checkpoint", str(sft_run), "--max-epochs", "3"])
+    assert code == 0
+    ckpt, _ = state_dict(sft_run / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 96 and ckpt["epoch"] == 2
+    steps = [step for step, _ in scalars(sft_run)["train/loss"]]
+    assert steps[-1] == 95 and all(b > a for a, b in zip(steps, steps[1:]) if a >= 64)
+    assert (sft_run / "checkpoints" / "epoch=2-step=96.ckpt").exists()
+    last_val = scalars(sft_run)["val/loss"][-1][1]
+    capsys.readouterr()
+
+    code = train.main(["--mode", "test", "--resume-from-checkpoint", str(sft_run / "checkpoints" / "last.ckpt")])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(metrics) == {"test/loss", "test/perplexity", "test/edit_distance"}
+    # Same weights, same 32 held-out rows: the test loss is the last validation loss.
+    assert abs(metrics["test/loss"] - last_val) < 1e-5
+
+
+def test_refuses_to_overwrite_a_run(sft_run, capsys):
+    code = train.main(["--storage-path", str(sft_run.parent), "--name", "sft"])
+    assert code == 2 and "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_accumulation_equals_larger_batch(tmp_path):
+    """Micro-batch 4 x accumulation 2 gives the weights of micro-batch 8 (same rows, 3 steps)."""
+    common = ["--storage-path", str(tmp_path), "--train-dataset-length", "24", "--max-epochs", "1",
+              "--val-generations", "0", "--num-sanity-val-steps", "0", "--lr", "1e-3", "--test-dataset-length", "8"]
+    assert train.main([*common, "--name", "acc", "--batch-size", "4", "--accumulate-grad-batches", "2"]) == 0
+    assert train.main([*common, "--name", "big", "--batch-size", "8"]) == 0
+    _, acc = state_dict(tmp_path / "acc" / "checkpoints" / "last.ckpt")
+    _, big = state_dict(tmp_path / "big" / "checkpoints" / "last.ckpt")
+    start = load_file(str(EMBEDDED_MODEL / "model.safetensors"))
+    for name, value in big.items():
+        assert not torch.equal(value, start[name])
+        torch.testing.assert_close(acc[name], value, rtol=0, atol=1e-6)
+
+
+def test_sanity_train_validates_on_the_training_rows(tokenizer):
+    config, _ = train.parse_config(["--train-dataset-length", "16", "--sanity-train", "--batch-size", "4"])
+    loaders, val_prompts, counts = train.build_data(train.resolve(config), tokenizer)
+    assert loaders["train"].dataset == loaders["test"].dataset
+    assert counts["data/train_rows"] == counts["data/test_rows"] == 16
+    config, _ = train.parse_config(["--train-dataset-length", "16", "--test-dataset-length", "5"])
+    loaders, _, _ = train.build_data(train.resolve(config), tokenizer)
+    assert len(loaders["test"].dataset) == 5
+    train_ids = {tuple(r["input_ids"]) for r in loaders["train"].dataset}
+    assert not any(tuple(r["input_ids"]) in train_ids for r in loaders["test"].dataset)
