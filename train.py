@@ -388,8 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG if config["verbose"] else logging.INFO,
                             format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         if not config["verbose"]:
+            import datasets
             import transformers
             transformers.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
+            datasets.disable_progress_bars()
+            datasets.logging.set_verbosity_error()
             import warnings
             warnings.filterwarnings("ignore", module="lightning")
             # Lightning's banner lines (devices, tips) are noise on a laptop; --verbose shows them.

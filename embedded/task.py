@@ -139,7 +139,7 @@ def _incorrect(rng: random.Random, intro: str, start: int, steps: list) -> str:
 
 
 def _pick_action(rng: random.Random, cur: int):
-    """A random action with an operand that keeps the result in 1..99, as (op, phrase, clause, n)."""
+    """A random action whose operand keeps the result in 1..99: (op, phrase, clause, n)."""
     while True:
         op, phrase, clause = rng.choice(_ACTIONS)
         if op == "*":
@@ -271,7 +271,7 @@ def make_multiturn(rng: random.Random) -> dict:
     Returns make_problem's keys plus ``followup_question``, ``followup_solution`` and
     ``followup_answer``.
     """
-    n_steps = rng.choice([1, 2, 2, 3])
+    n_steps = rng.choice([1, 2, 2])  # at most 2 here, so the whole chat stays < 200 tokens
     question, intro, start, steps, fmt = _single_person(rng, n_steps)
     problem = _finish(rng, question, intro, start, steps)
     prev = problem["answer"]

@@ -109,7 +109,9 @@ def test_missing_data_file_and_unreachable_model(capsys, tmp_path):
 
 
 def test_bad_input_exits_non_zero_as_a_process(tmp_path):
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n")
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    bad = {"messages": [{"role": "bot", "content": "x"}]}
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [good] * 20 + [bad] * 20))
     out = subprocess.run([sys.executable, "train.py", "--dataset-name", str(tmp_path / "bad.jsonl")],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2
