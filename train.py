@@ -370,6 +370,9 @@ def run(c: dict) -> dict:
     save_config(c, out)
     for name, value in counts.items():
         trainer.logger.experiment.add_scalar(name, value, 0)
+    if not c["resume_from_checkpoint"]:
+        # Validation metrics of the starting model, logged at step 0: the curve's baseline.
+        trainer.validate(module, dataloaders=loaders["test"], verbose=False)
     trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["test"],
                 ckpt_path=c["resume_from_checkpoint"])
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

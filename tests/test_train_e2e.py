@@ -49,11 +49,13 @@ def test_loss_falls_and_metrics_are_logged(sft_run):
     train_loss = [v for _, v in s["train/loss"]]
     assert len(train_loss) == 16                     # 64 steps, logged every 4
     assert sum(train_loss[-3:]) / 3 < 0.8 * sum(train_loss[:3]) / 3
+    # The starting model is validated at step 0, then after each epoch.
+    assert [step for step, _ in s["val/loss"]] == [0, 31, 63]
     val = [v for _, v in s["val/loss"]]
-    assert len(val) == 2 and val[1] < val[0]
+    assert val[2] < val[1] < val[0]
     for (_, loss), (_, ppl) in zip(s["val/loss"], s["val/perplexity"]):
         assert abs(ppl - torch.tensor(loss).exp().item()) < 1e-3 * ppl
-    assert len(s["val/edit_distance"]) == 2 and all(v >= 0 for _, v in s["val/edit_distance"])
+    assert len(s["val/edit_distance"]) == 3 and all(v >= 0 for _, v in s["val/edit_distance"])
     assert s["data/train_rows"][0][1] == 256 and s["data/test_rows"][0][1] == 32
     assert s["lr"][-1][1] < s["lr"][0][1]            # linear decay
 
