@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import storage
+
 REPO = Path(__file__).resolve().parent
 EMBEDDED_MODEL = REPO / "embedded" / "model"
 EMBEDDED_DATA = {"sft": REPO / "embedded" / "data" / "sft", "dpo": REPO / "embedded" / "data" / "prefs",
@@ -129,19 +131,24 @@ def parse_config(argv: list[str] | None = None) -> tuple[dict, set]:
     given.discard("config")
     if config["resume_from_checkpoint"]:
         # Resuming or testing a run: its saved config supplies every flag not given now.
-        config["resume_from_checkpoint"] = str(find_checkpoint(config["resume_from_checkpoint"]))
+        config["resume_from_checkpoint"] = find_checkpoint(config["resume_from_checkpoint"])
         for key, value in saved_config(config["resume_from_checkpoint"]).items():
             if key in config and key not in given and key not in ("mode", "resume_from_checkpoint"):
                 config[key] = value
     return config, given
 
 
-def find_checkpoint(path: str) -> Path:
-    """A .ckpt file, or a run folder (its checkpoints/last.ckpt)."""
-    ckpt = Path(path)
-    if ckpt.is_dir():
-        ckpt = ckpt / "checkpoints" / "last.ckpt" if (ckpt / "checkpoints").is_dir() else ckpt / "last.ckpt"
-    if not ckpt.is_file():
+def find_checkpoint(path: str) -> str:
+    """A .ckpt file, or a run folder (its checkpoints/last.ckpt); local or a URL."""
+    ckpt = str(path)
+    try:
+        if storage.isdir(ckpt):
+            sub = storage.join(ckpt, "checkpoints")
+            ckpt = storage.join(sub if storage.isdir(sub) else ckpt, "last.ckpt")
+        found = storage.exists(ckpt)
+    except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
+        raise ConfigError(f"Checkpoint {path} cannot be reached: {str(e).splitlines()[0]}.") from None
+    if not found:
         raise ConfigError(f"Checkpoint {path} does not exist "
                           f"(give a .ckpt file or a run folder holding checkpoints/last.ckpt).")
     return ckpt
@@ -150,12 +157,13 @@ def find_checkpoint(path: str) -> Path:
 def saved_config(ckpt: str) -> dict:
     """The resolved config a checkpoint was trained with (config.yaml beside it, else its hparams)."""
     import yaml
-    beside = Path(ckpt).parent.parent / "config.yaml"
-    if beside.is_file():
-        return yaml.safe_load(beside.read_text()) or {}
+    beside = storage.join(storage.parent(storage.parent(ckpt)), "config.yaml")
+    if storage.basename(storage.parent(ckpt)) == "checkpoints" and storage.exists(beside):
+        return yaml.safe_load(storage.read_text(beside)) or {}
     import torch
     try:
-        return dict(torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {}))
+        with storage.filesystem(ckpt).open(ckpt, "rb") as f:
+            return dict(torch.load(f, map_location="cpu", weights_only=True).get("hyper_parameters", {}))
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
         raise ConfigError(f"Checkpoint {ckpt} cannot be read: {str(e).splitlines()[0]}.") from None
 
@@ -259,10 +267,11 @@ def resolve(config: dict) -> dict:
     """Fill the defaults that depend on other flags (model, data, run name, checkpoint)."""
     c = dict(config)
     if c["resume_from_checkpoint"]:
-        ckpt = Path(c["resume_from_checkpoint"])
-        if c["name"] is None and ckpt.parent.name == "checkpoints":
+        ckpt_dir = storage.parent(c["resume_from_checkpoint"])
+        if c["name"] is None and storage.basename(ckpt_dir) == "checkpoints":
             # Continue in the folder the checkpoint came from.
-            c["storage_path"], c["name"] = str(ckpt.parent.parent.parent), ckpt.parent.parent.name
+            run = storage.parent(ckpt_dir)
+            c["storage_path"], c["name"] = storage.parent(run), storage.basename(run)
     c["model_name"] = c["model_name"] or str(EMBEDDED_MODEL)
     c["dataset_name"] = c["dataset_name"] or str(EMBEDDED_DATA[c["training_type"]])
     if c["name"] is None:
@@ -270,8 +279,8 @@ def resolve(config: dict) -> dict:
     return c
 
 
-def run_dir(c: dict) -> Path:
-    return Path(c["storage_path"]) / c["name"]
+def run_dir(c: dict) -> str:
+    return storage.join(c["storage_path"], c["name"])
 
 
 def build_data(c: dict, tokenizer):
@@ -315,7 +324,7 @@ def build_data(c: dict, tokenizer):
     return loaders, val_prompts, counts
 
 
-def build_trainer(c: dict, out: Path):
+def build_trainer(c: dict, out: str):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -326,24 +335,21 @@ def build_trainer(c: dict, out: Path):
             metrics.pop("v_num", None)      # the logger's version is always "tensorboard"
             return metrics
 
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="epoch={epoch}-step={step}",
+    checkpoint = ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="epoch={epoch}-step={step}",
                                  auto_insert_metric_name=False, every_n_epochs=c["checkpoint_frequency"],
                                  save_top_k=c["ckpt_to_keep"], monitor="step", mode="max", save_last=True)
-    logger = TensorBoardLogger(save_dir=str(out), name="", version="tensorboard", default_hp_metric=False)
+    logger = TensorBoardLogger(save_dir=out, name="", version="tensorboard", default_hp_metric=False)
     return L.Trainer(accelerator="gpu" if c["use_gpu"] else "cpu", devices=1, precision=c["precision"],
                      max_epochs=c["max_epochs"], max_steps=c["max_steps"],
                      check_val_every_n_epoch=c["check_val_every_n_epoch"],
                      num_sanity_val_steps=c["num_sanity_val_steps"], log_every_n_steps=c["log_every_n_steps"],
-                     logger=logger, callbacks=[checkpoint, ProgressBar()], default_root_dir=str(out),
+                     logger=logger, callbacks=[checkpoint, ProgressBar()], default_root_dir=out,
                      enable_model_summary=c["verbose"])
 
 
-def save_config(c: dict, out: Path) -> None:
+def save_config(c: dict, out: str) -> None:
     import yaml
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(c, sort_keys=True))
-    os.replace(tmp, out / "config.yaml")      # never leave a half-written config
+    storage.write_text_atomic(storage.join(out, "config.yaml"), yaml.safe_dump(c, sort_keys=True))
 
 
 def run(c: dict) -> dict:
@@ -352,8 +358,7 @@ def run(c: dict) -> dict:
     from module import PostTrainingModule, load_tokenizer
 
     out = run_dir(c)
-    if c["mode"] == "train" and not c["resume_from_checkpoint"] and (out / "checkpoints").is_dir() \
-            and any((out / "checkpoints").iterdir()):
+    if c["mode"] == "train" and not c["resume_from_checkpoint"] and storage.listdir(storage.join(out, "checkpoints")):
         raise ConfigError(f"Run folder {out} already holds checkpoints; continue it with "
                           f"--resume-from-checkpoint {out} or choose another --name.")
     L.seed_everything(c["seed"], workers=True, verbose=False)
@@ -376,8 +381,9 @@ def run(c: dict) -> dict:
     trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["test"],
                 ckpt_path=c["resume_from_checkpoint"])
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    print(f"Done: step {trainer.global_step}. Checkpoints in {out / 'checkpoints'}, TensorBoard logs in "
-          f"{out / 'tensorboard'} (view: tensorboard --logdir {out / 'tensorboard'}).")
+    tensorboard = storage.join(out, "tensorboard")
+    print(f"Done: step {trainer.global_step}. Checkpoints in {storage.join(out, 'checkpoints')}, TensorBoard logs "
+          f"in {tensorboard} (view: tensorboard --logdir {tensorboard}).")
     return metrics
 
 
@@ -388,8 +394,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config, given = parse_config(argv)
-        logging.basicConfig(level=logging.DEBUG if config["verbose"] else logging.INFO,
+        logging.basicConfig(level=logging.DEBUG if config["verbose"] else logging.WARNING,
                             format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        for name in ("train", "data"):      # our own progress lines; libraries stay at WARNING
+            logging.getLogger(name).setLevel(logging.DEBUG if config["verbose"] else logging.INFO)
         if not config["verbose"]:
             import datasets
             import transformers

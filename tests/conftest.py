@@ -29,3 +29,34 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def tokenizer():
     from module import load_tokenizer
     return load_tokenizer(str(EMBEDDED_MODEL))
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A real S3 endpoint: moto's server on a free loopback port, dummy credentials set only
+    for this test, one bucket "test-bucket". Yields the endpoint URL; stops the server."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+                       "S3_ENDPOINT": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="test-bucket")
+    try:
+        yield endpoint
+    finally:
+        server.stop()
