@@ -28,6 +28,7 @@ EMBEDDED_MODEL = REPO / "embedded" / "model"
 EMBEDDED_DATA = {"sft": REPO / "embedded" / "data" / "sft", "dpo": REPO / "embedded" / "data" / "prefs",
                  "bt": REPO / "embedded" / "data" / "prefs", "sft_verifier": REPO / "embedded" / "data" / "problems"}
 TRAINING_TYPES = ("sft", "dpo", "bt", "sft_verifier")
+STRATEGIES = ("auto", "ddp", "fsdp")
 PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true", "transformer-engine")
 log = logging.getLogger("train")
 
@@ -113,6 +114,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--state-dict-type", choices=("full", "sharded"), default="full", help="FSDP checkpoint layout")
     add("--accelerator-type", type=str, default=None, help="Ray accelerator type, e.g. H100")
     add("--placement-strategy", type=str, default="PACK", help="Ray placement strategy")
+    add("--max-failures", type=int, default=0,
+        help="times Ray restarts the workers from the last checkpoint after a failure (-1: forever)")
     return p
 
 
@@ -139,12 +142,21 @@ def parse_config(argv: list[str] | None = None) -> tuple[dict, set]:
 
 
 def find_checkpoint(path: str) -> str:
-    """A .ckpt file, or a run folder (its checkpoints/last.ckpt); local or a URL."""
+    """A .ckpt file, a run folder (its checkpoints/last.ckpt, or for a Ray run its latest
+    checkpoint_NNNNNN/checkpoint.ckpt) or one Ray checkpoint folder; local or a URL."""
     ckpt = str(path)
     try:
         if storage.isdir(ckpt):
-            sub = storage.join(ckpt, "checkpoints")
-            ckpt = storage.join(sub if storage.isdir(sub) else ckpt, "last.ckpt")
+            entries = storage.listdir(ckpt)
+            ray_checkpoints = ray_checkpoint_names(entries)
+            if "checkpoints" in entries:                 # a local run folder
+                ckpt = storage.join(ckpt, "checkpoints", "last.ckpt")
+            elif "checkpoint.ckpt" in entries:           # one Ray checkpoint folder
+                ckpt = storage.join(ckpt, "checkpoint.ckpt")
+            elif ray_checkpoints:                        # a Ray run folder: its latest checkpoint
+                ckpt = storage.join(ckpt, ray_checkpoints[-1], "checkpoint.ckpt")
+            else:
+                ckpt = storage.join(ckpt, "last.ckpt")
         found = storage.exists(ckpt)
     except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
         raise ConfigError(f"Checkpoint {path} cannot be reached: {str(e).splitlines()[0]}.") from None
@@ -154,11 +166,17 @@ def find_checkpoint(path: str) -> str:
     return ckpt
 
 
+def _is_run_checkpoint_dir(path: str) -> bool:
+    """checkpoints/ of a local run or checkpoint_NNNNNN/ of a Ray run: its parent is the run folder."""
+    name = storage.basename(path)
+    return name == "checkpoints" or name.startswith("checkpoint_")
+
+
 def saved_config(ckpt: str) -> dict:
     """The resolved config a checkpoint was trained with (config.yaml beside it, else its hparams)."""
     import yaml
     beside = storage.join(storage.parent(storage.parent(ckpt)), "config.yaml")
-    if storage.basename(storage.parent(ckpt)) == "checkpoints" and storage.exists(beside):
+    if _is_run_checkpoint_dir(storage.parent(ckpt)) and storage.exists(beside):
         return yaml.safe_load(storage.read_text(beside)) or {}
     import torch
     try:
@@ -209,20 +227,21 @@ def _read_yaml_defaults(path: str, parser: argparse.ArgumentParser) -> dict:
 def validate(config: dict, given: set) -> None:
     """Refuse flags we cannot honour and inconsistent combinations, one sentence each."""
     c = config
-    if c["use_ray"]:
-        raise ConfigError("--use-ray is not available yet: Ray Train comes with the distributed and cloud work; "
-                          "run without it for now.")
-    for name in ("num_workers", "accelerator_type", "placement_strategy"):
+    for name in ("num_workers", "accelerator_type", "placement_strategy", "max_failures"):
         if name in given and not c["use_ray"]:
             raise ConfigError(f"--{name.replace('_', '-')} only applies with --use-ray.")
-    if c["strategy"] != "auto":
-        raise ConfigError(f"--strategy {c['strategy']} is not available yet: ddp/fsdp run inside Ray Train, "
-                          f"which comes with the distributed work; use --strategy auto.")
+    if c["strategy"] not in STRATEGIES:
+        raise ConfigError(f"--strategy {c['strategy']} is not supported: use one of {', '.join(STRATEGIES)} "
+                          f"(deepspeed is not wired; FSDP covers sharded training).")
+    if c["strategy"] != "auto" and not c["use_ray"]:
+        raise ConfigError(f"--strategy {c['strategy']} needs --use-ray (workers are Ray Train workers); "
+                          f"a local run uses one device.")
     if "state_dict_type" in given and c["strategy"] != "fsdp":
         raise ConfigError("--state-dict-type only applies to --strategy fsdp.")
+    if c["use_ray"] and c["mode"] == "test":
+        raise ConfigError("--mode test runs in one process; drop --use-ray.")
     if c["precision"] == "transformer-engine":
-        raise ConfigError("--precision transformer-engine (FP8) is not available yet: it needs an NVIDIA Hopper GPU, "
-                          "`pip install -r requirements-gpu.txt` and the distributed work that wires it.")
+        check_transformer_engine(c["use_gpu"])
     if c["training_type"] != "sft":
         from losses import NOT_YET
         raise ConfigError(f"--training-type {c['training_type']} is not available yet: it comes with "
@@ -233,6 +252,8 @@ def validate(config: dict, given: set) -> None:
         raise ConfigError("--lambda only applies to --training-type sft_verifier.")
     if c["calculate_win_rate"]:
         raise ConfigError("--calculate-win-rate is not available yet: it comes with the preference-learning work.")
+    if c["num_workers"] < 1 or c["max_failures"] < -1:
+        raise ConfigError("--num-workers must be at least 1 and --max-failures at least -1 (-1: retry forever).")
     if c["use_gpu"]:
         import torch
         if not torch.cuda.is_available():
@@ -263,12 +284,24 @@ def validate(config: dict, given: set) -> None:
         raise ConfigError(f"--roundoff must not be negative (got {c['roundoff']}).")
 
 
+def check_transformer_engine(use_gpu: bool) -> None:
+    """FP8 through NVIDIA transformer-engine needs the package and a Hopper (or newer) GPU."""
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        raise ConfigError("--precision transformer-engine needs NVIDIA transformer-engine: "
+                          "`pip install -r requirements-gpu.txt` on a machine with an H100/H200 (Hopper) GPU.") from None
+    import torch
+    if not use_gpu or not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        raise ConfigError("--precision transformer-engine (FP8) needs --use-gpu and an H100/H200 (Hopper) or newer GPU.")
+
+
 def resolve(config: dict) -> dict:
     """Fill the defaults that depend on other flags (model, data, run name, checkpoint)."""
     c = dict(config)
     if c["resume_from_checkpoint"]:
         ckpt_dir = storage.parent(c["resume_from_checkpoint"])
-        if c["name"] is None and storage.basename(ckpt_dir) == "checkpoints":
+        if c["name"] is None and _is_run_checkpoint_dir(ckpt_dir):
             # Continue in the folder the checkpoint came from.
             run = storage.parent(ckpt_dir)
             c["storage_path"], c["name"] = storage.parent(run), storage.basename(run)
@@ -324,7 +357,9 @@ def build_data(c: dict, tokenizer):
     return loaders, val_prompts, counts
 
 
-def build_trainer(c: dict, out: str):
+def build_trainer(c: dict, out: str, ray_worker: bool = False):
+    """The Lightning Trainer: local (one device, ModelCheckpoint) or inside a Ray Train worker
+    (Ray's strategy and environment; checkpoints reported to Ray, which keeps and restores them)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -335,16 +370,21 @@ def build_trainer(c: dict, out: str):
             metrics.pop("v_num", None)      # the logger's version is always "tensorboard"
             return metrics
 
+    logger = TensorBoardLogger(save_dir=out, name="", version="tensorboard", default_hp_metric=False)
+    common = dict(accelerator="gpu" if c["use_gpu"] else "cpu", precision=c["precision"],
+                  max_epochs=c["max_epochs"], max_steps=c["max_steps"],
+                  check_val_every_n_epoch=c["check_val_every_n_epoch"],
+                  num_sanity_val_steps=c["num_sanity_val_steps"], log_every_n_steps=c["log_every_n_steps"],
+                  logger=logger, default_root_dir=out, enable_model_summary=c["verbose"])
+    if ray_worker:
+        import distributed
+        strategy, plugins, report = distributed.lightning_parts(c)
+        return L.Trainer(devices="auto", strategy=strategy, plugins=plugins, enable_checkpointing=False,
+                         callbacks=[report, ProgressBar()], **common)
     checkpoint = ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="epoch={epoch}-step={step}",
                                  auto_insert_metric_name=False, every_n_epochs=c["checkpoint_frequency"],
                                  save_top_k=c["ckpt_to_keep"], monitor="step", mode="max", save_last=True)
-    logger = TensorBoardLogger(save_dir=out, name="", version="tensorboard", default_hp_metric=False)
-    return L.Trainer(accelerator="gpu" if c["use_gpu"] else "cpu", devices=1, precision=c["precision"],
-                     max_epochs=c["max_epochs"], max_steps=c["max_steps"],
-                     check_val_every_n_epoch=c["check_val_every_n_epoch"],
-                     num_sanity_val_steps=c["num_sanity_val_steps"], log_every_n_steps=c["log_every_n_steps"],
-                     logger=logger, callbacks=[checkpoint, ProgressBar()], default_root_dir=out,
-                     enable_model_summary=c["verbose"])
+    return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar()], **common)
 
 
 def save_config(c: dict, out: str) -> None:
@@ -353,38 +393,86 @@ def save_config(c: dict, out: str) -> None:
 
 
 def run(c: dict) -> dict:
-    """Train or test with a resolved config; returns the final metrics."""
+    """Train or test with a resolved config, here or on a Ray cluster; returns the final metrics."""
+    out = run_dir(c)
+    if c["mode"] == "train" and not c["resume_from_checkpoint"] and has_checkpoints(out):
+        raise ConfigError(f"Run folder {out} already holds checkpoints; continue it with "
+                          f"--resume-from-checkpoint {out} or choose another --name.")
+    if c["use_ray"]:
+        import distributed
+        metrics = distributed.launch(c)
+    else:
+        metrics = fit(c)
+    if c["mode"] == "test":
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        tensorboard = storage.join(out, "tensorboard")
+        where = out if c["use_ray"] else storage.join(out, "checkpoints")
+        print(f"Done: step {int(metrics.get('step', 0))}. Checkpoints in {where}, TensorBoard logs in "
+              f"{tensorboard} (view: tensorboard --logdir {tensorboard}).")
+    return metrics
+
+
+def has_checkpoints(out: str) -> bool:
+    entries = storage.listdir(out)
+    return bool(ray_checkpoint_names(entries)) or bool(storage.listdir(storage.join(out, "checkpoints")))
+
+
+def ray_checkpoint_names(entries: list[str]) -> list[str]:
+    """Ray's checkpoint_<date-time> folders among a run folder's entries, oldest first."""
+    return sorted(e for e in entries if e.startswith("checkpoint_") and not e.endswith(".json"))
+
+
+def fit(c: dict, ray_worker: bool = False) -> dict:
+    """Build data, module and Trainer, then train (or test); the same code in every process."""
     import lightning as L
     from module import PostTrainingModule, load_tokenizer
 
     out = run_dir(c)
-    if c["mode"] == "train" and not c["resume_from_checkpoint"] and storage.listdir(storage.join(out, "checkpoints")):
-        raise ConfigError(f"Run folder {out} already holds checkpoints; continue it with "
-                          f"--resume-from-checkpoint {out} or choose another --name.")
     L.seed_everything(c["seed"], workers=True, verbose=False)
     tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"])
     loaders, val_prompts, counts = build_data(c, tokenizer)
     module = PostTrainingModule(c, tokenizer=tokenizer, val_prompts=val_prompts)
-    trainer = build_trainer(c, out)
+    trainer = build_trainer(c, out, ray_worker)
+    ckpt_path = c["resume_from_checkpoint"]
+    if ray_worker:
+        import distributed
+        trainer, ckpt_path = distributed.prepare(trainer, ckpt_path)
     if c["mode"] == "test":
-        trainer.test(module, dataloaders=loaders["test"], ckpt_path=c["resume_from_checkpoint"], verbose=False)
-        metrics = {k: round(v, c["roundoff"]) if c["roundoff"] is not None else v
-                   for k, v in module.test_metrics.items()}
-        print(json.dumps(metrics, sort_keys=True))
-        return metrics
-    save_config(c, out)
-    for name, value in counts.items():
-        trainer.logger.experiment.add_scalar(name, value, 0)
-    if not c["resume_from_checkpoint"]:
+        trainer.test(module, dataloaders=loaders["test"], ckpt_path=ckpt_path, verbose=False)
+        return {k: round(v, c["roundoff"]) if c["roundoff"] is not None else v
+                for k, v in module.test_metrics.items()}
+    if trainer.is_global_zero:
+        save_config(c, out)
+        for name, value in counts.items():
+            trainer.logger.experiment.add_scalar(name, value, 0)
+    if not ckpt_path:
         # Validation metrics of the starting model, logged at step 0: the curve's baseline.
         trainer.validate(module, dataloaders=loaders["test"], verbose=False)
-    trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["test"],
-                ckpt_path=c["resume_from_checkpoint"])
+    trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["test"], ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    tensorboard = storage.join(out, "tensorboard")
-    print(f"Done: step {trainer.global_step}. Checkpoints in {storage.join(out, 'checkpoints')}, TensorBoard logs "
-          f"in {tensorboard} (view: tensorboard --logdir {tensorboard}).")
+    metrics["step"] = trainer.global_step
     return metrics
+
+
+def configure_logging(verbose: bool) -> None:
+    """Our progress lines at INFO; libraries' banners, tips and progress bars only with --verbose."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("train", "data"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    if verbose:
+        return
+    import warnings
+
+    import datasets
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", module="lightning")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,21 +482,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config, given = parse_config(argv)
-        logging.basicConfig(level=logging.DEBUG if config["verbose"] else logging.WARNING,
-                            format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-        for name in ("train", "data"):      # our own progress lines; libraries stay at WARNING
-            logging.getLogger(name).setLevel(logging.DEBUG if config["verbose"] else logging.INFO)
-        if not config["verbose"]:
-            import datasets
-            import transformers
-            transformers.logging.set_verbosity_error()
-            transformers.utils.logging.disable_progress_bar()
-            datasets.disable_progress_bars()
-            datasets.logging.set_verbosity_error()
-            import warnings
-            warnings.filterwarnings("ignore", module="lightning")
-            # Lightning's banner lines (devices, tips) are noise on a laptop; --verbose shows them.
-            logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        configure_logging(config["verbose"])
         validate(config, given)
         run(resolve(config))
     except (ConfigError, DataError, ModelLoadError, TemplateError) as e:

@@ -1,0 +1,114 @@
+"""Run train.py's training inside Ray Train (`--use-ray`): DDP or FSDP over Ray workers.
+
+    python train.py --use-ray --num-workers 2 --strategy ddp ...              # a local Ray
+    ray job submit --working-dir . -- python train.py --use-ray --num-workers 4 --use-gpu ...
+
+Every worker runs the same `train.fit` as a local run, with Ray's Lightning strategy and
+environment. Checkpoints are reported to Ray every --checkpoint-frequency epochs and land in
+<storage-path>/<name>/checkpoint_<date-time>/checkpoint.ckpt; Ray keeps --ckpt-to-keep of them and,
+when a worker dies, restarts the workers from the latest (up to --max-failures times).
+`ray.init()` joins the cluster of `ray job submit` (RAY_ADDRESS) or one started with
+`ray start` on this machine, and otherwise starts a local one.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import storage
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+CHECKPOINT_FILE = "checkpoint.ckpt"          # the file name RayTrainReportCallback writes
+
+
+def lightning_parts(c: dict):
+    """(strategy, plugins, checkpoint-report callback) for a Lightning Trainer in a Ray worker."""
+    from ray.train.lightning import (RayDDPStrategy, RayFSDPStrategy, RayLightningEnvironment,
+                                     RayTrainReportCallback)
+
+    class ReportEveryN(RayTrainReportCallback):
+        """Report metrics and a checkpoint to Ray every `every` epochs and at the last epoch."""
+
+        def __init__(self, every: int):
+            super().__init__()
+            self.every = every
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            epoch = trainer.current_epoch + 1
+            last = epoch >= trainer.max_epochs or (0 < trainer.max_steps <= trainer.global_step)
+            if epoch % self.every == 0 or last:
+                super().on_train_epoch_end(trainer, pl_module)
+
+    name = c["strategy"]
+    if name in ("auto", "ddp"):
+        strategy = RayDDPStrategy()
+    elif name == "fsdp":
+        strategy = RayFSDPStrategy(state_dict_type=c["state_dict_type"])
+    else:
+        raise ValueError(f"unsupported strategy {name!r}")   # validate() refuses it first
+    return strategy, [RayLightningEnvironment()], ReportEveryN(c["checkpoint_frequency"])
+
+
+def prepare(trainer, ckpt_path: str | None):
+    """Ray's checks on the Trainer, and the checkpoint to start from: the one Ray restores
+    after a failure, else --resume-from-checkpoint."""
+    import ray.train
+    from ray.train.lightning import prepare_trainer
+
+    trainer = prepare_trainer(trainer)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        local = checkpoint.to_directory(tempfile.mkdtemp(prefix="restore-"))
+        ckpt_path = os.path.join(local, CHECKPOINT_FILE)
+    return trainer, ckpt_path
+
+
+def worker_loop(c: dict) -> None:
+    """Ray Train's train_loop_per_worker."""
+    import train
+    train.configure_logging(c["verbose"])
+    train.fit(c, ray_worker=True)
+
+
+def _storage_for_ray(path: str):
+    """(storage_path, storage_filesystem) for RunConfig: local paths absolute, URLs through
+    the same fsspec filesystem (and endpoint) the rest of the trainer uses."""
+    if not storage.is_url(path):
+        return storage.absolute(path), None
+    import pyarrow.fs
+    fs = storage.filesystem(path)
+    return path.split("://", 1)[1], pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def launch(c: dict) -> dict:
+    """Start (or join) Ray, run the workers, and return the last reported metrics."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+            ray.init()      # the driver of a `ray job submit`: the job's --working-dir ships the code
+        else:
+            # A local Ray (started here or by `ray start` on this machine): workers import the
+            # trainer from this checkout.
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    c = dict(c, storage_path=storage.absolute(c["storage_path"]),
+             model_name=_absolute_if_local(c["model_name"]), dataset_name=_absolute_if_local(c["dataset_name"]))
+    storage_path, filesystem = _storage_for_ray(c["storage_path"])
+    scaling = ScalingConfig(num_workers=c["num_workers"], use_gpu=c["use_gpu"],
+                            accelerator_type=c["accelerator_type"], placement_strategy=c["placement_strategy"])
+    run_config = RunConfig(storage_path=storage_path, storage_filesystem=filesystem, name=c["name"],
+                           checkpoint_config=CheckpointConfig(num_to_keep=c["ckpt_to_keep"]),
+                           failure_config=FailureConfig(max_failures=c["max_failures"]))
+    trainer = TorchTrainer(worker_loop, train_loop_config=c, scaling_config=scaling, run_config=run_config)
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    if result.checkpoint is not None:
+        metrics["checkpoint"] = result.checkpoint.path
+    return metrics
+
+
+def _absolute_if_local(name: str) -> str:
+    # Workers may start in another directory; a Hub name stays as it is.
+    return os.path.abspath(name) if os.path.exists(name) else name

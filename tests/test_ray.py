@@ -1,0 +1,116 @@
+"""--use-ray on a real local Ray cluster (started with `ray start --head` on 127.0.0.1):
+DDP equivalence, validation reduced over workers, and `ray job submit` writing checkpoints
+and TensorBoard events to a real S3 endpoint (moto's server)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train
+from conftest import REPO, free_port
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A one-node cluster with the job server (dashboard) on loopback; token auth off
+    explicitly, so a token left by another cluster cannot break job submission."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    gcs, dashboard = free_port(), free_port()
+    subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+                    "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                    "--dashboard-port", str(dashboard), "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True)
+    old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    os.environ.update(RAY_ADDRESS=f"127.0.0.1:{gcs}", RAY_AUTH_MODE="disabled")
+    try:
+        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+    finally:
+        import ray
+        ray.shutdown()
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def latest_weights(run_dir):
+    checkpoints = train.ray_checkpoint_names(os.listdir(run_dir))
+    ckpt = torch.load(os.path.join(run_dir, checkpoints[-1], "checkpoint.ckpt"), map_location="cpu",
+                      weights_only=True)
+    return ckpt, checkpoints
+
+
+def scalars(path, tag):
+    events = EventAccumulator(path)
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def run_ray(**flags):
+    import ray
+    argv = ["--use-ray"] + [x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    try:
+        return train.main(argv)
+    finally:
+        ray.shutdown()
+
+
+def test_two_workers_equal_one_worker_with_twice_the_batch(ray_cluster, tmp_path):
+    common = dict(storage_path=tmp_path, train_dataset_length=32, test_dataset_length=8, max_epochs=1,
+                  val_generations=2, val_max_new_tokens=8, num_sanity_val_steps=0, lr=1e-3, log_every_n_steps=1)
+    assert run_ray(name="two", num_workers=2, batch_size=4, **common) == 0
+    assert run_ray(name="one", num_workers=1, batch_size=8, **common) == 0
+    two, names = latest_weights(tmp_path / "two")
+    one, _ = latest_weights(tmp_path / "one")
+    assert two["global_step"] == one["global_step"] == 4 and len(names) == 1
+    start = load_file(str(REPO / "embedded" / "model" / "model.safetensors"))
+    for name, value in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][name], value, rtol=0, atol=1e-5)
+        key = name.removeprefix("model.")
+        if key in start:
+            assert not torch.equal(value, start[key])        # the 4 steps did move every weight
+    # The step-0 validation of the same weights on the same 8 rows: reduced over both workers,
+    # it equals the single worker's (rank 0 alone would see only 4 rows).
+    val_two = scalars(str(tmp_path / "two" / "tensorboard"), "val/loss")
+    val_one = scalars(str(tmp_path / "one" / "tensorboard"), "val/loss")
+    assert val_two[0][0] == val_one[0][0] == 0
+    assert abs(val_two[0][1] - val_one[0][1]) < 1e-5
+    assert abs(val_two[-1][1] - val_one[-1][1]) < 1e-4
+
+
+def test_ray_job_submit_writes_checkpoints_and_events_to_s3(ray_cluster, s3_server):
+    import s3fs
+    env_vars = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                           "AWS_ENDPOINT_URL", "S3_ENDPOINT")}
+    out = subprocess.run(
+        ["ray", "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(REPO),
+         "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
+         "python", "train.py", "--use-ray", "--num-workers", "2", "--storage-path", "s3://test-bucket/runs",
+         "--name", "job", "--train-dataset-length", "32", "--test-dataset-length", "8", "--max-epochs", "2",
+         "--batch-size", "4", "--val-generations", "2", "--val-max-new-tokens", "8", "--lr", "1e-3",
+         "--log-every-n-steps", "1"],
+        env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "succeeded" in (out.stdout + out.stderr).lower()
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    entries = [os.path.basename(p) for p in fs.ls("test-bucket/runs/job")]
+    checkpoints = train.ray_checkpoint_names(entries)
+    assert len(checkpoints) == 2 and "config.yaml" in entries
+    with fs.open(f"test-bucket/runs/job/{checkpoints[-1]}/checkpoint.ckpt", "rb") as f:
+        assert torch.load(f, map_location="cpu", weights_only=True)["global_step"] == 8
+    steps = [s for s, _ in scalars("s3://test-bucket/runs/job/tensorboard", "train/loss")]
+    assert steps == list(range(8))
+
+
+def test_strategy_values(capsys):
+    assert train.main(["--use-ray", "--strategy", "deepspeed"]) == 2
+    assert "--strategy deepspeed is not supported" in capsys.readouterr().err
+    assert train.main(["--strategy", "ddp"]) == 2
+    assert "--strategy ddp needs --use-ray" in capsys.readouterr().err
