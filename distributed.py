@@ -18,7 +18,8 @@ import tempfile
 import storage
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-CHECKPOINT_FILE = "checkpoint.ckpt"          # the file name RayTrainReportCallback writes
+CHECKPOINT_FILE = "checkpoint.ckpt"
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "S3_ENDPOINT", "AWS_DEFAULT_REGION", "TRAINER_FAULT_INJECT")          # the file name RayTrainReportCallback writes
 
 
 def lightning_parts(c: dict):
@@ -92,7 +93,11 @@ def launch(c: dict) -> dict:
         else:
             # A local Ray (started here or by `ray start` on this machine): workers import the
             # trainer from this checkout.
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+            # trainer from this checkout. Endpoint settings and the fault-injection harness are
+            # forwarded; credentials are not (a cluster started by `ray start` uses its own
+            # environment, and `ray job submit` passes them in --runtime-env-json).
+            env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **env}})
     c = dict(c, storage_path=storage.absolute(c["storage_path"]),
              model_name=_absolute_if_local(c["model_name"]), dataset_name=_absolute_if_local(c["dataset_name"]))
     storage_path, filesystem = _storage_for_ray(c["storage_path"])

@@ -109,6 +109,19 @@ def test_ray_job_submit_writes_checkpoints_and_events_to_s3(ray_cluster, s3_serv
     assert steps == list(range(8))
 
 
+def test_killed_worker_is_restarted_from_the_last_checkpoint(ray_cluster, tmp_path, monkeypatch):
+    """Rank 1 dies (os._exit) at step 6, mid-epoch 2; Ray restarts the workers from the epoch-1
+    checkpoint (step 4) and the run ends at step 12 as planned: 2 steps lost, less than an epoch."""
+    marker = tmp_path / "fault-happened"
+    monkeypatch.setenv("TRAINER_FAULT_INJECT", f"6:1:{marker}")
+    code = run_ray(storage_path=tmp_path, name="fault", num_workers=2, batch_size=4, train_dataset_length=32,
+                   test_dataset_length=8, max_epochs=3, val_generations=0, num_sanity_val_steps=0,
+                   max_failures=1, lr=1e-3)
+    assert code == 0 and marker.exists()
+    ckpt, names = latest_weights(tmp_path / "fault")
+    assert ckpt["global_step"] == 12 and ckpt["epoch"] == 2
+
+
 def test_strategy_values(capsys):
     assert train.main(["--use-ray", "--strategy", "deepspeed"]) == 2
     assert "--strategy deepspeed is not supported" in capsys.readouterr().err

@@ -1,0 +1,35 @@
+"""--precision: Lightning's precision strings reach the Trainer; FP8 (transformer-engine) is
+refused with one sentence where it cannot run, and its padding rule is wired."""
+import pytest
+
+import train
+from collate_functions import SFTCollator
+
+
+def trainer_for(*argv):
+    config, given = train.parse_config(list(argv))
+    train.validate(config, given)
+    return train.build_trainer(train.resolve(config), "/tmp/unused-run")
+
+
+@pytest.mark.parametrize("precision, plugin", [
+    ("32-true", "Precision"), ("bf16-mixed", "MixedPrecision"), ("bf16-true", "HalfPrecision"),
+])
+def test_precision_plugin(precision, plugin):
+    trainer = trainer_for("--precision", precision)
+    assert type(trainer.precision_plugin).__name__ == plugin
+    if precision != "32-true":
+        assert trainer.precision_plugin.precision == precision
+
+
+def test_transformer_engine_refused_without_the_package_or_a_hopper_gpu(capsys):
+    assert train.main(["--precision", "transformer-engine"]) == 2
+    err = capsys.readouterr().err
+    assert "transformer-engine" in err and "requirements-gpu.txt" in err and "H100" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_fp8_padding_multiple():
+    rows = [{"input_ids": [5] * 19, "labels": [5] * 19}, {"input_ids": [6] * 3, "labels": [6] * 3}]
+    batch = SFTCollator(pad_id=0, micro_batch_size=2, pad_to_multiple_of=16)(rows).micro_batches[0]
+    assert batch.input_ids.shape == (2, 32) and batch.attention_mask.sum().item() == 22
