@@ -87,7 +87,8 @@ def launch(c: dict) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
             ray.init()      # the driver of a `ray job submit`: the job's --working-dir ships the code
         else:
@@ -107,7 +108,11 @@ def launch(c: dict) -> dict:
                            checkpoint_config=CheckpointConfig(num_to_keep=c["ckpt_to_keep"]),
                            failure_config=FailureConfig(max_failures=c["max_failures"]))
     trainer = TorchTrainer(worker_loop, train_loop_config=c, scaling_config=scaling, run_config=run_config)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()      # leave the process as we found it
     metrics = dict(result.metrics or {})
     if result.checkpoint is not None:
         metrics["checkpoint"] = result.checkpoint.path

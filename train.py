@@ -143,7 +143,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[dict, set]:
 
 def find_checkpoint(path: str) -> str:
     """A .ckpt file, a run folder (its checkpoints/last.ckpt, or for a Ray run its latest
-    checkpoint_NNNNNN/checkpoint.ckpt) or one Ray checkpoint folder; local or a URL."""
+    checkpoint_<date-time>/checkpoint.ckpt) or one Ray checkpoint folder; local or a URL."""
     ckpt = str(path)
     try:
         if storage.isdir(ckpt):
@@ -167,7 +167,7 @@ def find_checkpoint(path: str) -> str:
 
 
 def _is_run_checkpoint_dir(path: str) -> bool:
-    """checkpoints/ of a local run or checkpoint_NNNNNN/ of a Ray run: its parent is the run folder."""
+    """checkpoints/ of a local run or checkpoint_<date-time>/ of a Ray run: its parent is the run folder."""
     name = storage.basename(path)
     return name == "checkpoints" or name.startswith("checkpoint_")
 

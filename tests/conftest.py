@@ -55,6 +55,9 @@ def s3_server(monkeypatch):
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
                        "S3_ENDPOINT": endpoint}.items():
         monkeypatch.setenv(key, value)
+    # moto keeps its buckets in process-wide memory: start every test from an empty store.
+    import urllib.request
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
     boto3.client("s3").create_bucket(Bucket="test-bucket")
     try:
         yield endpoint

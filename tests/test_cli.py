@@ -47,11 +47,12 @@ def run_main(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv, sentence", [
-    (["--use-ray"], "--use-ray is not available yet"),
     (["--training-type", "dpo"], "--training-type dpo is not available yet"),
     (["--training-type", "sft_verifier"], "--training-type sft_verifier is not available yet"),
-    (["--precision", "transformer-engine"], "--precision transformer-engine (FP8) is not available yet"),
-    (["--strategy", "fsdp"], "--strategy fsdp is not available yet"),
+    (["--precision", "transformer-engine"], "--precision transformer-engine needs NVIDIA transformer-engine"),
+    (["--strategy", "fsdp"], "--strategy fsdp needs --use-ray"),
+    (["--max-failures", "2"], "--max-failures only applies with --use-ray"),
+    (["--use-ray", "--mode", "test"], "--mode test runs in one process; drop --use-ray"),
     (["--calculate-win-rate"], "--calculate-win-rate is not available yet"),
     (["--num-workers", "4"], "--num-workers only applies with --use-ray"),
     (["--lambda", "0.5"], "--lambda only applies to --training-type sft_verifier"),

@@ -4,7 +4,7 @@ and TensorBoard events to a real S3 endpoint (moto's server)."""
 import json
 import os
 import subprocess
-import sys
+import time
 
 import pytest
 import torch
@@ -25,6 +25,13 @@ def ray_cluster(tmp_path_factory):
                     "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                     "--dashboard-port", str(dashboard), "--disable-usage-stats"],
                    check=True, env=env, capture_output=True)
+    # The job server's agent comes up a little after `ray start` returns: wait for it.
+    address = f"http://127.0.0.1:{dashboard}"
+    for _ in range(60):
+        probe = subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(1)
     old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     os.environ.update(RAY_ADDRESS=f"127.0.0.1:{gcs}", RAY_AUTH_MODE="disabled")
     try:
@@ -89,14 +96,17 @@ def test_ray_job_submit_writes_checkpoints_and_events_to_s3(ray_cluster, s3_serv
     import s3fs
     env_vars = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                                            "AWS_ENDPOINT_URL", "S3_ENDPOINT")}
-    out = subprocess.run(
-        ["ray", "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(REPO),
+    command = ["ray", "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
          "python", "train.py", "--use-ray", "--num-workers", "2", "--storage-path", "s3://test-bucket/runs",
          "--name", "job", "--train-dataset-length", "32", "--test-dataset-length", "8", "--max-epochs", "2",
          "--batch-size", "4", "--val-generations", "2", "--val-max-new-tokens", "8", "--lr", "1e-3",
-         "--log-every-n-steps", "1"],
-        env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
+         "--log-every-n-steps", "1"]
+    for _ in range(30):     # the node's job agent may still be starting: Ray answers at once, retry
+        out = subprocess.run(command, env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in out.stderr + out.stdout:
+            break
+        time.sleep(2)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "succeeded" in (out.stdout + out.stderr).lower()
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})

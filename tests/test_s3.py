@@ -25,7 +25,7 @@ def test_training_writes_checkpoints_and_events_to_s3(s3_server, tmp_path, capsy
     with fs.open("test-bucket/runs/s3run/checkpoints/last.ckpt", "rb") as f:
         assert torch.load(f, map_location="cpu", weights_only=True)["global_step"] == 8
     # Nothing secret in what the run wrote.
-    written = [p for p in fs.find("test-bucket/runs") if not p.endswith("/")]   # "dir/" markers hold nothing
+    written = [p for p in fs.find("test-bucket/runs/s3run") if not p.endswith("/")]   # "dir/" markers hold nothing
     assert len(written) == 7
     for path in written:
         assert b"test-secret" not in fs.cat(path) and b"test-key-id" not in fs.cat(path)
