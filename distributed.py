@@ -110,6 +110,9 @@ def launch(c: dict) -> dict:
     trainer = TorchTrainer(worker_loop, train_loop_config=c, scaling_config=scaling, run_config=run_config)
     try:
         result = trainer.fit()
+    except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own types
+        _raise_user_error(e)
+        raise
     finally:
         if started:
             ray.shutdown()      # leave the process as we found it
@@ -117,6 +120,20 @@ def launch(c: dict) -> dict:
     if result.checkpoint is not None:
         metrics["checkpoint"] = result.checkpoint.path
     return metrics
+
+
+def _raise_user_error(error: Exception) -> None:
+    """A worker's one-sentence error (bad data, unloadable model) becomes the driver's own,
+    instead of Ray's wall of worker tracebacks."""
+    import re
+
+    from collate_functions import TemplateError
+    from custom_dataset import DataError
+    from module import ModelLoadError
+    for cls in (DataError, ModelLoadError, TemplateError):
+        found = re.search(rf"\b{cls.__name__}: (.+)", str(error))
+        if found:
+            raise cls(found.group(1).strip()) from None
 
 
 def _absolute_if_local(name: str) -> str:

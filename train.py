@@ -236,6 +236,9 @@ def validate(config: dict, given: set) -> None:
     if c["strategy"] != "auto" and not c["use_ray"]:
         raise ConfigError(f"--strategy {c['strategy']} needs --use-ray (workers are Ray Train workers); "
                           f"a local run uses one device.")
+    if c["strategy"] == "fsdp" and not c["use_gpu"]:
+        raise ConfigError("--strategy fsdp needs --use-gpu: PyTorch's FSDP does not run on CPU workers; "
+                          "use --strategy ddp there.")
     if "state_dict_type" in given and c["strategy"] != "fsdp":
         raise ConfigError("--state-dict-type only applies to --strategy fsdp.")
     if c["use_ray"] and c["mode"] == "test":

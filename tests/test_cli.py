@@ -52,6 +52,7 @@ def run_main(capsys, *argv):
     (["--precision", "transformer-engine"], "--precision transformer-engine needs NVIDIA transformer-engine"),
     (["--strategy", "fsdp"], "--strategy fsdp needs --use-ray"),
     (["--max-failures", "2"], "--max-failures only applies with --use-ray"),
+    (["--use-ray", "--strategy", "fsdp"], "--strategy fsdp needs --use-gpu"),
     (["--use-ray", "--mode", "test"], "--mode test runs in one process; drop --use-ray"),
     (["--calculate-win-rate"], "--calculate-win-rate is not available yet"),
     (["--num-workers", "4"], "--num-workers only applies with --use-ray"),

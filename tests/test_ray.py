@@ -131,6 +131,18 @@ def test_killed_worker_is_restarted_from_the_last_checkpoint(ray_cluster, tmp_pa
     ckpt, names = latest_weights(tmp_path / "fault")
     assert ckpt["global_step"] == 12 and ckpt["epoch"] == 2
 
+    # --resume-from-checkpoint with the Ray run folder: its latest checkpoint and saved config.
+    assert run_ray(resume_from_checkpoint=tmp_path / "fault", max_epochs=4) == 0
+    ckpt, names = latest_weights(tmp_path / "fault")
+    assert ckpt["global_step"] == 16 and ckpt["epoch"] == 3
+
+
+def test_bad_data_in_a_ray_worker_is_one_sentence(ray_cluster, tmp_path, capsys):
+    (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "bot", "content": "x"}]}\n' * 20)
+    assert run_ray(dataset_name=tmp_path / "bad.jsonl", storage_path=tmp_path, num_workers=1) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: Data set ") and "unknown role 'bot'" in err[-1]
+
 
 def test_strategy_values(capsys):
     assert train.main(["--use-ray", "--strategy", "deepspeed"]) == 2
