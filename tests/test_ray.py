@@ -70,6 +70,9 @@ def run_ray(**flags):
 
 
 def test_two_workers_equal_one_worker_with_twice_the_batch(ray_cluster, tmp_path):
+    """DDP over 2 Ray workers (gloo) x batch 4 ends at the weights of 1 worker x batch 8. This
+    also shows each worker trains on its own shard: had both seen the same 4 rows, the step
+    would be batch 4's, not batch 8's."""
     common = dict(storage_path=tmp_path, train_dataset_length=32, test_dataset_length=8, max_epochs=1,
                   val_generations=2, val_max_new_tokens=8, num_sanity_val_steps=0, lr=1e-3, log_every_n_steps=1)
     assert run_ray(name="two", num_workers=2, batch_size=4, **common) == 0

@@ -87,6 +87,12 @@ def test_resume_continues_at_saved_step_then_mode_test(sft_run, capsys):
     assert abs(metrics["test/loss"] - last_val) < 1e-5
 
 
+def test_roundoff_rounds_reported_metrics(sft_run, capsys):
+    assert train.main(["--mode", "test", "--resume-from-checkpoint", str(sft_run), "--roundoff", "2"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["test/loss"] == round(metrics["test/loss"], 2) and metrics["test/loss"] > 0
+
+
 def test_refuses_to_overwrite_a_run(sft_run, capsys):
     code = train.main(["--storage-path", str(sft_run.parent), "--name", "sft"])
     assert code == 2 and "already holds checkpoints" in capsys.readouterr().err
