@@ -1,0 +1,144 @@
+"""Export a training checkpoint as a Hugging Face model folder, and publish it on the Hub.
+
+    python upload_to_hub.py --checkpoint-path runs/sft-demo --output-dir exported/sft-demo
+    python upload_to_hub.py --checkpoint-path s3://bucket/runs/SFT --repo-id user/name --training-type sft
+
+--checkpoint-path takes a Lightning .ckpt file, a run folder (its checkpoints/last.ckpt, or
+a Ray run's latest checkpoint_*/checkpoint.ckpt) or a Ray checkpoint folder, local or s3://.
+The folder holds safetensors weights, config.json, generation_config.json, the tokenizer
+with its chat template, and a model card (README.md) with the base model, training type,
+data set, hyper-parameters and the date. It never holds optimizer state, credentials or
+absolute local paths. The upload uses huggingface_hub with the token from HF_TOKEN; the
+repository is private unless --public. The folder is written under a temporary name and
+moved into place, so an interrupted export leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import storage
+
+# Hyper-parameters worth a line in the model card, in this order.
+CARD_KEYS = ("training_type", "lr", "batch_size", "accumulate_grad_batches", "max_epochs", "max_steps",
+             "max_length", "warmup_ratio", "weight_decay", "gradient_clip_val", "precision", "seed",
+             "beta", "lambda_", "dataset_source", "train_dataset_length")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint-path", required=True, help=".ckpt file, run folder or Ray checkpoint folder")
+    p.add_argument("--repo-id", default=None, help="Hub repository to upload to, e.g. user/qwen-sft")
+    p.add_argument("--output-dir", default=None, help="write the folder here (and upload it if --repo-id is given)")
+    p.add_argument("--training-type", default=None, choices=("sft", "dpo", "bt", "sft_verifier"),
+                   help="checked against the checkpoint's own training type")
+    p.add_argument("--public", action=argparse.BooleanOptionalAction, default=False,
+                   help="create the Hub repository as public (private by default)")
+    return p
+
+
+def _shown_name(name: str) -> str:
+    """A model or data set name fit for a card: the bundled ones relative to the repository,
+    other local paths by their last component, Hub names as they are."""
+    repo = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isabs(name):
+        return os.path.relpath(name, repo) if name.startswith(repo + os.sep) else os.path.basename(name.rstrip("/"))
+    return name
+
+
+def model_card(config: dict, step: int | None) -> str:
+    base, data = _shown_name(config["model_name"]), _shown_name(config["dataset_name"])
+    rows = "\n".join(f"| `{k.rstrip('_')}` | `{config[k]}` |" for k in CARD_KEYS if config.get(k) is not None)
+    return (f"---\nbase_model: {base}\ntags: [{config['training_type']}]\n---\n\n"
+            f"# {config['training_type'].upper()} of {base}\n\n"
+            f"Trained with `train.py --training-type {config['training_type']}` on `{data}`"
+            f"{f' for {step} optimizer steps' if step is not None else ''}; exported on "
+            f"{time.strftime('%Y-%m-%d')}.\n\n| hyper-parameter | value |\n| --- | --- |\n{rows}\n\n"
+            f"Load it with `AutoModelForCausalLM.from_pretrained(...)`; chat through the bundled "
+            f"chat template (`tokenizer.apply_chat_template`).\n")
+
+
+def export(ckpt_path: str, output_dir: str, training_type: str | None = None) -> dict:
+    """Write the Hugging Face folder for a checkpoint; returns the checkpoint's config."""
+    import torch
+
+    import train
+    from module import load_causal_lm, load_tokenizer
+
+    ckpt_path = train.find_checkpoint(ckpt_path)
+    with storage.filesystem(ckpt_path).open(ckpt_path, "rb") as f:
+        checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+    config = checkpoint.get("hyper_parameters") or {}
+    if "model_name" not in config or "training_type" not in config:
+        raise train.ConfigError(f"Checkpoint {ckpt_path} was not written by train.py (no saved config).")
+    if training_type and training_type != config["training_type"]:
+        raise train.ConfigError(f"Checkpoint {ckpt_path} is a {config['training_type']} checkpoint, "
+                                f"not {training_type}.")
+    if config["training_type"] not in ("sft", "dpo", "sft_verifier"):
+        raise train.ConfigError(f"Exporting {config['training_type']} checkpoints is not available yet.")
+    model = load_causal_lm(config["model_name"], config.get("trust_remote_code", False))
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError:
+        raise train.ConfigError(f"Checkpoint {ckpt_path} does not match the architecture of "
+                                f"{config['model_name']}.") from None
+    tokenizer = load_tokenizer(config["model_name"], config.get("trust_remote_code", False))
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        model.config.name_or_path = _shown_name(config["model_name"])
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+            f.write(model_card(config, checkpoint.get("global_step")))
+        if os.path.exists(output_dir):
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return config
+
+
+def upload(folder: str, repo_id: str, public: bool) -> None:
+    from huggingface_hub import HfApi
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise SystemExit("error: HF_TOKEN is not set; export a Hugging Face write token to upload.")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=not public, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload from upload_to_hub.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import train
+    from module import ModelLoadError
+    args = build_parser().parse_args(argv)
+    if not args.repo_id and not args.output_dir:
+        print("error: give --repo-id (upload) or --output-dir (export only), or both.", file=sys.stderr)
+        return 2
+    folder = args.output_dir or tempfile.mkdtemp(prefix="hub-export-")
+    try:
+        export(args.checkpoint_path, folder, args.training_type)
+        if args.repo_id:
+            upload(folder, args.repo_id, args.public)
+    except (train.ConfigError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.output_dir and os.path.isdir(folder):
+            shutil.rmtree(folder)
+    print(f"Exported to {args.output_dir}" if args.output_dir and not args.repo_id else
+          f"Uploaded to https://huggingface.co/{args.repo_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
