@@ -51,9 +51,13 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
     return text, spans
 
 
-def tokenize_conversation(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels (-100 outside assistant turns), right-truncated to `max_length`."""
+def tokenize_conversation(tokenizer, messages: list[dict], max_length: int,
+                          last_turn_only: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 outside assistant turns, or outside the last assistant turn
+    with `last_turn_only`, as preference completions need), right-truncated to `max_length`."""
     text, spans = assistant_char_spans(tokenizer, messages)
+    if last_turn_only:
+        spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE_INDEX] * len(ids)
@@ -97,17 +101,27 @@ class SFTBatch:
         """Supervised tokens that the loss counts (each label after the first position)."""
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
+    @property
+    def count(self) -> int:
+        """What the SFT loss is averaged over: supervised tokens."""
+        return self.num_tokens
+
 
 @dataclass
 class StepBatch:
-    """All micro-batches of one optimizer step (--batch-size rows each,
-    --accumulate-grad-batches of them). Keeping them together lets the loss be normalised
-    by the supervised tokens of the whole step, so accumulation equals one big batch."""
-    micro_batches: list[SFTBatch]
+    """All micro-batches (SFTBatch or PreferenceBatch) of one optimizer step (--batch-size rows
+    each, --accumulate-grad-batches of them). Keeping them together lets the loss be
+    normalised over the whole step, so accumulation equals one big batch."""
+    micro_batches: list
 
     @property
     def num_tokens(self) -> int:
         return sum(mb.num_tokens for mb in self.micro_batches)
+
+    @property
+    def count(self) -> int:
+        """The loss's denominator for the whole step: supervised tokens (SFT) or pairs (DPO)."""
+        return sum(mb.count for mb in self.micro_batches)
 
 
 def pad_sft(examples: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> SFTBatch:
@@ -140,6 +154,69 @@ class SFTCollator:
         chunks = [examples[i:i + self.micro_batch_size]
                   for i in range(0, len(examples), self.micro_batch_size)]
         return StepBatch([pad_sft(c, self.pad_id, self.pad_to_multiple_of) for c in chunks])
+
+
+def tokenize_preference_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], dict]:
+    """Canonical preference rows -> chosen and rejected ids/labels, where only the final reply
+    (with its end-of-turn token) is labelled; multi-turn prompts are kept whole. Pairs whose
+    replies are identical, or whose reply is truncated away, are dropped and counted."""
+    out, dropped = [], {"identical": 0, "truncated": 0}
+    for row in rows:
+        if row["chosen"] == row["rejected"]:
+            dropped["identical"] += 1
+            continue
+        example = {"row": row["row"]}
+        for side in ("chosen", "rejected"):
+            ids, labels = tokenize_conversation(tokenizer, row["prompt"] + row[side], max_length, last_turn_only=True)
+            example[f"{side}_input_ids"], example[f"{side}_labels"] = ids, labels
+        if all(x == IGNORE_INDEX for x in example["chosen_labels"]) or \
+                all(x == IGNORE_INDEX for x in example["rejected_labels"]):
+            dropped["truncated"] += 1
+            continue
+        out.append(example)
+    return out, dropped
+
+
+@dataclass
+class PreferenceBatch:
+    """Chosen and rejected sequences of B pairs, concatenated for one forward pass.
+
+    input_ids:      (2B, T) long; rows 0..B-1 are the chosen sequences, B..2B-1 the rejected.
+    attention_mask: (2B, T) long.
+    labels:         (2B, T) long; completion tokens only, -100 elsewhere.
+    ref_logps:      (2B,) float reference log-probs computed before training, or None when
+                    the reference model runs live.
+    """
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    ref_logps: torch.Tensor | None = None
+
+    @property
+    def count(self) -> int:
+        """Pairs: what the DPO loss is averaged over."""
+        return self.input_ids.shape[0] // 2
+
+
+def concatenate_pairs(examples: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> PreferenceBatch:
+    """The one place chosen and rejected are put side by side: [chosen..., rejected...]."""
+    rows = [{"input_ids": e[f"{side}_input_ids"], "labels": e[f"{side}_labels"]}
+            for side in ("chosen", "rejected") for e in examples]
+    padded = pad_sft(rows, pad_id, pad_to_multiple_of)
+    ref = None
+    if "ref_chosen_logps" in examples[0]:
+        ref = torch.tensor([e["ref_chosen_logps"] for e in examples] + [e["ref_rejected_logps"] for e in examples])
+    return PreferenceBatch(padded.input_ids, padded.attention_mask, padded.labels, ref)
+
+
+class PreferenceCollator(SFTCollator):
+    """DataLoader collate_fn for pairs: PreferenceBatch (validation) or StepBatch (training)."""
+
+    def __call__(self, examples: list[dict]):
+        if self.micro_batch_size is None:
+            return concatenate_pairs(examples, self.pad_id, self.pad_to_multiple_of)
+        chunks = [examples[i:i + self.micro_batch_size] for i in range(0, len(examples), self.micro_batch_size)]
+        return StepBatch([concatenate_pairs(c, self.pad_id, self.pad_to_multiple_of) for c in chunks])
 
 
 def prompt_and_reference(messages: list[dict]) -> tuple[list[dict], str]:

@@ -21,9 +21,10 @@ import lightning as L
 import torch
 from rapidfuzz.distance import Levenshtein
 
-from collate_functions import SFTBatch, StepBatch
+from collate_functions import PreferenceBatch, SFTBatch, StepBatch
 from generation import generate_replies
 from losses import LOSSES
+from losses.dpo import sequence_logps
 
 
 class ModelLoadError(OSError):
@@ -77,10 +78,12 @@ class PostTrainingModule(L.LightningModule):
         model: the policy; loaded from config["model_name"] when None.
         tokenizer: needed for validation generations.
         val_prompts: (prompt messages, reference reply) pairs for val/edit_distance.
+        reference: the frozen reference model for DPO with a live reference pass (None when
+            reference log-probs are precomputed and travel with the data).
     """
 
     def __init__(self, config: dict, model=None, tokenizer=None,
-                 val_prompts: list[tuple[list[dict], str]] | None = None):
+                 val_prompts: list[tuple[list[dict], str]] | None = None, reference=None):
         super().__init__()
         self.save_hyperparameters(config)
         self.model = model if model is not None else load_causal_lm(
@@ -90,6 +93,8 @@ class PostTrainingModule(L.LightningModule):
         self.loss_fn = LOSSES[config["training_type"]]
         self.automatic_optimization = False
         self._eval_sums = None
+        # A list keeps the reference out of the module tree: not trained, not checkpointed.
+        self._reference = [reference.eval().requires_grad_(False)] if reference is not None else []
 
     # ------------------------------------------------------------------ helpers
     def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -98,39 +103,90 @@ class PostTrainingModule(L.LightningModule):
             return self.trainer.strategy.reduce(values, reduce_op="sum")
         return values
 
+    def _reduce_sums(self, sums: dict) -> dict:
+        """Sum every statistic over DDP workers in one collective."""
+        keys = sorted(sums)
+        values = self._reduce_sum(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32, device=self.device)
+                                               for k in keys]))
+        return dict(zip(keys, values.tolist()))
+
     def _log(self, name: str, value, **kwargs) -> None:
         value = float(value)
         if self.hparams.roundoff is not None:
             value = round(value, self.hparams.roundoff)
         self.log(name, value, **kwargs)
 
-    def sft_forward(self, batch: SFTBatch, normalizer=None):
+    def on_fit_start(self) -> None:
+        for ref in self._reference:
+            ref.to(self.device)
+
+    # ------------------------------------------------- forward -> loss -> sums
+    def compute(self, batch, normalizer=None) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch (its share of the step's mean) and additive statistics."""
+        if isinstance(batch, PreferenceBatch):
+            return self._dpo(batch, normalizer)
+        return self._sft(batch, normalizer)
+
+    def _sft(self, batch: SFTBatch, normalizer=None):
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
-        return self.loss_fn(logits, batch.labels, normalizer)
+        out = self.loss_fn(logits, batch.labels, normalizer)
+        return out.loss, {"loss": out.nll_sum, "count": out.num_tokens}
+
+    @torch.no_grad()
+    def reference_logps(self, batch: PreferenceBatch) -> torch.Tensor:
+        """(2B,) completion log-probs under the reference: cached with the data, or a live pass."""
+        if batch.ref_logps is not None:
+            return batch.ref_logps.to(self.device)
+        if not self._reference:
+            raise RuntimeError("DPO needs reference log-probs: precompute them or pass a reference model")
+        logits = self._reference[0](input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return sequence_logps(logits, batch.labels)
+
+    def _dpo(self, batch: PreferenceBatch, normalizer=None):
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (2B, T, V)
+        logps = sequence_logps(logits, batch.labels)                                                # (2B,)
+        ref = self.reference_logps(batch)
+        B = batch.count
+        out = self.loss_fn(logps[:B], logps[B:], ref[:B], ref[B:], self.hparams.beta)
+        denom = torch.as_tensor(B if normalizer is None else normalizer, dtype=torch.float32)
+        chosen, rejected = out.chosen_rewards, out.rejected_rewards
+        sums = {"loss": out.losses.detach().sum(), "count": B, "rewards/chosen": chosen.sum(),
+                "rewards/rejected": rejected.sum(), "rewards/accuracies": (chosen > rejected).sum(),
+                "rewards/margins": (chosen - rejected).sum(), "logps/chosen": logps[:B].detach().sum(),
+                "logps/rejected": logps[B:].detach().sum(),
+                # log pi(y_w|x) - log pi_ref(y_w|x) on the chosen replies: a sample estimate of KL(pi || pi_ref)
+                "kl": (logps[:B].detach() - ref[:B]).sum()}
+        return out.losses.sum() / denom.clamp(min=1), sums
+
+    @staticmethod
+    def metrics(sums: dict) -> dict:
+        """Means over the reduced statistics: loss and every other sum divided by the count."""
+        count = max(sums["count"], 1.0)
+        return {name: value / count for name, value in sums.items() if name != "count"}
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: StepBatch, batch_idx: int):
         opt, sched = self.optimizers(), self.lr_schedulers()
-        local = torch.tensor(float(batch.num_tokens), device=self.device)
-        step_tokens = self._reduce_sum(local)
+        step_count = self._reduce_sum(torch.tensor(float(batch.count), device=self.device))
         # DDP averages gradients over workers, so scale each worker's share back up.
-        normalizer = step_tokens / self.trainer.world_size
-        nll = torch.zeros((), device=self.device)
+        normalizer = step_count / self.trainer.world_size
+        totals = {}
         for mb in batch.micro_batches:
-            out = self.sft_forward(mb, normalizer)
-            self.manual_backward(out.loss)
-            nll += out.nll_sum
+            loss, sums = self.compute(mb, normalizer)
+            self.manual_backward(loss)
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32).detach()
         if self.hparams.gradient_clip_val:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val,
                                 gradient_clip_algorithm="norm")
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
-        loss = self._reduce_sum(nll) / step_tokens.clamp(min=1)
-        self._log("train/loss", loss, prog_bar=True)
-        self._log("train/tokens", step_tokens)
+        reduced = self._reduce_sums(totals)
+        for name, value in self.metrics(reduced).items():
+            self._log(f"train/{name}", value, prog_bar=name == "loss")
+        self._log("train/tokens" if isinstance(batch.micro_batches[0], SFTBatch) else "train/pairs", reduced["count"])
         self._log("lr", sched.get_last_lr()[0])
-        return loss
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -143,19 +199,22 @@ class PostTrainingModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --------------------------------------------------------- validation / test
-    def _eval_step(self, batch: SFTBatch) -> None:
-        out = self.sft_forward(batch)
-        sums = torch.stack([out.nll_sum.float(), out.num_tokens.float()])
-        self._eval_sums = sums if self._eval_sums is None else self._eval_sums + sums
+    def _eval_step(self, batch) -> None:
+        _, sums = self.compute(batch)
+        if self._eval_sums is None:
+            self._eval_sums = {k: 0.0 for k in sums}
+        for k, v in sums.items():
+            self._eval_sums[k] += torch.as_tensor(v, dtype=torch.float32).detach()
 
     def _eval_epoch_end(self, stage: str) -> dict:
-        sums = self._eval_sums if self._eval_sums is not None else torch.zeros(2, device=self.device)
+        sums = self._eval_sums or {"loss": 0.0, "count": 0.0}
         self._eval_sums = None
-        nll, tokens = self._reduce_sum(sums.to(self.device)).tolist()
+        reduced = self._reduce_sums(sums)
         metrics = {}
-        if tokens > 0:
-            metrics[f"{stage}/loss"] = nll / tokens
-            metrics[f"{stage}/perplexity"] = math.exp(min(nll / tokens, 50.0))
+        if reduced["count"] > 0:
+            metrics = {f"{stage}/{k}": v for k, v in self.metrics(reduced).items()}
+            if self.hparams.training_type in ("sft", "sft_verifier"):
+                metrics[f"{stage}/perplexity"] = math.exp(min(metrics[f"{stage}/loss"], 50.0))
         edit = self._edit_distance()
         if edit is not None:
             metrics[f"{stage}/edit_distance"] = edit
@@ -177,7 +236,7 @@ class PostTrainingModule(L.LightningModule):
         summed = self._reduce_sum(torch.tensor([total, float(len(mine))], device=self.device))
         return summed[0].item() / max(1.0, summed[1].item())
 
-    def validation_step(self, batch: SFTBatch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
@@ -186,7 +245,7 @@ class PostTrainingModule(L.LightningModule):
             return
         self._eval_epoch_end("val")
 
-    def test_step(self, batch: SFTBatch, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:

@@ -78,6 +78,9 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--max-length", type=int, default=1024, help="truncate tokenized conversations to this many tokens")
     add("--precision", choices=PRECISIONS, default="32-true", help="Lightning precision")
     add("--beta", type=float, default=0.1, help="DPO beta (the seed used 1.0 and 2.0)")
+    add("--precompute-ref-log-probs", action=flag, default=True,
+        help="DPO: compute the reference log-probs once before training and keep them with the data "
+             "(no reference model in memory while training); --no-... runs the reference live")
     add("--lambda", dest="lambda_", type=float, default=0.1,
         help="GenRM weight of the generation term, L_verify + lambda * L_correct (sft_verifier)")
 
@@ -245,12 +248,14 @@ def validate(config: dict, given: set) -> None:
         raise ConfigError("--mode test runs in one process; drop --use-ray.")
     if c["precision"] == "transformer-engine":
         check_transformer_engine(c["use_gpu"])
-    if c["training_type"] != "sft":
+    if c["training_type"] not in ("sft", "dpo"):
         from losses import NOT_YET
         raise ConfigError(f"--training-type {c['training_type']} is not available yet: it comes with "
                           f"{NOT_YET[c['training_type']]}.")
     if "beta" in given and c["training_type"] != "dpo":
         raise ConfigError("--beta only applies to --training-type dpo.")
+    if "precompute_ref_log_probs" in given and c["training_type"] != "dpo":
+        raise ConfigError("--precompute-ref-log-probs only applies to --training-type dpo.")
     if "lambda_" in given and c["training_type"] != "sft_verifier":
         raise ConfigError("--lambda only applies to --training-type sft_verifier.")
     if c["calculate_win_rate"]:
@@ -322,8 +327,9 @@ def run_dir(c: dict) -> str:
 def build_data(c: dict, tokenizer):
     """CustomDataset -> tokenized rows -> DataLoaders, logging what every filter kept."""
     import torch
-    from collate_functions import SFTCollator, prompt_and_reference, tokenize_sft_rows
-    from custom_dataset import CustomDataset
+    from collate_functions import (PreferenceCollator, SFTCollator, prompt_and_reference, tokenize_preference_rows,
+                                   tokenize_sft_rows)
+    from custom_dataset import PREFERENCE_TYPES, CustomDataset, DataError
 
     common = dict(source=c["dataset_source"], random_sample=c["dataset_random_sample"], seed=c["seed"],
                   skip_bad_rows=c["skip_bad_rows"])
@@ -334,6 +340,8 @@ def build_data(c: dict, tokenizer):
     else:
         test = CustomDataset(c["dataset_name"], "test", c["training_type"], percentile=c["test_percentile"],
                              length=c["test_dataset_length"], **common)
+    pairs = c["training_type"] in PREFERENCE_TYPES
+    collator = PreferenceCollator if pairs else SFTCollator
     counts = {}
     loaders = {}
     # FP8 GEMMs need dimensions divisible by 16 (the seed's finding on H100): pad sequences to it.
@@ -341,26 +349,55 @@ def build_data(c: dict, tokenizer):
     for split, ds in (("train", train), ("test", test)):
         if ds is None:
             continue
-        rows, dropped = tokenize_sft_rows(ds, tokenizer, c["max_length"])
+        if pairs:
+            rows, dropped = tokenize_preference_rows(ds, tokenizer, c["max_length"])
+        else:
+            rows, truncated = tokenize_sft_rows(ds, tokenizer, c["max_length"])
+            dropped = {"truncated": truncated}
         if not rows:
-            from custom_dataset import DataError
-            raise DataError(f"Data set {ds.name} ({split}): every row lost all its assistant tokens to "
-                            f"truncation at --max-length {c['max_length']}.")
-        log.info("%s; %d dropped (no assistant token left after truncation to %d tokens)",
-                 ds.describe(), dropped, c["max_length"])
-        counts[f"data/{split}_rows"], counts[f"data/{split}_dropped_truncated"] = len(rows), dropped
+            raise DataError(f"Data set {ds.name} ({split}): no usable row is left after truncation to "
+                            f"--max-length {c['max_length']} (and dropping identical pairs).")
+        log.info("%s; dropped: %s", ds.describe(), ", ".join(f"{n} {k}" for k, n in dropped.items()))
+        counts[f"data/{split}_rows"] = len(rows)
         counts[f"data/{split}_skipped_bad_rows"] = ds.stats.skipped_bad_rows
+        for reason, n in dropped.items():
+            counts[f"data/{split}_dropped_{reason}"] = n
         if split == "train":
             generator = torch.Generator().manual_seed(c["seed"])
             loaders[split] = torch.utils.data.DataLoader(
                 rows, batch_size=c["batch_size"] * c["accumulate_grad_batches"], shuffle=True,
-                generator=generator, collate_fn=SFTCollator(tokenizer.pad_token_id, c["batch_size"], multiple))
+                generator=generator, collate_fn=collator(tokenizer.pad_token_id, c["batch_size"], multiple))
         else:
             loaders[split] = torch.utils.data.DataLoader(
                 rows, batch_size=c["batch_size"], shuffle=False,
-                collate_fn=SFTCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple))
-    val_prompts = [prompt_and_reference(row["messages"]) for row in list(test)[: c["val_generations"]]]
+                collate_fn=collator(tokenizer.pad_token_id, pad_to_multiple_of=multiple))
+    first = list(test)[: c["val_generations"]]
+    val_prompts = [(r["prompt"], r["chosen"][-1]["content"]) if pairs else prompt_and_reference(r["messages"])
+                   for r in first]
     return loaders, val_prompts, counts
+
+
+def precompute_reference_logps(model, loaders: dict, batch_size: int) -> None:
+    """DPO's cached mode: the starting policy is the reference, so score every pair with it
+    once, before any update, and store the log-probs in the rows (reused every epoch)."""
+    import torch
+    from collate_functions import concatenate_pairs
+    from losses.dpo import sequence_logps
+
+    was_training = model.training
+    model.eval()
+    pad_id = next(iter(loaders.values())).collate_fn.pad_id
+    with torch.no_grad():
+        for loader in loaders.values():
+            rows = loader.dataset
+            for i in range(0, len(rows), batch_size):
+                chunk = rows[i:i + batch_size]
+                batch = concatenate_pairs(chunk, pad_id)
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                logps = sequence_logps(logits, batch.labels).tolist()
+                for j, row in enumerate(chunk):
+                    row["ref_chosen_logps"], row["ref_rejected_logps"] = logps[j], logps[len(chunk) + j]
+    model.train(was_training)
 
 
 def build_trainer(c: dict, out: str, ray_worker: bool = False):
@@ -453,13 +490,22 @@ def ray_checkpoint_names(entries: list[str]) -> list[str]:
 def fit(c: dict, ray_worker: bool = False) -> dict:
     """Build data, module and Trainer, then train (or test); the same code in every process."""
     import lightning as L
-    from module import PostTrainingModule, load_tokenizer
+    from module import PostTrainingModule, load_causal_lm, load_tokenizer
 
     out = run_dir(c)
     L.seed_everything(c["seed"], workers=True, verbose=False)
     tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"])
     loaders, val_prompts, counts = build_data(c, tokenizer)
-    module = PostTrainingModule(c, tokenizer=tokenizer, val_prompts=val_prompts)
+    model = load_causal_lm(c["model_name"], c["trust_remote_code"])
+    reference = None
+    if c["training_type"] == "dpo":
+        if c["precompute_ref_log_probs"]:
+            # The policy was just loaded from the starting checkpoint (a resumed run loads its
+            # trained weights later, inside fit), so here it is the reference.
+            precompute_reference_logps(model, loaders, c["batch_size"])
+        else:
+            reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
+    module = PostTrainingModule(c, model=model, tokenizer=tokenizer, val_prompts=val_prompts, reference=reference)
     trainer = build_trainer(c, out, ray_worker)
     ckpt_path = c["resume_from_checkpoint"]
     if ray_worker:

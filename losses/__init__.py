@@ -5,14 +5,15 @@ looks the function up here; adding a training type adds one entry, not a branch.
 Training types listed in NOT_YET are accepted by the command line's choices but fail at
 start-up with a sentence saying which piece of work brings them.
 """
+from losses.dpo import dpo_loss
 from losses.sft import sft_loss
 
 LOSSES = {
     "sft": sft_loss,
+    "dpo": dpo_loss,
 }
 
 NOT_YET = {
-    "dpo": "the preference-learning work (DPO, Bradley-Terry, win rate)",
-    "bt": "the preference-learning work (DPO, Bradley-Terry, win rate)",
+    "bt": "the rest of the preference-learning work (Bradley-Terry reward models, win rate)",
     "sft_verifier": "the GenRM-CoT extension",
 }

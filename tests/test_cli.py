@@ -47,7 +47,8 @@ def run_main(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv, sentence", [
-    (["--training-type", "dpo"], "--training-type dpo is not available yet"),
+    (["--training-type", "bt"], "--training-type bt is not available yet"),
+    (["--precompute-ref-log-probs"], "--precompute-ref-log-probs only applies to --training-type dpo"),
     (["--training-type", "sft_verifier"], "--training-type sft_verifier is not available yet"),
     (["--precision", "transformer-engine"], "--precision transformer-engine needs NVIDIA transformer-engine"),
     (["--strategy", "fsdp"], "--strategy fsdp needs --use-ray"),
