@@ -2,10 +2,13 @@
 
     training_step: for each micro-batch of the step: forward -> loss fn (from the registry)
                    -> backward; then clip, optimizer step, scheduler step, log.
+    SFT batches: token log-probs -> masked cross-entropy. Preference batches (DPO): chosen
+    and rejected in one forward -> summed completion log-probs -> DPO loss against the
+    reference log-probs (cached with the data, or a live frozen reference).
 
 Optimization is manual so that a gradient-accumulation window is one DataLoader item
-(a `StepBatch`): the loss of each micro-batch is divided by the supervised tokens of the
-whole step, summed over DDP workers, which makes accumulation and data parallelism give
+(a `StepBatch`): the loss of each micro-batch is divided by the supervised tokens (SFT) or
+pairs (DPO) of the whole step, summed over DDP workers, which makes accumulation and data parallelism give
 exactly the update of one large batch (see losses/sft.py).
 
 Validation logs val/loss (token-mean over the whole validation set), val/perplexity =

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     import train
     from module import ModelLoadError
     args = build_parser().parse_args(argv)
+    train.configure_logging(verbose=False)
     if not args.repo_id and not args.output_dir:
         print("error: give --repo-id (upload) or --output-dir (export only), or both.", file=sys.stderr)
         return 2
