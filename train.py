@@ -43,13 +43,18 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 argument_default=argparse.SUPPRESS if suppress_defaults else None)
 
+    section = [p]
+
+    def group(title: str) -> None:
+        section[0] = p.add_argument_group(title)
+
     def add(*names, **kw):
         if suppress_defaults:
             kw.pop("default", None)
-        p.add_argument(*names, **kw)
+        section[0].add_argument(*names, **kw)
 
     flag = argparse.BooleanOptionalAction
-    g = p.add_argument_group("run")
+    group("run")
     add("--config", type=str, default=None, help="YAML file of flag defaults (keys are flag names); the command line wins")
     add("--training-type", choices=TRAINING_TYPES, default="sft", help="what to train")
     add("--mode", choices=("train", "test"), default="train",
@@ -65,7 +70,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--roundoff", type=int, default=None, help="round logged metric values to this many digits")
     add("--trust-remote-code", action=flag, default=False, help="allow model code from the Hub (off for safety)")
 
-    g = p.add_argument_group("optimisation")
+    group("optimisation")
     add("--max-epochs", type=int, default=1, help="epochs over the training set")
     add("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: no limit)")
     add("--batch-size", type=int, default=8, help="rows per micro-batch, per worker")
@@ -81,10 +86,10 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--precompute-ref-log-probs", action=flag, default=True,
         help="DPO: compute the reference log-probs once before training and keep them with the data "
              "(no reference model in memory while training); --no-... runs the reference live")
-    add("--lambda", dest="lambda_", type=float, default=0.1,
+    add("--lambda", dest="lambda_", metavar="LAMBDA", type=float, default=0.1,
         help="GenRM weight of the generation term, L_verify + lambda * L_correct (sft_verifier)")
 
-    g = p.add_argument_group("data")
+    group("data")
     add("--train-dataset-length", type=int, default=None, help="keep at most this many training rows")
     add("--test-dataset-length", type=int, default=None, help="keep at most this many test rows")
     add("--dataset-random-sample", action=flag, default=False,
@@ -97,7 +102,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         help="skip and count malformed rows instead of stopping at the first one")
     add("--sanity-train", action=flag, default=False, help="validate on the training set (checks the code can overfit)")
 
-    g = p.add_argument_group("evaluation and checkpoints")
+    group("evaluation and checkpoints")
     add("--check-val-every-n-epoch", type=int, default=1, help="validate every N epochs")
     add("--num-sanity-val-steps", type=int, default=2, help="validation batches run before training starts")
     add("--val-generations", type=int, default=4, help="validation prompts answered greedily for val/edit_distance")
@@ -109,7 +114,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--resume-from-checkpoint", type=str, default=None,
         help="a .ckpt file, or a run folder (its checkpoints/last.ckpt), to continue or to test")
 
-    g = p.add_argument_group("hardware and distribution")
+    group("hardware and distribution")
     add("--use-gpu", action=flag, default=False, help="train on one CUDA GPU (per worker with --use-ray)")
     add("--use-ray", action=flag, default=False, help="run inside Ray Train")
     add("--num-workers", type=int, default=1, help="Ray Train workers")

@@ -1,6 +1,5 @@
 """The Ray cluster-launcher configs in hippo/: valid for the installed Ray, right node types,
 right setup, token auth on, and no secrets. No cloud call is made."""
-import copy
 import json
 import re
 from pathlib import Path
