@@ -115,10 +115,6 @@ class StepBatch:
     micro_batches: list
 
     @property
-    def num_tokens(self) -> int:
-        return sum(mb.num_tokens for mb in self.micro_batches)
-
-    @property
     def count(self) -> int:
         """The loss's denominator for the whole step: supervised tokens (SFT) or pairs (DPO)."""
         return sum(mb.count for mb in self.micro_batches)

@@ -61,7 +61,6 @@ class DataStats:
     source_rows: int = 0
     after_source: int = 0
     after_percentile: int = 0
-    after_length: int = 0
     skipped_bad_rows: int = 0
 
 
@@ -318,7 +317,6 @@ class CustomDataset(torch.utils.data.Dataset):
         self.stats.after_percentile = len(ds)
         if length is not None:
             ds = length_filter(ds, length, random_sample, seed)
-        self.stats.after_length = len(ds)
         self.rows = self._adapt(ds)
         if not self.rows:
             raise DataError(f"Data set {name_or_path} ({split}) is empty after filtering.")

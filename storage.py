@@ -75,7 +75,6 @@ def read_text(path: str) -> str:
 def write_text_atomic(path: str, text: str) -> None:
     """Write to a temporary name beside `path`, then move it into place, so a reader never
     sees a half-written file (an S3 object only appears once its upload completes)."""
-    fs = filesystem(path)
     path = str(path)
     if not is_url(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -84,5 +83,5 @@ def write_text_atomic(path: str, text: str) -> None:
             f.write(text)
         os.replace(tmp, path)
         return
-    with fs.open(path, "w", encoding="utf-8") as f:
+    with filesystem(path).open(path, "w", encoding="utf-8") as f:
         f.write(text)

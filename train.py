@@ -1,4 +1,4 @@
-"""Train or evaluate a language model: SFT (and, as they land, DPO, Bradley-Terry, GenRM-CoT).
+"""Train or evaluate a language model: SFT and DPO (and, as they land, Bradley-Terry, GenRM-CoT).
 
     python train.py                                  # SFT of the bundled tiny model on the bundled data
     python train.py --training-type sft --model-name Qwen/Qwen2.5-0.5B \\
@@ -8,325 +8,21 @@
 
 Everything a run writes lands in <--storage-path>/<--name>/: checkpoints/ (Lightning .ckpt
 files with the resolved config inside), tensorboard/ (event files), config.yaml.
-Flags keep the names of the original project's train.py; booleans are --x / --no-x.
+Flags (flags.py) keep the names of the original project's train.py; booleans are --x / --no-x.
 A flag or value whose feature has not landed yet fails with a sentence saying so.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
-import time
-from pathlib import Path
 
 import storage
+from flags import ConfigError, parse_config, ray_checkpoint_names, resolve, run_dir, validate
 
-REPO = Path(__file__).resolve().parent
-EMBEDDED_MODEL = REPO / "embedded" / "model"
-EMBEDDED_DATA = {"sft": REPO / "embedded" / "data" / "sft", "dpo": REPO / "embedded" / "data" / "prefs",
-                 "bt": REPO / "embedded" / "data" / "prefs", "sft_verifier": REPO / "embedded" / "data" / "problems"}
-TRAINING_TYPES = ("sft", "dpo", "bt", "sft_verifier")
-STRATEGIES = ("auto", "ddp", "fsdp")
-PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true", "transformer-engine")
 log = logging.getLogger("train")
-
-
-class ConfigError(ValueError):
-    """A flag, flag combination or config file is unusable; the message is one sentence."""
-
-
-def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
-    """Every flag, declared once with its default and help text."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                argument_default=argparse.SUPPRESS if suppress_defaults else None)
-
-    section = [p]
-
-    def group(title: str) -> None:
-        section[0] = p.add_argument_group(title)
-
-    def add(*names, **kw):
-        if suppress_defaults:
-            kw.pop("default", None)
-        section[0].add_argument(*names, **kw)
-
-    flag = argparse.BooleanOptionalAction
-    group("run")
-    add("--config", type=str, default=None, help="YAML file of flag defaults (keys are flag names); the command line wins")
-    add("--training-type", choices=TRAINING_TYPES, default="sft", help="what to train")
-    add("--mode", choices=("train", "test"), default="train",
-        help="train, or evaluate --resume-from-checkpoint (or --model-name) on the test split")
-    add("--model-name", type=str, default=None,
-        help="Hub name or local folder of the starting model (default: the bundled tiny Qwen2 model, embedded/model)")
-    add("--dataset-name", type=str, default=None,
-        help="Hub name, data file or folder (default: the bundled data set for the training type, embedded/data/)")
-    add("--storage-path", type=str, default="runs", help="where run folders are written")
-    add("--name", type=str, default=None, help="run folder name (default: <training-type>-<date>-<time>)")
-    add("--seed", type=int, default=42, help="seed for weights init, data order and sampling")
-    add("--verbose", action=flag, default=False, help="debug logging, library warnings")
-    add("--roundoff", type=int, default=None, help="round logged metric values to this many digits")
-    add("--trust-remote-code", action=flag, default=False, help="allow model code from the Hub (off for safety)")
-
-    group("optimisation")
-    add("--max-epochs", type=int, default=1, help="epochs over the training set")
-    add("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: no limit)")
-    add("--batch-size", type=int, default=8, help="rows per micro-batch, per worker")
-    add("--accumulate-grad-batches", type=int, default=1,
-        help="micro-batches per optimizer step; the loss is normalised over the whole step")
-    add("--lr", type=float, default=2e-5, help="peak learning rate (AdamW)")
-    add("--warmup-ratio", type=float, default=0.05, help="fraction of steps of linear warm-up before linear decay to 0")
-    add("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    add("--gradient-clip-val", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
-    add("--max-length", type=int, default=1024, help="truncate tokenized conversations to this many tokens")
-    add("--precision", choices=PRECISIONS, default="32-true", help="Lightning precision")
-    add("--beta", type=float, default=0.1, help="DPO beta (the seed used 1.0 and 2.0)")
-    add("--precompute-ref-log-probs", action=flag, default=True,
-        help="DPO: compute the reference log-probs once before training and keep them with the data "
-             "(no reference model in memory while training); --no-... runs the reference live")
-    add("--lambda", dest="lambda_", metavar="LAMBDA", type=float, default=0.1,
-        help="GenRM weight of the generation term, L_verify + lambda * L_correct (sft_verifier)")
-
-    group("data")
-    add("--train-dataset-length", type=int, default=None, help="keep at most this many training rows")
-    add("--test-dataset-length", type=int, default=None, help="keep at most this many test rows")
-    add("--dataset-random-sample", action=flag, default=False,
-        help="with a length cap, take a seeded random subset instead of the first rows")
-    add("--dataset-source", type=str, default=None, help="keep rows whose 'source' column equals this")
-    add("--train-percentile", type=float, default=None,
-        help="keep training rows whose string length is <= this percentile (98 drops the longest 2%%)")
-    add("--test-percentile", type=float, default=None, help="same for test rows")
-    add("--skip-bad-rows", action=flag, default=False,
-        help="skip and count malformed rows instead of stopping at the first one")
-    add("--sanity-train", action=flag, default=False, help="validate on the training set (checks the code can overfit)")
-
-    group("evaluation and checkpoints")
-    add("--check-val-every-n-epoch", type=int, default=1, help="validate every N epochs")
-    add("--num-sanity-val-steps", type=int, default=2, help="validation batches run before training starts")
-    add("--val-generations", type=int, default=4, help="validation prompts answered greedily for val/edit_distance")
-    add("--val-max-new-tokens", type=int, default=128, help="token budget of those replies")
-    add("--calculate-win-rate", action=flag, default=False, help="log the win rate against the reference model")
-    add("--log-every-n-steps", type=int, default=10, help="log training metrics every N steps")
-    add("--checkpoint-frequency", type=int, default=1, help="save a checkpoint every N epochs")
-    add("--ckpt-to-keep", type=int, default=2, help="keep the N most recent checkpoints (plus last.ckpt)")
-    add("--resume-from-checkpoint", type=str, default=None,
-        help="a .ckpt file, or a run folder (its checkpoints/last.ckpt), to continue or to test")
-
-    group("hardware and distribution")
-    add("--use-gpu", action=flag, default=False, help="train on one CUDA GPU (per worker with --use-ray)")
-    add("--use-ray", action=flag, default=False, help="run inside Ray Train")
-    add("--num-workers", type=int, default=1, help="Ray Train workers")
-    add("--strategy", type=str, default="auto", help="distribution strategy: auto, or ddp/fsdp with --use-ray")
-    add("--state-dict-type", choices=("full", "sharded"), default="full", help="FSDP checkpoint layout")
-    add("--accelerator-type", type=str, default=None, help="Ray accelerator type, e.g. H100")
-    add("--placement-strategy", type=str, default="PACK", help="Ray placement strategy")
-    add("--max-failures", type=int, default=0,
-        help="times Ray restarts the workers from the last checkpoint after a failure (-1: forever)")
-    return p
-
-
-def parse_config(argv: list[str] | None = None) -> tuple[dict, set]:
-    """Flags -> (resolved config dict, names set explicitly on the command line or in YAML)."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    given = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
-    pre = vars(parser.parse_args(argv))
-    if pre["config"]:
-        defaults = _read_yaml_defaults(pre["config"], parser)
-        parser.set_defaults(**defaults)
-        given |= set(defaults)
-    config = vars(parser.parse_args(argv))
-    config.pop("config")
-    given.discard("config")
-    if config["resume_from_checkpoint"]:
-        # Resuming or testing a run: its saved config supplies every flag not given now.
-        config["resume_from_checkpoint"] = find_checkpoint(config["resume_from_checkpoint"])
-        for key, value in saved_config(config["resume_from_checkpoint"]).items():
-            if key in config and key not in given and key not in ("mode", "resume_from_checkpoint"):
-                config[key] = value
-    return config, given
-
-
-def find_checkpoint(path: str) -> str:
-    """A .ckpt file, a run folder (its checkpoints/last.ckpt, or for a Ray run its latest
-    checkpoint_<date-time>/checkpoint.ckpt) or one Ray checkpoint folder; local or a URL."""
-    ckpt = str(path)
-    try:
-        if storage.isdir(ckpt):
-            entries = storage.listdir(ckpt)
-            ray_checkpoints = ray_checkpoint_names(entries)
-            if "checkpoints" in entries:                 # a local run folder
-                ckpt = storage.join(ckpt, "checkpoints", "last.ckpt")
-            elif "checkpoint.ckpt" in entries:           # one Ray checkpoint folder
-                ckpt = storage.join(ckpt, "checkpoint.ckpt")
-            elif ray_checkpoints:                        # a Ray run folder: its latest checkpoint
-                ckpt = storage.join(ckpt, ray_checkpoints[-1], "checkpoint.ckpt")
-            else:
-                ckpt = storage.join(ckpt, "last.ckpt")
-        found = storage.exists(ckpt)
-    except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
-        raise ConfigError(f"Checkpoint {path} cannot be reached: {str(e).splitlines()[0]}.") from None
-    if not found:
-        raise ConfigError(f"Checkpoint {path} does not exist "
-                          f"(give a .ckpt file or a run folder holding checkpoints/last.ckpt).")
-    return ckpt
-
-
-def _is_run_checkpoint_dir(path: str) -> bool:
-    """checkpoints/ of a local run or checkpoint_<date-time>/ of a Ray run: its parent is the run folder."""
-    name = storage.basename(path)
-    return name == "checkpoints" or name.startswith("checkpoint_")
-
-
-def saved_config(ckpt: str) -> dict:
-    """The resolved config a checkpoint was trained with (config.yaml beside it, else its hparams)."""
-    import yaml
-    beside = storage.join(storage.parent(storage.parent(ckpt)), "config.yaml")
-    if _is_run_checkpoint_dir(storage.parent(ckpt)) and storage.exists(beside):
-        return yaml.safe_load(storage.read_text(beside)) or {}
-    import torch
-    try:
-        with storage.filesystem(ckpt).open(ckpt, "rb") as f:
-            return dict(torch.load(f, map_location="cpu", weights_only=True).get("hyper_parameters", {}))
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
-        raise ConfigError(f"Checkpoint {ckpt} cannot be read: {str(e).splitlines()[0]}.") from None
-
-
-def _read_yaml_defaults(path: str, parser: argparse.ArgumentParser) -> dict:
-    import yaml
-    if not os.path.isfile(path):
-        raise ConfigError(f"Config file {path} does not exist.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Config file {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"Config file {path} must hold a mapping of flag names to values.")
-    actions = {a.dest: a for a in parser._actions}
-    out = {}
-    for key, value in data.items():
-        dest = str(key).lstrip("-").replace("-", "_")
-        dest = "lambda_" if dest == "lambda" else dest
-        if dest not in actions or dest in ("help", "config"):
-            raise ConfigError(f"Config file {path}: unknown key '{key}'.")
-        action = actions[dest]
-        if isinstance(action, argparse.BooleanOptionalAction):
-            if not isinstance(value, bool):
-                raise ConfigError(f"Config file {path}: '{key}' must be true or false.")
-            out[dest] = value
-        elif value is None:
-            out[dest] = None
-        else:
-            # A string default goes through the flag's type and choices, like a command-line value.
-            text = str(value)
-            try:
-                converted = action.type(text) if action.type else text
-            except (TypeError, ValueError):
-                raise ConfigError(f"Config file {path}: '{key}' has an invalid value {value!r}.") from None
-            if action.choices and converted not in action.choices:
-                raise ConfigError(f"Config file {path}: '{key}' must be one of {', '.join(map(str, action.choices))}.")
-            out[dest] = converted
-    return out
-
-
-def validate(config: dict, given: set) -> None:
-    """Refuse flags we cannot honour and inconsistent combinations, one sentence each."""
-    c = config
-    for name in ("num_workers", "accelerator_type", "placement_strategy", "max_failures"):
-        if name in given and not c["use_ray"]:
-            raise ConfigError(f"--{name.replace('_', '-')} only applies with --use-ray.")
-    if c["strategy"] not in STRATEGIES:
-        raise ConfigError(f"--strategy {c['strategy']} is not supported: use one of {', '.join(STRATEGIES)} "
-                          f"(deepspeed is not wired; FSDP covers sharded training).")
-    if c["strategy"] != "auto" and not c["use_ray"]:
-        raise ConfigError(f"--strategy {c['strategy']} needs --use-ray (workers are Ray Train workers); "
-                          f"a local run uses one device.")
-    if c["strategy"] == "fsdp" and not c["use_gpu"]:
-        raise ConfigError("--strategy fsdp needs --use-gpu: PyTorch's FSDP does not run on CPU workers; "
-                          "use --strategy ddp there.")
-    if "state_dict_type" in given and c["strategy"] != "fsdp":
-        raise ConfigError("--state-dict-type only applies to --strategy fsdp.")
-    if c["use_ray"] and c["mode"] == "test":
-        raise ConfigError("--mode test runs in one process; drop --use-ray.")
-    if c["precision"] == "transformer-engine":
-        check_transformer_engine(c["use_gpu"])
-    if c["training_type"] not in ("sft", "dpo"):
-        from losses import NOT_YET
-        raise ConfigError(f"--training-type {c['training_type']} is not available yet: it comes with "
-                          f"{NOT_YET[c['training_type']]}.")
-    if "beta" in given and c["training_type"] != "dpo":
-        raise ConfigError("--beta only applies to --training-type dpo.")
-    if "precompute_ref_log_probs" in given and c["training_type"] != "dpo":
-        raise ConfigError("--precompute-ref-log-probs only applies to --training-type dpo.")
-    if "lambda_" in given and c["training_type"] != "sft_verifier":
-        raise ConfigError("--lambda only applies to --training-type sft_verifier.")
-    if c["calculate_win_rate"]:
-        raise ConfigError("--calculate-win-rate is not available yet: it comes with the preference-learning work.")
-    if c["num_workers"] < 1 or c["max_failures"] < -1:
-        raise ConfigError("--num-workers must be at least 1 and --max-failures at least -1 (-1: retry forever).")
-    if c["use_gpu"]:
-        import torch
-        if not torch.cuda.is_available():
-            raise ConfigError("--use-gpu was given but no CUDA GPU is visible to this process.")
-    positive = ("batch_size", "accumulate_grad_batches", "max_epochs", "check_val_every_n_epoch",
-                "checkpoint_frequency", "ckpt_to_keep", "log_every_n_steps")
-    for name in positive:
-        if c[name] < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {c[name]}).")
-    for name in ("train_dataset_length", "test_dataset_length"):
-        if c[name] is not None and c[name] < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {c[name]}).")
-    for name in ("train_percentile", "test_percentile"):
-        if c[name] is not None and not 0 < c[name] <= 100:
-            raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 100] (got {c[name]}).")
-    if c["max_length"] < 2:
-        raise ConfigError(f"--max-length must be at least 2 (got {c['max_length']}).")
-    if c["lr"] <= 0:
-        raise ConfigError(f"--lr must be positive (got {c['lr']}).")
-    if not 0 <= c["warmup_ratio"] < 1:
-        raise ConfigError(f"--warmup-ratio must be in [0, 1) (got {c['warmup_ratio']}).")
-    if c["max_steps"] == 0 or c["max_steps"] < -1:
-        raise ConfigError(f"--max-steps must be positive or -1 (got {c['max_steps']}).")
-    for name in ("num_sanity_val_steps", "val_generations", "val_max_new_tokens"):
-        if c[name] < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must not be negative (got {c[name]}).")
-    if c["roundoff"] is not None and c["roundoff"] < 0:
-        raise ConfigError(f"--roundoff must not be negative (got {c['roundoff']}).")
-
-
-def check_transformer_engine(use_gpu: bool) -> None:
-    """FP8 through NVIDIA transformer-engine needs the package and a Hopper (or newer) GPU."""
-    try:
-        import transformer_engine  # noqa: F401
-    except ImportError:
-        raise ConfigError("--precision transformer-engine needs NVIDIA transformer-engine: "
-                          "`pip install -r requirements-gpu.txt` on a machine with an H100/H200 (Hopper) GPU.") from None
-    import torch
-    if not use_gpu or not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
-        raise ConfigError("--precision transformer-engine (FP8) needs --use-gpu and an H100/H200 (Hopper) or newer GPU.")
-
-
-def resolve(config: dict) -> dict:
-    """Fill the defaults that depend on other flags (model, data, run name, checkpoint)."""
-    c = dict(config)
-    if c["resume_from_checkpoint"]:
-        ckpt_dir = storage.parent(c["resume_from_checkpoint"])
-        if c["name"] is None and _is_run_checkpoint_dir(ckpt_dir):
-            # Continue in the folder the checkpoint came from.
-            run = storage.parent(ckpt_dir)
-            c["storage_path"], c["name"] = storage.parent(run), storage.basename(run)
-    c["model_name"] = c["model_name"] or str(EMBEDDED_MODEL)
-    c["dataset_name"] = c["dataset_name"] or str(EMBEDDED_DATA[c["training_type"]])
-    if c["name"] is None:
-        c["name"] = f"{c['training_type']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return c
-
-
-def run_dir(c: dict) -> str:
-    return storage.join(c["storage_path"], c["name"])
+FAULT_ENV = "TRAINER_FAULT_INJECT"
 
 
 def build_data(c: dict, tokenizer):
@@ -382,7 +78,7 @@ def build_data(c: dict, tokenizer):
     return loaders, val_prompts, counts
 
 
-def precompute_reference_logps(model, loaders: dict, batch_size: int) -> None:
+def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: int) -> None:
     """DPO's cached mode: the starting policy is the reference, so score every pair with it
     once, before any update, and store the log-probs in the rows (reused every epoch)."""
     import torch
@@ -391,7 +87,6 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int) -> None:
 
     was_training = model.training
     model.eval()
-    pad_id = next(iter(loaders.values())).collate_fn.pad_id
     with torch.no_grad():
         for loader in loaders.values():
             rows = loader.dataset
@@ -424,7 +119,7 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                   check_val_every_n_epoch=c["check_val_every_n_epoch"],
                   num_sanity_val_steps=c["num_sanity_val_steps"], log_every_n_steps=c["log_every_n_steps"],
                   logger=logger, default_root_dir=out, enable_model_summary=c["verbose"])
-    extra = [FaultInjection(os.environ[FaultInjection.ENV])] if os.environ.get(FaultInjection.ENV) else []
+    extra = [fault_injection(os.environ[FAULT_ENV])] if os.environ.get(FAULT_ENV) else []
     if ray_worker:
         import distributed
         strategy, plugins, report = distributed.lightning_parts(c)
@@ -436,24 +131,20 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
     return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar(), *extra], **common)
 
 
-class FaultInjection:
+def fault_injection(spec: str):
     """Test harness: TRAINER_FAULT_INJECT="STEP:RANK:MARKER" kills the process of worker RANK
     (os._exit, as a crash would) once global_step reaches STEP, unless the file MARKER exists;
     it creates MARKER first, so a restarted run goes on. Used to check that a run resumes."""
-    ENV = "TRAINER_FAULT_INJECT"
+    import lightning as L
 
-    def __new__(cls, spec: str):
-        import lightning as L
+    step, rank, marker = spec.split(":", 2)
 
-        step, rank, marker = spec.split(":", 2)
-
-        class _Fault(L.Callback):
-            def on_train_batch_end(self, trainer, *args):
-                if trainer.global_step >= int(step) and trainer.global_rank == int(rank) \
-                        and not os.path.exists(marker):
-                    open(marker, "w").close()
-                    os._exit(1)
-        return _Fault()
+    class FaultInjection(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= int(step) and trainer.global_rank == int(rank) and not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+    return FaultInjection()
 
 
 def save_config(c: dict, out: str) -> None:
@@ -487,11 +178,6 @@ def has_checkpoints(out: str) -> bool:
     return bool(ray_checkpoint_names(entries)) or bool(storage.listdir(storage.join(out, "checkpoints")))
 
 
-def ray_checkpoint_names(entries: list[str]) -> list[str]:
-    """Ray's checkpoint_<date-time> folders among a run folder's entries, oldest first."""
-    return sorted(e for e in entries if e.startswith("checkpoint_") and not e.endswith(".json"))
-
-
 def fit(c: dict, ray_worker: bool = False) -> dict:
     """Build data, module and Trainer, then train (or test); the same code in every process."""
     import lightning as L
@@ -507,7 +193,7 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
         if c["precompute_ref_log_probs"]:
             # The policy was just loaded from the starting checkpoint (a resumed run loads its
             # trained weights later, inside fit), so here it is the reference.
-            precompute_reference_logps(model, loaders, c["batch_size"])
+            precompute_reference_logps(model, loaders, c["batch_size"], tokenizer.pad_token_id)
         else:
             reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
     module = PostTrainingModule(c, model=model, tokenizer=tokenizer, val_prompts=val_prompts, reference=reference)

@@ -67,26 +67,26 @@ def export(ckpt_path: str, output_dir: str, training_type: str | None = None) ->
     """Write the Hugging Face folder for a checkpoint; returns the checkpoint's config."""
     import torch
 
-    import train
+    import flags
     from module import load_causal_lm, load_tokenizer
 
-    ckpt_path = train.find_checkpoint(ckpt_path)
+    ckpt_path = flags.find_checkpoint(ckpt_path)
     with storage.filesystem(ckpt_path).open(ckpt_path, "rb") as f:
         checkpoint = torch.load(f, map_location="cpu", weights_only=True)
     config = checkpoint.get("hyper_parameters") or {}
     if "model_name" not in config or "training_type" not in config:
-        raise train.ConfigError(f"Checkpoint {ckpt_path} was not written by train.py (no saved config).")
+        raise flags.ConfigError(f"Checkpoint {ckpt_path} was not written by train.py (no saved config).")
     if training_type and training_type != config["training_type"]:
-        raise train.ConfigError(f"Checkpoint {ckpt_path} is a {config['training_type']} checkpoint, "
+        raise flags.ConfigError(f"Checkpoint {ckpt_path} is a {config['training_type']} checkpoint, "
                                 f"not {training_type}.")
     if config["training_type"] not in ("sft", "dpo", "sft_verifier"):
-        raise train.ConfigError(f"Exporting {config['training_type']} checkpoints is not available yet.")
+        raise flags.ConfigError(f"Exporting {config['training_type']} checkpoints is not available yet.")
     model = load_causal_lm(config["model_name"], config.get("trust_remote_code", False))
     weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError:
-        raise train.ConfigError(f"Checkpoint {ckpt_path} does not match the architecture of "
+        raise flags.ConfigError(f"Checkpoint {ckpt_path} does not match the architecture of "
                                 f"{config['model_name']}.") from None
     tokenizer = load_tokenizer(config["model_name"], config.get("trust_remote_code", False))
     parent = os.path.dirname(os.path.abspath(output_dir))
@@ -118,6 +118,7 @@ def upload(folder: str, repo_id: str, public: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import flags
     import train
     from module import ModelLoadError
     args = build_parser().parse_args(argv)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         export(args.checkpoint_path, folder, args.training_type)
         if args.repo_id:
             upload(folder, args.repo_id, args.public)
-    except (train.ConfigError, ModelLoadError) as e:
+    except (flags.ConfigError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

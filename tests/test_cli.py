@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+import flags
 import train
 from conftest import REPO, write_jsonl
 
@@ -34,7 +35,7 @@ def test_help_lists_every_seed_flag():
 def test_yaml_supplies_defaults_and_command_line_wins(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("lr: 1e-3\nbatch-size: 3\nsanity_train: true\nprecision: bf16-mixed\n")
-    config, given = train.parse_config(["--config", str(cfg), "--batch-size", "5"])
+    config, given = flags.parse_config(["--config", str(cfg), "--batch-size", "5"])
     assert config["lr"] == 1e-3 and config["batch_size"] == 5 and config["sanity_train"] is True
     assert config["precision"] == "bf16-mixed" and config["max_epochs"] == 1
     assert {"lr", "batch_size", "sanity_train", "precision"} <= given and "max_epochs" not in given

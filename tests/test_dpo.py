@@ -6,6 +6,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import flags
 import train
 from collate_functions import IGNORE_INDEX, PreferenceCollator, tokenize_preference_rows
 from conftest import EMBEDDED_MODEL
@@ -37,8 +38,8 @@ def test_only_the_final_reply_is_labelled_and_bad_pairs_are_dropped(tokenizer):
 
 def test_cached_and_live_reference_give_the_same_loss(tokenizer):
     from module import PostTrainingModule, load_causal_lm
-    config, _ = train.parse_config(["--training-type", "dpo", "--train-dataset-length", "8", "--beta", "0.5"])
-    config = train.resolve(config)
+    config, _ = flags.parse_config(["--training-type", "dpo", "--train-dataset-length", "8", "--beta", "0.5"])
+    config = flags.resolve(config)
     loaders, _, _ = train.build_data(config, tokenizer)
     policy = load_causal_lm(str(EMBEDDED_MODEL))
     with torch.no_grad():                      # move the policy away from the reference
@@ -47,7 +48,8 @@ def test_cached_and_live_reference_give_the_same_loss(tokenizer):
     rows = list(loaders["train"].dataset)
     live = PostTrainingModule(config, model=policy, reference=load_causal_lm(str(EMBEDDED_MODEL)))
     live_loss, live_sums = live.compute(PreferenceCollator(tokenizer.pad_token_id)(rows))
-    train.precompute_reference_logps(load_causal_lm(str(EMBEDDED_MODEL)), {"train": loaders["train"]}, 3)
+    train.precompute_reference_logps(load_causal_lm(str(EMBEDDED_MODEL)), {"train": loaders["train"]}, 3,
+                                    tokenizer.pad_token_id)
     cached = PostTrainingModule(config, model=policy)            # no reference model at all
     assert "ref_chosen_logps" in rows[0] and not cached._reference
     cached_loss, cached_sums = cached.compute(PreferenceCollator(tokenizer.pad_token_id)(rows))

@@ -4,7 +4,7 @@ import importlib
 import pytest
 
 MODULES = ["train", "module", "custom_dataset", "collate_functions", "generation", "losses", "losses.sft",
-           "storage", "distributed", "upload_to_hub", "embedded.task", "embedded.build"]
+           "losses.dpo", "flags", "storage", "distributed", "upload_to_hub", "embedded.task", "embedded.build"]
 
 
 @pytest.mark.parametrize("name", MODULES)

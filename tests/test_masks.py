@@ -90,4 +90,4 @@ def test_collator_pads_right_and_groups_micro_batches(tokenizer):
     assert batch.num_tokens == 15 + 7 + 14
     step = SFTCollator(pad_id=tokenizer.pad_token_id, micro_batch_size=2)(rows)
     assert [mb.input_ids.shape for mb in step.micro_batches] == [torch.Size([2, 34]), torch.Size([1, 46])]
-    assert step.num_tokens == batch.num_tokens
+    assert step.count == batch.num_tokens

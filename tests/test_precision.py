@@ -2,14 +2,15 @@
 refused with one sentence where it cannot run, and its padding rule is wired."""
 import pytest
 
+import flags
 import train
 from collate_functions import SFTCollator
 
 
 def trainer_for(*argv):
-    config, given = train.parse_config(list(argv))
-    train.validate(config, given)
-    return train.build_trainer(train.resolve(config), "/tmp/unused-run")
+    config, given = flags.parse_config(list(argv))
+    flags.validate(config, given)
+    return train.build_trainer(flags.resolve(config), "/tmp/unused-run")
 
 
 @pytest.mark.parametrize("precision, plugin", [
@@ -54,8 +55,8 @@ def fake_transformer_engine(monkeypatch):
 
 def test_transformer_engine_selects_lightnings_fp8_plugin(fake_transformer_engine):
     import torch
-    config, _ = train.parse_config(["--precision", "transformer-engine"])
-    trainer = train.build_trainer(train.resolve(config), "/tmp/unused-run")
+    config, _ = flags.parse_config(["--precision", "transformer-engine"])
+    trainer = train.build_trainer(flags.resolve(config), "/tmp/unused-run")
     plugin = trainer.precision_plugin
     assert type(plugin).__name__ == "TransformerEnginePrecision" and plugin.weights_dtype == torch.bfloat16
 

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import flags
 import train
 from conftest import REPO, free_port
 
@@ -48,7 +49,7 @@ def ray_cluster(tmp_path_factory):
 
 
 def latest_weights(run_dir):
-    checkpoints = train.ray_checkpoint_names(os.listdir(run_dir))
+    checkpoints = flags.ray_checkpoint_names(os.listdir(run_dir))
     ckpt = torch.load(os.path.join(run_dir, checkpoints[-1], "checkpoint.ckpt"), map_location="cpu",
                       weights_only=True)
     return ckpt, checkpoints
@@ -114,7 +115,7 @@ def test_ray_job_submit_writes_checkpoints_and_events_to_s3(ray_cluster, s3_serv
     assert "succeeded" in (out.stdout + out.stderr).lower()
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
     entries = [os.path.basename(p) for p in fs.ls("test-bucket/runs/job")]
-    checkpoints = train.ray_checkpoint_names(entries)
+    checkpoints = flags.ray_checkpoint_names(entries)
     assert len(checkpoints) == 2 and "config.yaml" in entries
     with fs.open(f"test-bucket/runs/job/{checkpoints[-1]}/checkpoint.ckpt", "rb") as f:
         assert torch.load(f, map_location="cpu", weights_only=True)["global_step"] == 8
