@@ -213,9 +213,3 @@ class PreferenceCollator(SFTCollator):
             return concatenate_pairs(examples, self.pad_id, self.pad_to_multiple_of)
         chunks = [examples[i:i + self.micro_batch_size] for i in range(0, len(examples), self.micro_batch_size)]
         return StepBatch([concatenate_pairs(c, self.pad_id, self.pad_to_multiple_of) for c in chunks])
-
-
-def prompt_and_reference(messages: list[dict]) -> tuple[list[dict], str]:
-    """Split a conversation at its last assistant turn: (prompt messages, reference reply)."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last], messages[last]["content"]

@@ -239,6 +239,26 @@ def adapt_preference(row: dict) -> dict:
 ADAPTERS = {"sft": adapt_sft, "sft_verifier": adapt_sft, "dpo": adapt_preference, "bt": adapt_preference}
 
 
+def prompt_and_reference(row: dict) -> tuple[list[dict], str]:
+    """A canonical row (either kind) -> (prompt messages, reference reply): the chosen reply of
+    a preference pair, or the last assistant turn of a conversation and what precedes it."""
+    if "chosen" in row:
+        return row["prompt"], row["chosen"][-1]["content"]
+    messages = row["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+def evaluation_prompts(name_or_path: str, split: str = "test", length: int | None = None,
+                       skip_bad_rows: bool = False) -> list[tuple[list[dict], str]]:
+    """(prompt, reference reply) pairs of any supported data set, preference pairs (by their
+    chosen/rejected columns) or conversations, for generation-based evaluation."""
+    columns = set(next(iter(load_splits(name_or_path).values())).column_names)
+    kind = "dpo" if {"chosen", "rejected"} <= columns else "sft"
+    ds = CustomDataset(name_or_path, split, kind, length=length, skip_bad_rows=skip_bad_rows)
+    return [prompt_and_reference(row) for row in ds]
+
+
 # ------------------------------------------------------------------------------ filters
 
 def string_length(value) -> int:

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """Every flag, declared once with its default and help text."""
-    p = argparse.ArgumentParser(description="Train or evaluate a language model (SFT, DPO) locally or on Ray.",
+    p = argparse.ArgumentParser(description="Train or evaluate a language model (SFT, DPO, BT reward models) locally or on Ray.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 argument_default=argparse.SUPPRESS if suppress_defaults else None)
 
@@ -78,6 +78,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--precompute-ref-log-probs", action=flag, default=True,
         help="DPO: compute the reference log-probs once before training and keep them with the data "
              "(no reference model in memory while training); --no-... runs the reference live")
+    add("--center-rewards-coefficient", type=float, default=0.0,
+        help="bt: weight c of the reward-centering term c * E[(r_w + r_l)^2] (0: off)")
     add("--lambda", dest="lambda_", metavar="LAMBDA", type=float, default=0.1,
         help="GenRM weight of the generation term, L_verify + lambda * L_correct (sft_verifier)")
 
@@ -99,7 +101,22 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--num-sanity-val-steps", type=int, default=2, help="validation batches run before training starts")
     add("--val-generations", type=int, default=4, help="validation prompts answered greedily for val/edit_distance")
     add("--val-max-new-tokens", type=int, default=128, help="token budget of those replies")
-    add("--calculate-win-rate", action=flag, default=False, help="log the win rate against the reference model")
+    add("--calculate-win-rate", action=flag, default=False,
+        help="at every validation, log val/win_rate of the policy's replies against the reference model's, "
+             "as scored by --judge (ties count half); per-prompt records go to <run>/win_rate/")
+    add("--judge", type=str, default=None,
+        help="win-rate judge: a reward-model folder, Hub name or bt run; openai:MODEL for an OpenAI-compatible "
+             "endpoint; correctness (final answer equals the reference's); length (longer wins: a bias probe)")
+    add("--judge-base-url", type=str, default="https://integrate.api.nvidia.com/v1",
+        help="base URL of the openai:MODEL judge (default: NVIDIA's API, as the seed used)")
+    add("--judge-api-key-env", type=str, default="NVIDIA_API_KEY",
+        help="environment variable holding the openai:MODEL judge's API key")
+    add("--reference-model", type=str, default=None,
+        help="win rate against this model (name, folder or checkpoint; default: the starting --model-name)")
+    add("--win-rate-prompts", type=int, default=64, help="first N test prompts used for the win rate")
+    add("--win-rate-temperature", type=float, default=0.0,
+        help="sampling temperature of both models' win-rate replies (0: greedy)")
+    add("--win-rate-top-p", type=float, default=1.0, help="nucleus sampling top-p of those replies")
     add("--log-every-n-steps", type=int, default=10, help="log training metrics every N steps")
     add("--checkpoint-frequency", type=int, default=1, help="save a checkpoint every N epochs")
     add("--ckpt-to-keep", type=int, default=2, help="keep the N most recent checkpoints (plus last.ckpt)")
@@ -245,7 +262,7 @@ def validate(config: dict, given: set) -> None:
         raise ConfigError("--mode test runs in one process; drop --use-ray.")
     if c["precision"] == "transformer-engine":
         check_transformer_engine(c["use_gpu"])
-    if c["training_type"] not in ("sft", "dpo"):
+    if c["training_type"] not in ("sft", "dpo", "bt"):
         from losses import NOT_YET
         raise ConfigError(f"--training-type {c['training_type']} is not available yet: it comes with "
                           f"{NOT_YET[c['training_type']]}.")
@@ -255,8 +272,28 @@ def validate(config: dict, given: set) -> None:
         raise ConfigError("--precompute-ref-log-probs only applies to --training-type dpo.")
     if "lambda_" in given and c["training_type"] != "sft_verifier":
         raise ConfigError("--lambda only applies to --training-type sft_verifier.")
+    if "center_rewards_coefficient" in given and c["training_type"] != "bt":
+        raise ConfigError("--center-rewards-coefficient only applies to --training-type bt.")
+    if c["center_rewards_coefficient"] < 0:
+        raise ConfigError(f"--center-rewards-coefficient must not be negative (got {c['center_rewards_coefficient']}).")
+    win_rate_flags = ("judge", "judge_base_url", "judge_api_key_env", "reference_model", "win_rate_prompts",
+                      "win_rate_temperature", "win_rate_top_p")
+    for name in win_rate_flags:
+        if name in given and not c["calculate_win_rate"]:
+            raise ConfigError(f"--{name.replace('_', '-')} only applies with --calculate-win-rate.")
     if c["calculate_win_rate"]:
-        raise ConfigError("--calculate-win-rate is not available yet: it comes with the preference-learning work.")
+        if c["training_type"] == "bt":
+            raise ConfigError("--calculate-win-rate needs a generative model; a bt run trains a reward model "
+                              "(use it as the --judge of a policy's run instead).")
+        if not c["judge"]:
+            raise ConfigError("--calculate-win-rate needs --judge: a reward model (folder, Hub name or bt run), "
+                              "openai:MODEL, correctness or length.")
+        if c["judge"].startswith("openai:") and not os.environ.get(c["judge_api_key_env"]):
+            raise ConfigError(f"The endpoint judge reads its API key from ${c['judge_api_key_env']}, which is not "
+                              f"set (choose another variable with --judge-api-key-env).")
+        if c["win_rate_prompts"] < 1 or c["win_rate_temperature"] < 0 or not 0 < c["win_rate_top_p"] <= 1:
+            raise ConfigError("--win-rate-prompts must be at least 1, --win-rate-temperature not negative "
+                              "and --win-rate-top-p in (0, 1].")
     if c["num_workers"] < 1 or c["max_failures"] < -1:
         raise ConfigError("--num-workers must be at least 1 and --max-failures at least -1 (-1: retry forever).")
     if c["use_gpu"]:

@@ -14,9 +14,21 @@ from collate_functions import render
 
 @torch.no_grad()
 def generate_replies(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 128,
-                     batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0,
-                     top_p: float = 1.0) -> list[str]:
-    """Return one decoded reply per conversation (special tokens removed, stripped)."""
+                     batch_size: int = 8, temperature: float = 0.0, top_p: float = 1.0,
+                     seed: int | None = None) -> list[str]:
+    """Return one decoded reply per conversation (special tokens removed, stripped).
+    temperature 0 is greedy decoding; above 0, nucleus sampling with top_p. With a seed the
+    sampling draws from a private RNG stream (the global one is restored afterwards, so
+    training's random state is untouched): two models given the same prompts and seed
+    sample with the same random numbers."""
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, temperature, top_p)
+
+
+def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, temperature, top_p) -> list[str]:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -32,7 +44,7 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], *, max_n
         for b, ids in enumerate(encoded):         # left padding
             input_ids[b, longest - len(ids):] = torch.tensor(ids)
             attention_mask[b, longest - len(ids):] = 1
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else \
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None) if temperature > 0 else \
             dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                              max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,

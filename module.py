@@ -4,7 +4,9 @@
                    -> backward; then clip, optimizer step, scheduler step, log.
     SFT batches: token log-probs -> masked cross-entropy. Preference batches (DPO): chosen
     and rejected in one forward -> summed completion log-probs -> DPO loss against the
-    reference log-probs (cached with the data, or a live frozen reference).
+    reference log-probs (cached with the data, or a live frozen reference). Preference
+    batches (bt): chosen and rejected in one forward of the reward model -> one reward per
+    sequence (reward_model.sequence_rewards) -> Bradley-Terry loss.
 
 Optimization is manual so that a gradient-accumulation window is one DataLoader item
 (a `StepBatch`): the loss of each micro-batch is divided by the supervised tokens (SFT) or
@@ -13,12 +15,15 @@ exactly the update of one large batch (see losses/sft.py).
 
 Validation logs val/loss (token-mean over the whole validation set), val/perplexity =
 exp(val/loss), and val/edit_distance: the mean character Levenshtein distance between the
-greedy reply and the reference reply on the first --val-generations validation prompts.
+greedy reply and the reference reply on the first --val-generations validation prompts,
+and with --calculate-win-rate val/win_rate (judges.py) against a reference model.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -28,6 +33,7 @@ from collate_functions import PreferenceBatch, SFTBatch, StepBatch
 from generation import generate_replies
 from losses import LOSSES
 from losses.dpo import sequence_logps
+from reward_model import sequence_rewards
 
 
 class ModelLoadError(OSError):
@@ -39,8 +45,33 @@ def _check_local(name_or_path: str) -> None:
         raise ModelLoadError(f"Model folder {name_or_path} does not exist.")
 
 
+CACHE = os.environ.get("POST_TRAINING_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "post-training"))
+
+
+def pretrained_path(name_or_path: str) -> str:
+    """Where from_pretrained finds a model: Hugging Face folders and Hub names as they are; a
+    train.py checkpoint or run folder (local or s3://) is exported once (upload_to_hub.export)
+    into a local cache folder keyed by the checkpoint's path, size and modification time, so
+    `--model-name runs/sft` starts a DPO run from the SFT run's last checkpoint."""
+    if not is_checkpoint_path(name_or_path):
+        return name_or_path
+    import hashlib
+
+    import storage
+    from flags import find_checkpoint
+    from upload_to_hub import export
+    ckpt = find_checkpoint(name_or_path)
+    info = storage.filesystem(ckpt).info(ckpt)
+    key = json.dumps([storage.absolute(ckpt), info.get("size"), str(info.get("mtime") or info.get("LastModified"))])
+    folder = os.path.join(CACHE, "exported", hashlib.sha256(key.encode()).hexdigest()[:16])
+    if not os.path.isdir(folder):       # export writes a temporary folder and renames it: never half there
+        export(ckpt, folder)
+    return folder
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
+    name_or_path = pretrained_path(name_or_path)
     _check_local(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -55,12 +86,95 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
+    name_or_path = pretrained_path(name_or_path)
     _check_local(name_or_path)
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32,
                                                     trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"Could not load the model '{name_or_path}': {_first_line(e)}") from None
+
+
+def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: bool = False):
+    """AutoModelForSequenceClassification with one output. A causal-LM checkpoint (e.g. an SFT
+    model) gets a new score head, initialised from the current torch seed."""
+    from transformers import AutoModelForSequenceClassification
+    name_or_path = pretrained_path(name_or_path)
+    _check_local(name_or_path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"Could not load '{name_or_path}' as a reward model: {_first_line(e)}") from None
+    # Our pooling reads the attention mask, but HF's own forward (and users) look for the pad id here.
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def load_model(training_type: str, name_or_path: str, tokenizer, trust_remote_code: bool = False):
+    """The network a training type trains: a scalar reward model for bt, else a causal LM."""
+    if training_type == "bt":
+        return load_reward_model(name_or_path, tokenizer.pad_token_id, trust_remote_code)
+    return load_causal_lm(name_or_path, trust_remote_code)
+
+
+def load_checkpoint(ckpt_path: str):
+    """A train.py checkpoint (.ckpt, run folder or Ray checkpoint; local or s3://) ->
+    (model with the trained weights, tokenizer, saved config, global step)."""
+    import storage
+    from flags import ConfigError, find_checkpoint
+    ckpt_path = find_checkpoint(ckpt_path)
+    with storage.filesystem(ckpt_path).open(ckpt_path, "rb") as f:
+        checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+    config = checkpoint.get("hyper_parameters") or {}
+    if "model_name" not in config or "training_type" not in config:
+        raise ConfigError(f"Checkpoint {ckpt_path} was not written by train.py (no saved config).")
+    remote = config.get("trust_remote_code", False)
+    tokenizer = load_tokenizer(config["model_name"], remote)
+    model = load_model(config["training_type"], config["model_name"], tokenizer, remote)
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError:
+        raise ConfigError(f"Checkpoint {ckpt_path} does not match the architecture of "
+                          f"{config['model_name']}.") from None
+    return model, tokenizer, config, checkpoint.get("global_step")
+
+
+def is_checkpoint_path(name_or_path: str) -> bool:
+    """A train.py checkpoint rather than a Hugging Face folder or Hub name."""
+    import storage
+    if name_or_path.endswith(".ckpt"):
+        return True
+    if "://" not in name_or_path and not os.path.isdir(name_or_path):
+        return False
+    try:
+        return storage.isdir(name_or_path) and "config.json" not in storage.listdir(name_or_path)
+    except Exception:  # noqa: BLE001 - unreachable storage: let the loader report it
+        return False
+
+
+def load_trained(name_or_path: str, kind: str = "causal", trust_remote_code: bool = False):
+    """A model to generate with ("causal") or to score with ("reward") and its tokenizer, from
+    a Hugging Face folder, a Hub name or a train.py checkpoint / run folder. A reward model is
+    refused where a generator is needed and the other way round (a causal LM would get a
+    randomly initialised score head: a judge that silently scores noise)."""
+    from transformers import AutoConfig
+
+    from flags import ConfigError
+    path = pretrained_path(name_or_path)
+    _check_local(path)
+    try:
+        architectures = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).architectures or []
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"Could not load the model '{name_or_path}': {_first_line(e)}") from None
+    is_reward = any(a.endswith("ForSequenceClassification") for a in architectures)
+    if is_reward != (kind == "reward"):
+        raise ConfigError(f"{name_or_path} is {'a reward model' if is_reward else 'a generative model'}; "
+                          f"{'a reward model (a bt run or export)' if kind == 'reward' else 'a generative model'} "
+                          f"is needed here.")
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    return load_model("bt" if kind == "reward" else "sft", path, tokenizer, trust_remote_code), tokenizer
 
 
 def _first_line(e: BaseException) -> str:
@@ -75,6 +189,20 @@ def warmup_linear_decay(step: int, total_steps: int, warmup_steps: int) -> float
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
+@dataclass
+class WinRateSetup:
+    """What --calculate-win-rate needs: evaluation prompts with their reference replies (for
+    the correctness judge), the model to compare against (a name, path or checkpoint, loaded
+    once per worker to answer its share of the prompts, then freed), the judge, generation
+    settings shared by both models, and the folder the per-prompt JSONL files go to."""
+    prompts: list
+    references: list
+    reference_model: str
+    judge: object
+    generation: dict
+    out_dir: str
+
+
 class PostTrainingModule(L.LightningModule):
     """Args:
         config: the resolved flags (a plain dict; saved with every checkpoint).
@@ -83,14 +211,16 @@ class PostTrainingModule(L.LightningModule):
         val_prompts: (prompt messages, reference reply) pairs for val/edit_distance.
         reference: the frozen reference model for DPO with a live reference pass (None when
             reference log-probs are precomputed and travel with the data).
+        win_rate: set up --calculate-win-rate (val/win_rate at every validation).
     """
 
     def __init__(self, config: dict, model=None, tokenizer=None,
-                 val_prompts: list[tuple[list[dict], str]] | None = None, reference=None):
+                 val_prompts: list[tuple[list[dict], str]] | None = None, reference=None,
+                 win_rate: WinRateSetup | None = None):
         super().__init__()
         self.save_hyperparameters(config)
-        self.model = model if model is not None else load_causal_lm(
-            config["model_name"], config.get("trust_remote_code", False))
+        self.model = model if model is not None else load_model(
+            config["training_type"], config["model_name"], tokenizer, config.get("trust_remote_code", False))
         self.tokenizer = tokenizer
         self.val_prompts = val_prompts or []
         self.loss_fn = LOSSES[config["training_type"]]
@@ -98,6 +228,8 @@ class PostTrainingModule(L.LightningModule):
         self._eval_sums = None
         # A list keeps the reference out of the module tree: not trained, not checkpointed.
         self._reference = [reference.eval().requires_grad_(False)] if reference is not None else []
+        self.win_rate = win_rate
+        self._reference_replies = None      # this worker's share, generated once
 
     # ------------------------------------------------------------------ helpers
     def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -126,6 +258,8 @@ class PostTrainingModule(L.LightningModule):
     # ------------------------------------------------- forward -> loss -> sums
     def compute(self, batch, normalizer=None) -> tuple[torch.Tensor, dict]:
         """Loss of one micro-batch (its share of the step's mean) and additive statistics."""
+        if self.hparams.training_type == "bt":
+            return self._bt(batch, normalizer)
         if isinstance(batch, PreferenceBatch):
             return self._dpo(batch, normalizer)
         return self._sft(batch, normalizer)
@@ -161,11 +295,29 @@ class PostTrainingModule(L.LightningModule):
                 "kl": (logps[:B].detach() - ref[:B]).sum()}
         return out.losses.sum() / denom.clamp(min=1), sums
 
+    def _bt(self, batch: PreferenceBatch, normalizer=None):
+        rewards = sequence_rewards(self.model, batch.input_ids, batch.attention_mask)     # (2B,)
+        B = batch.count
+        out = self.loss_fn(rewards[:B], rewards[B:], self.hparams.center_rewards_coefficient)
+        denom = torch.as_tensor(B if normalizer is None else normalizer, dtype=torch.float32)
+        r = rewards.detach()
+        sums = {"loss": out.losses.detach().sum(), "count": B, "accuracy": (out.margins > 0).sum(),
+                "margin": out.margins.sum(), "rewards/chosen": r[:B].sum(), "rewards/rejected": r[B:].sum(),
+                "_reward_sum": r.sum(), "_reward_sq": (r ** 2).sum()}
+        return out.losses.sum() / denom.clamp(min=1), sums
+
     @staticmethod
     def metrics(sums: dict) -> dict:
-        """Means over the reduced statistics: loss and every other sum divided by the count."""
+        """Means over the reduced statistics: loss and every other sum divided by the count
+        (tokens or pairs); "_reward_sum"/"_reward_sq" (BT, over 2 rewards a pair) give the
+        mean and standard deviation of all rewards."""
         count = max(sums["count"], 1.0)
-        return {name: value / count for name, value in sums.items() if name != "count"}
+        means = {name: value / count for name, value in sums.items() if name != "count" and not name.startswith("_")}
+        if "_reward_sq" in sums:
+            mean = sums["_reward_sum"] / (2 * count)
+            means["reward_mean"] = mean
+            means["reward_std"] = math.sqrt(max(sums["_reward_sq"] / (2 * count) - mean ** 2, 0.0))
+        return means
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: StepBatch, batch_idx: int):
@@ -221,6 +373,8 @@ class PostTrainingModule(L.LightningModule):
         edit = self._edit_distance()
         if edit is not None:
             metrics[f"{stage}/edit_distance"] = edit
+        if self.win_rate is not None:
+            metrics[f"{stage}/win_rate"] = self._win_rate(stage)
         for name, value in metrics.items():
             self._log(name, value, prog_bar=name.endswith("/loss"), sync_dist=False)
         return metrics
@@ -238,6 +392,37 @@ class PostTrainingModule(L.LightningModule):
             total = float(sum(Levenshtein.distance(r, ref) for r, (_, ref) in zip(replies, mine)))
         summed = self._reduce_sum(torch.tensor([total, float(len(mine))], device=self.device))
         return summed[0].item() / max(1.0, summed[1].item())
+
+    def _win_rate(self, stage: str) -> float:
+        """Policy vs reference replies on this worker's share of the prompts, judged; the
+        records of all workers are written to <run>/win_rate/<stage>-step-<N>.jsonl."""
+        from judges import judge_pairs, summarize
+        setup = self.win_rate
+        rank, world = self.global_rank, self.trainer.world_size
+        mine = list(range(rank, len(setup.prompts), world))
+        prompts, references = [setup.prompts[i] for i in mine], [setup.references[i] for i in mine]
+        if self._reference_replies is None:
+            # Same prompts, batches, settings and seed as the policy's replies below.
+            ref_model, ref_tokenizer = load_trained(setup.reference_model,
+                                                    trust_remote_code=self.hparams.trust_remote_code)
+            self._reference_replies = generate_replies(ref_model.to(self.device), ref_tokenizer, prompts,
+                                                       **setup.generation)
+            del ref_model
+        if hasattr(setup.judge, "to"):
+            setup.judge.to(self.device)
+        replies = generate_replies(self.model, self.tokenizer, prompts, **setup.generation)
+        records = judge_pairs(setup.judge, prompts, references, replies, self._reference_replies)
+        for index, record in zip(mine, records):
+            record["index"] = index
+        if world > 1:
+            gathered = [None] * world
+            torch.distributed.all_gather_object(gathered, records)
+            records = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
+        if self.trainer.is_global_zero:
+            import storage
+            path = storage.join(setup.out_dir, f"{stage}-step-{self.global_step:07d}.jsonl")
+            storage.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+        return summarize(records).rate
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch)

@@ -1,13 +1,16 @@
-"""Train or evaluate a language model: SFT and DPO (and, as they land, Bradley-Terry, GenRM-CoT).
+"""Train or evaluate a language model: SFT, DPO, Bradley-Terry reward models (and, as it lands, GenRM-CoT).
 
     python train.py                                  # SFT of the bundled tiny model on the bundled data
     python train.py --training-type sft --model-name Qwen/Qwen2.5-0.5B \\
         --dataset-name HuggingFaceTB/smol-smoltalk --lr 2e-5 --max-length 2048
     python train.py --config my_run.yaml --lr 1e-4   # YAML supplies defaults, the command line wins
+    python train.py --training-type bt --name rm            # reward model on the bundled preference pairs
+    python train.py --training-type dpo --model-name exported/sft --calculate-win-rate --judge correctness
     python train.py --mode test --resume-from-checkpoint runs/NAME/checkpoints/last.ckpt
 
 Everything a run writes lands in <--storage-path>/<--name>/: checkpoints/ (Lightning .ckpt
-files with the resolved config inside), tensorboard/ (event files), config.yaml.
+files with the resolved config inside), tensorboard/ (event files), config.yaml, and with --calculate-win-rate win_rate/ (per-prompt
+replies, scores and outcomes of every evaluation, as JSONL).
 Flags (flags.py) keep the names of the original project's train.py; booleans are --x / --no-x.
 A flag or value whose feature has not landed yet fails with a sentence saying so.
 """
@@ -26,11 +29,13 @@ FAULT_ENV = "TRAINER_FAULT_INJECT"
 
 
 def build_data(c: dict, tokenizer):
-    """CustomDataset -> tokenized rows -> DataLoaders, logging what every filter kept."""
+    """CustomDataset -> tokenized rows -> DataLoaders, logging what every filter kept.
+    Returns the loaders, the first test rows as (prompt messages, reference reply) pairs for
+    generations (edit distance, win rate) and the counts logged at step 0."""
     import torch
-    from collate_functions import (PreferenceCollator, SFTCollator, prompt_and_reference, tokenize_preference_rows,
-                                   tokenize_sft_rows)
-    from custom_dataset import PREFERENCE_TYPES, CustomDataset, DataError
+    from collate_functions import PreferenceCollator, SFTCollator, tokenize_preference_rows, tokenize_sft_rows
+    from custom_dataset import PREFERENCE_TYPES, CustomDataset, DataError, prompt_and_reference
+    from reward_model import trim_pairs_to_reply_end
 
     common = dict(source=c["dataset_source"], random_sample=c["dataset_random_sample"], seed=c["seed"],
                   skip_bad_rows=c["skip_bad_rows"])
@@ -52,6 +57,8 @@ def build_data(c: dict, tokenizer):
             continue
         if pairs:
             rows, dropped = tokenize_preference_rows(ds, tokenizer, c["max_length"])
+            if c["training_type"] == "bt":
+                rows = trim_pairs_to_reply_end(rows)
         else:
             rows, truncated = tokenize_sft_rows(ds, tokenizer, c["max_length"])
             dropped = {"truncated": truncated}
@@ -72,10 +79,9 @@ def build_data(c: dict, tokenizer):
             loaders[split] = torch.utils.data.DataLoader(
                 rows, batch_size=c["batch_size"], shuffle=False,
                 collate_fn=collator(tokenizer.pad_token_id, pad_to_multiple_of=multiple))
-    first = list(test)[: c["val_generations"]]
-    val_prompts = [(r["prompt"], r["chosen"][-1]["content"]) if pairs else prompt_and_reference(r["messages"])
-                   for r in first]
-    return loaders, val_prompts, counts
+    wanted = max(c["val_generations"], c["win_rate_prompts"] if c["calculate_win_rate"] else 0)
+    eval_prompts = [prompt_and_reference(r) for r in list(test)[:wanted]]
+    return loaders, eval_prompts, counts
 
 
 def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: int) -> None:
@@ -181,13 +187,14 @@ def has_checkpoints(out: str) -> bool:
 def fit(c: dict, ray_worker: bool = False) -> dict:
     """Build data, module and Trainer, then train (or test); the same code in every process."""
     import lightning as L
-    from module import PostTrainingModule, load_causal_lm, load_tokenizer
+    from module import PostTrainingModule, load_causal_lm, load_model, load_tokenizer
 
     out = run_dir(c)
     L.seed_everything(c["seed"], workers=True, verbose=False)
     tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"])
-    loaders, val_prompts, counts = build_data(c, tokenizer)
-    model = load_causal_lm(c["model_name"], c["trust_remote_code"])
+    loaders, eval_prompts, counts = build_data(c, tokenizer)
+    # A bt run from a causal LM gets a new score head: drawn here, right after seeding.
+    model = load_model(c["training_type"], c["model_name"], tokenizer, c["trust_remote_code"])
     reference = None
     if c["training_type"] == "dpo":
         if c["precompute_ref_log_probs"]:
@@ -196,7 +203,9 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
             precompute_reference_logps(model, loaders, c["batch_size"], tokenizer.pad_token_id)
         else:
             reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
-    module = PostTrainingModule(c, model=model, tokenizer=tokenizer, val_prompts=val_prompts, reference=reference)
+    val_prompts = [] if c["training_type"] == "bt" else eval_prompts[:c["val_generations"]]
+    module = PostTrainingModule(c, model=model, tokenizer=tokenizer, val_prompts=val_prompts, reference=reference,
+                                win_rate=win_rate_setup(c, eval_prompts[:c["win_rate_prompts"]]))
     trainer = build_trainer(c, out, ray_worker)
     ckpt_path = c["resume_from_checkpoint"]
     if ray_worker:
@@ -217,6 +226,20 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["step"] = trainer.global_step
     return metrics
+
+
+def win_rate_setup(c: dict, prompts: list[tuple[list[dict], str]]):
+    """--calculate-win-rate: the judge, the model to beat and the generation settings."""
+    if not c["calculate_win_rate"]:
+        return None
+    from judges import make_judge
+    from module import WinRateSetup
+    judge = make_judge(c["judge"], base_url=c["judge_base_url"], api_key_env=c["judge_api_key_env"],
+                       max_length=c["max_length"])
+    generation = dict(max_new_tokens=c["val_max_new_tokens"], temperature=c["win_rate_temperature"],
+                      top_p=c["win_rate_top_p"], seed=c["seed"], batch_size=c["batch_size"])
+    return WinRateSetup([p for p, _ in prompts], [r for _, r in prompts], c["reference_model"] or c["model_name"],
+                        judge, generation, storage.join(run_dir(c), "win_rate"))
 
 
 def configure_logging(verbose: bool) -> None:
@@ -242,6 +265,7 @@ def configure_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     from collate_functions import TemplateError
     from custom_dataset import DataError
+    from judges import JudgeError
     from module import ModelLoadError
 
     try:
@@ -249,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(config["verbose"])
         validate(config, given)
         run(resolve(config))
-    except (ConfigError, DataError, ModelLoadError, TemplateError) as e:
+    except (ConfigError, DataError, JudgeError, ModelLoadError, TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

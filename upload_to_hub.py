@@ -5,6 +5,8 @@
 
 --checkpoint-path takes a Lightning .ckpt file, a run folder (its checkpoints/last.ckpt, or
 a Ray run's latest checkpoint_*/checkpoint.ckpt) or a Ray checkpoint folder, local or s3://.
+A bt checkpoint becomes an AutoModelForSequenceClassification folder (a reward model that
+`train.py --judge` and `win_rate.py --judge` load); the others AutoModelForCausalLM folders.
 The folder holds safetensors weights, config.json, generation_config.json, the tokenizer
 with its chat template, and a model card (README.md) with the base model, training type,
 data set, hyper-parameters and the date. It never holds optimizer state, credentials or
@@ -27,6 +29,15 @@ import storage
 CARD_KEYS = ("training_type", "lr", "batch_size", "accumulate_grad_batches", "max_epochs", "max_steps",
              "max_length", "warmup_ratio", "weight_decay", "gradient_clip_val", "precision", "seed",
              "beta", "lambda_", "dataset_source", "train_dataset_length")
+
+
+USAGE = {
+    "lm": "Load it with `AutoModelForCausalLM.from_pretrained(...)`; chat through the bundled chat template "
+          "(`tokenizer.apply_chat_template`).",
+    "bt": "A Bradley-Terry reward model: load it with `AutoModelForSequenceClassification.from_pretrained(...)`; "
+          "the reward of a conversation (rendered with the chat template, ending with the reply's end-of-turn "
+          "token) is the score at its last token. `train.py --judge <this folder>` uses it as a win-rate judge.",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,36 +70,18 @@ def model_card(config: dict, step: int | None) -> str:
             f"Trained with `train.py --training-type {config['training_type']}` on `{data}`"
             f"{f' for {step} optimizer steps' if step is not None else ''}; exported on "
             f"{time.strftime('%Y-%m-%d')}.\n\n| hyper-parameter | value |\n| --- | --- |\n{rows}\n\n"
-            f"Load it with `AutoModelForCausalLM.from_pretrained(...)`; chat through the bundled "
-            f"chat template (`tokenizer.apply_chat_template`).\n")
+            f"{USAGE['bt' if config['training_type'] == 'bt' else 'lm']}\n")
 
 
 def export(ckpt_path: str, output_dir: str, training_type: str | None = None) -> dict:
     """Write the Hugging Face folder for a checkpoint; returns the checkpoint's config."""
-    import torch
-
     import flags
-    from module import load_causal_lm, load_tokenizer
+    from module import load_checkpoint
 
-    ckpt_path = flags.find_checkpoint(ckpt_path)
-    with storage.filesystem(ckpt_path).open(ckpt_path, "rb") as f:
-        checkpoint = torch.load(f, map_location="cpu", weights_only=True)
-    config = checkpoint.get("hyper_parameters") or {}
-    if "model_name" not in config or "training_type" not in config:
-        raise flags.ConfigError(f"Checkpoint {ckpt_path} was not written by train.py (no saved config).")
+    model, tokenizer, config, step = load_checkpoint(ckpt_path)
     if training_type and training_type != config["training_type"]:
         raise flags.ConfigError(f"Checkpoint {ckpt_path} is a {config['training_type']} checkpoint, "
                                 f"not {training_type}.")
-    if config["training_type"] not in ("sft", "dpo", "sft_verifier"):
-        raise flags.ConfigError(f"Exporting {config['training_type']} checkpoints is not available yet.")
-    model = load_causal_lm(config["model_name"], config.get("trust_remote_code", False))
-    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError:
-        raise flags.ConfigError(f"Checkpoint {ckpt_path} does not match the architecture of "
-                                f"{config['model_name']}.") from None
-    tokenizer = load_tokenizer(config["model_name"], config.get("trust_remote_code", False))
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
@@ -97,7 +90,7 @@ def export(ckpt_path: str, output_dir: str, training_type: str | None = None) ->
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(model_card(config, checkpoint.get("global_step")))
+            f.write(model_card(config, step))
         if os.path.exists(output_dir):
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)

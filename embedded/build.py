@@ -145,6 +145,24 @@ def _prefs_row(rng: random.Random, seen: set) -> dict:
     }
 
 
+def preference_pairs(rows: list[dict]) -> list[dict]:
+    """The written preference pairs: every third row (index % 3 == 2) gets a bare wrong
+    answer as its rejected reply, "The answer is N." with the one-slip solution's N and no
+    working, in place of that solution. Real preference sets mix kinds of rejected reply:
+    the slip needs the arithmetic checked, the bare answer is a style cue that any reward
+    model picks up (the README reports a Bradley-Terry model's accuracy on each kind).
+    Applied to the written files only: the tokenizer was trained on the generated pairs, and
+    its corpus is kept as it was so that the bundled tokenizer and model stay what this
+    script builds."""
+    out = []
+    for i, row in enumerate(rows):
+        if i % 3 == 2:
+            wrong = task.extract_answer(row["rejected"][1]["content"])
+            row = {**row, "rejected": [row["rejected"][0], {"role": "assistant", "content": f"The answer is {wrong}."}]}
+        out.append(row)
+    return out
+
+
 def _problems_row(rng: random.Random, seen: set, question_id: int) -> dict:
     p = _new_problem(rng, seen)
     return {"question_id": question_id, "question": p["question"], "answer": p["answer"],
@@ -362,7 +380,7 @@ def main() -> None:
 
     data, seen = build_data()
     for split, rows in data.items():
-        write_jsonl(out / FILES[split], rows)
+        write_jsonl(out / FILES[split], preference_pairs(rows) if split.startswith("prefs/") else rows)
         print(f"wrote {len(rows):5d} rows to {out / FILES[split]}", flush=True)
     if args.data_only:
         return

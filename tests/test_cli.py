@@ -48,7 +48,8 @@ def run_main(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv, sentence", [
-    (["--training-type", "bt"], "--training-type bt is not available yet"),
+    (["--center-rewards-coefficient", "0.01"], "--center-rewards-coefficient only applies to --training-type bt"),
+    (["--training-type", "bt", "--calculate-win-rate", "--judge", "length"], "--calculate-win-rate needs a generative"),
     (["--precompute-ref-log-probs"], "--precompute-ref-log-probs only applies to --training-type dpo"),
     (["--training-type", "sft_verifier"], "--training-type sft_verifier is not available yet"),
     (["--precision", "transformer-engine"], "--precision transformer-engine needs NVIDIA transformer-engine"),
@@ -56,7 +57,11 @@ def run_main(capsys, *argv):
     (["--max-failures", "2"], "--max-failures only applies with --use-ray"),
     (["--use-ray", "--strategy", "fsdp"], "--strategy fsdp needs --use-gpu"),
     (["--use-ray", "--mode", "test"], "--mode test runs in one process; drop --use-ray"),
-    (["--calculate-win-rate"], "--calculate-win-rate is not available yet"),
+    (["--calculate-win-rate"], "--calculate-win-rate needs --judge"),
+    (["--judge", "length"], "--judge only applies with --calculate-win-rate"),
+    (["--calculate-win-rate", "--judge", "length", "--win-rate-top-p", "0"], "--win-rate-top-p in (0, 1]"),
+    (["--calculate-win-rate", "--judge", "openai:m", "--judge-api-key-env", "NO_SUCH_KEY_VAR"],
+     "$NO_SUCH_KEY_VAR, which is not set"),
     (["--num-workers", "4"], "--num-workers only applies with --use-ray"),
     (["--lambda", "0.5"], "--lambda only applies to --training-type sft_verifier"),
     (["--beta", "2.0"], "--beta only applies to --training-type dpo"),

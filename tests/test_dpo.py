@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import flags
 import train
 from collate_functions import IGNORE_INDEX, PreferenceCollator, tokenize_preference_rows
-from conftest import EMBEDDED_MODEL
+from conftest import EMBEDDED_MODEL, read_scalars
 
 PROMPT = [{"role": "user", "content": "Add 1 and 2."}, {"role": "assistant", "content": "The answer is 3."},
           {"role": "user", "content": "Now add 4."}]
@@ -64,9 +63,7 @@ def dpo_run(tmp_path_factory):
     assert train.main(["--training-type", "dpo", "--storage-path", str(storage), "--name", "dpo",
                        "--train-dataset-length", "512", "--test-dataset-length", "64", "--batch-size", "8",
                        "--lr", "1e-4", "--beta", "1.0", "--val-generations", "0", "--log-every-n-steps", "8"]) == 0
-    events = EventAccumulator(str(storage / "dpo" / "tensorboard"))
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return read_scalars(storage / "dpo" / "tensorboard")
 
 
 def test_dpo_starts_at_log_2_and_learns_to_prefer_correct_solutions(dpo_run):

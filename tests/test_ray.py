@@ -9,11 +9,10 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import flags
 import train
-from conftest import REPO, free_port
+from conftest import REPO, free_port, read_scalars
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +55,14 @@ def latest_weights(run_dir):
 
 
 def scalars(path, tag):
-    events = EventAccumulator(path)
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
+    return read_scalars(path)[tag]
 
 
 def run_ray(**flags):
     import ray
-    argv = ["--use-ray"] + [x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    argv = ["--use-ray"]
+    for k, v in flags.items():
+        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
     try:
         return train.main(argv)
     finally:
@@ -75,7 +74,8 @@ def test_two_workers_equal_one_worker_with_twice_the_batch(ray_cluster, tmp_path
     also shows each worker trains on its own shard: had both seen the same 4 rows, the step
     would be batch 4's, not batch 8's."""
     common = dict(storage_path=tmp_path, train_dataset_length=32, test_dataset_length=8, max_epochs=1,
-                  val_generations=2, val_max_new_tokens=8, num_sanity_val_steps=0, lr=1e-3, log_every_n_steps=1)
+                  val_generations=2, val_max_new_tokens=8, num_sanity_val_steps=0, lr=1e-3, log_every_n_steps=1,
+                  calculate_win_rate=True, judge="length", win_rate_prompts=5)
     assert run_ray(name="two", num_workers=2, batch_size=4, **common) == 0
     assert run_ray(name="one", num_workers=1, batch_size=8, **common) == 0
     two, names = latest_weights(tmp_path / "two")
@@ -94,6 +94,10 @@ def test_two_workers_equal_one_worker_with_twice_the_batch(ray_cluster, tmp_path
     assert val_two[0][0] == val_one[0][0] == 0
     assert abs(val_two[0][1] - val_one[0][1]) < 1e-5
     assert abs(val_two[-1][1] - val_one[-1][1]) < 1e-4
+    # Win rate: each worker answers its share of the prompts; rank 0 writes all of them.
+    assert scalars(str(tmp_path / "two" / "tensorboard"), "val/win_rate")[0] == (0, 0.5)
+    records = [json.loads(line) for line in (tmp_path / "two" / "win_rate" / "val-step-0000004.jsonl").open()]
+    assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
 
 
 def test_ray_job_submit_writes_checkpoints_and_events_to_s3(ray_cluster, s3_server):

@@ -7,11 +7,11 @@ import torch
 import yaml
 
 import train
+from conftest import read_scalars
 
 
 def test_training_writes_checkpoints_and_events_to_s3(s3_server, tmp_path, capsys):
     import s3fs
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     argv = ["--storage-path", "s3://test-bucket/runs", "--name", "s3run", "--train-dataset-length", "32",
             "--test-dataset-length", "8", "--max-epochs", "2", "--val-generations", "1",
@@ -30,10 +30,9 @@ def test_training_writes_checkpoints_and_events_to_s3(s3_server, tmp_path, capsy
     for path in written:
         assert b"test-secret" not in fs.cat(path) and b"test-key-id" not in fs.cat(path)
 
-    events = EventAccumulator("s3://test-bucket/runs/s3run/tensorboard")
-    events.Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == list(range(8))
-    assert [e.step for e in events.Scalars("val/loss")] == [0, 3, 7]
+    events = read_scalars("s3://test-bucket/runs/s3run/tensorboard")
+    assert [step for step, _ in events["train/loss"]] == list(range(8))
+    assert [step for step, _ in events["val/loss"]] == [0, 3, 7]
 
     assert train.main(["--resume-from-checkpoint", "s3://test-bucket/runs/s3run", "--max-epochs", "3"]) == 0
     fs.invalidate_cache()

@@ -6,20 +6,17 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import flags
 import train
-from conftest import EMBEDDED_MODEL
+from conftest import EMBEDDED_MODEL, read_scalars
 
 FAST = ["--val-generations", "2", "--val-max-new-tokens", "24", "--num-sanity-val-steps", "1",
         "--test-dataset-length", "32", "--lr", "1e-3", "--log-every-n-steps", "4"]
 
 
 def scalars(run_dir):
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return read_scalars(run_dir / "tensorboard")
 
 
 def state_dict(ckpt_path):

@@ -1,0 +1,98 @@
+"""Win rate of one model against another on a data set's prompts, scored by a judge.
+
+    python win_rate.py --model runs/dpo-demo --reference-model exported/sft-demo --judge correctness
+    python win_rate.py --model user/qwen-dpo --reference-model Qwen/Qwen2.5-0.5B-Instruct \\
+        --dataset-name HuggingFaceH4/ultrafeedback_binarized --num-prompts 500 \\
+        --judge openai:nvidia/llama-3.1-nemotron-70b-reward          # key from $NVIDIA_API_KEY
+
+Both models answer the first --num-prompts prompts of the test split with the chat template's
+generation prompt, the same sampling settings and the same seed, stopping at end-of-turn. The
+judge scores every reply (judges.py: a reward model folder / Hub name / bt run, openai:MODEL,
+correctness, length); a higher score for --model is a win, equal scores a tie (half a win).
+Models are Hugging Face folders, Hub names, or train.py checkpoints and run folders (local or
+s3://). Prints the rate and writes one JSON record per prompt to --output (written whole, then
+moved into place).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import storage
+from judges import NVIDIA_API
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="the policy: HF folder, Hub name, or train.py checkpoint / run")
+    p.add_argument("--reference-model", required=True, help="the model to beat, in the same forms")
+    p.add_argument("--judge", required=True,
+                   help="reward model (folder, Hub name, bt run), openai:MODEL, correctness or length")
+    p.add_argument("--judge-base-url", default=NVIDIA_API, help="base URL of an openai:MODEL judge")
+    p.add_argument("--judge-api-key-env", default="NVIDIA_API_KEY", help="environment variable with its API key")
+    p.add_argument("--dataset-name", default=None,
+                   help="data set of prompts (default: the bundled preference set); preference pairs or conversations")
+    p.add_argument("--split", choices=("train", "test"), default="test", help="which split's prompts")
+    p.add_argument("--num-prompts", type=int, default=64, help="first N prompts of the split")
+    p.add_argument("--skip-bad-rows", action=argparse.BooleanOptionalAction, default=False,
+                   help="skip malformed rows instead of stopping")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="reply budget")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling top-p")
+    p.add_argument("--seed", type=int, default=42, help="sampling seed, the same for both models")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+    p.add_argument("--max-length", type=int, default=1024, help="token limit of what a reward-model judge reads")
+    p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=False, help="generate on CUDA")
+    p.add_argument("--output", default="win_rate.jsonl", help="per-prompt records (JSONL, local or s3://)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from custom_dataset import DataError, evaluation_prompts
+    from flags import EMBEDDED_DATA, ConfigError
+    from generation import generate_replies
+    from judges import JudgeError, judge_pairs, make_judge, summarize
+    from module import ModelLoadError, load_trained
+    from train import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging(verbose=False)
+    if args.num_prompts < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
+        print("error: --num-prompts must be at least 1, --temperature not negative and --top-p in (0, 1].",
+              file=sys.stderr)
+        return 2
+    try:
+        pairs = evaluation_prompts(args.dataset_name or str(EMBEDDED_DATA["dpo"]), args.split, args.num_prompts,
+                                   args.skip_bad_rows)
+        prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
+        judge = make_judge(args.judge, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
+                           max_length=args.max_length)
+        device = "cuda" if args.use_gpu else "cpu"
+        settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        seed=args.seed, batch_size=args.batch_size)
+        replies = {}
+        for role, name in (("policy", args.model), ("reference", args.reference_model)):
+            model, tokenizer = load_trained(name)
+            replies[role] = generate_replies(model.to(device), tokenizer, prompts, **settings)
+            del model
+        if hasattr(judge, "to"):
+            judge.to(device)
+        records = judge_pairs(judge, prompts, references, replies["policy"], replies["reference"])
+    except (ConfigError, DataError, JudgeError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    storage.write_text_atomic(args.output, "".join(json.dumps(r) + "\n" for r in records))
+    result = summarize(records)
+    print(f"win rate {result.rate:.4f} of {args.model} against {args.reference_model} "
+          f"({result.wins} wins, {result.ties} ties, {result.losses} losses over {result.n} prompts; "
+          f"judge {judge.name}); records in {args.output}")
+    print(json.dumps({"win_rate": result.rate, "wins": result.wins, "ties": result.ties, "losses": result.losses,
+                      "n": result.n, "judge": judge.name, "model": args.model,
+                      "reference_model": args.reference_model}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
