@@ -160,3 +160,25 @@ def test_missing_path_and_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no data files"):
         CustomDataset(str(tmp_path / "empty"), "train", "sft")
+
+
+PROMPT_MSG = {"role": "user", "content": "2+2?"}
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"chosen": [PROMPT_MSG, {"role": "assistant", "content": "4"}]}, r"row 1, field rejected: missing column"),
+    ({"chosen": [PROMPT_MSG, {"role": "user", "content": "4"}], "rejected": [PROMPT_MSG, {"role": "assistant", "content": "5"}]},
+     r"row 1, field chosen: the last message is not an assistant message"),
+    ({"chosen": [PROMPT_MSG, {"role": "assistant", "content": "4"}],
+      "rejected": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "5"}]},
+     r"row 1, field chosen/rejected: the two conversations have different prompts"),
+])
+def test_bad_preference_rows_name_the_row(tmp_path, row, message):
+    good = {"chosen": [PROMPT_MSG, {"role": "assistant", "content": "4"}],
+            "rejected": [PROMPT_MSG, {"role": "assistant", "content": "5"}]}
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [good, row, good]) + "\n")
+    for training_type in ("dpo", "bt"):
+        with pytest.raises(DataError, match=message) as info:
+            CustomDataset(str(path), "train", training_type, length=3)
+        assert str(path) in str(info.value)
