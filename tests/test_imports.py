@@ -4,7 +4,8 @@ import importlib
 import pytest
 
 MODULES = ["train", "module", "custom_dataset", "collate_functions", "generation", "losses", "losses.sft",
-           "losses.dpo", "flags", "storage", "distributed", "upload_to_hub", "embedded.task", "embedded.build"]
+           "losses.dpo", "losses.bt", "flags", "storage", "distributed", "upload_to_hub", "reward_model", "judges",
+           "win_rate", "embedded.task", "embedded.build", "extension.data_preparation"]
 
 
 @pytest.mark.parametrize("name", MODULES)
