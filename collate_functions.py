@@ -79,7 +79,10 @@ def tokenize_sft_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], int
         if all(label == IGNORE_INDEX for label in labels):
             dropped += 1
             continue
-        out.append({"input_ids": ids, "labels": labels, "row": row["row"]})
+        example = {"input_ids": ids, "labels": labels, "row": row["row"]}
+        if "task" in row:                  # sft_verifier: which term of the GenRM loss the row feeds
+            example["is_generate"] = row["task"] == "generate"
+        out.append(example)
     return out, dropped
 
 
@@ -91,10 +94,13 @@ class SFTBatch:
     attention_mask: (B, T) long, 1 on real tokens, 0 on padding.
     labels:         (B, T) long, the token id on supervised positions, -100 elsewhere.
                     labels[b, t] is the target of position t itself; the loss shifts.
+    is_generate:    (B,) bool for sft_verifier rows (True: a generation row, D_correct;
+                    False: a verification row, D_verify), else None.
     """
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    is_generate: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -102,9 +108,14 @@ class SFTBatch:
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
     @property
-    def count(self) -> int:
-        """What the SFT loss is averaged over: supervised tokens."""
-        return self.num_tokens
+    def count(self) -> int | tuple[int, int]:
+        """What the loss is averaged over: supervised tokens; for sft_verifier rows the
+        (verify, generate) token counts, one per term of the GenRM loss."""
+        if self.is_generate is None:
+            return self.num_tokens
+        supervised = self.labels[:, 1:] != IGNORE_INDEX
+        generate = int(supervised[self.is_generate].sum())
+        return int(supervised.sum()) - generate, generate
 
 
 @dataclass
@@ -115,9 +126,13 @@ class StepBatch:
     micro_batches: list
 
     @property
-    def count(self) -> int:
-        """The loss's denominator for the whole step: supervised tokens (SFT) or pairs (DPO)."""
-        return sum(mb.count for mb in self.micro_batches)
+    def count(self) -> int | tuple[int, int]:
+        """The loss's denominator for the whole step: supervised tokens (SFT), pairs (DPO,
+        BT), or (verify, generate) tokens (sft_verifier), summed over the micro-batches."""
+        counts = [mb.count for mb in self.micro_batches]
+        if isinstance(counts[0], tuple):
+            return tuple(sum(c) for c in zip(*counts))
+        return sum(counts)
 
 
 def pad_sft(examples: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> SFTBatch:
@@ -133,7 +148,8 @@ def pad_sft(examples: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> S
         input_ids[b, :n] = torch.tensor(e["input_ids"])
         attention_mask[b, :n] = 1
         labels[b, :n] = torch.tensor(e["labels"])
-    return SFTBatch(input_ids, attention_mask, labels)
+    is_generate = torch.tensor([e["is_generate"] for e in examples]) if "is_generate" in examples[0] else None
+    return SFTBatch(input_ids, attention_mask, labels, is_generate)
 
 
 class SFTCollator:

@@ -9,7 +9,8 @@ Sources: a Hub name (`load_dataset`), a local file (.json/.jsonl/.csv/.parquet, 
 (`train.jsonl`, `test_prefs.jsonl`, ...).
 
 Canonical rows (what the collators consume):
-  sft / sft_verifier:  {"messages": [{"role", "content"}, ...]}         (at least one assistant turn)
+  sft:                 {"messages": [{"role", "content"}, ...]}         (at least one assistant turn)
+  sft_verifier:        {"messages": [...], "task": "verify" | "generate"}
   dpo / bt:            {"prompt": [messages...], "chosen": [assistant message],
                         "rejected": [assistant message]}
 Known source formats: smoltalk / ultrafeedback `messages`; ultrafeedback_binarized
@@ -236,7 +237,35 @@ def adapt_preference(row: dict) -> dict:
     return {"prompt": prompt_c, "chosen": _clean(chosen[-1:]), "rejected": _clean(rejected[-1:])}
 
 
-ADAPTERS = {"sft": adapt_sft, "sft_verifier": adapt_sft, "dpo": adapt_preference, "bt": adapt_preference}
+def adapt_verifier(row: dict) -> list[dict]:
+    """sft_verifier rows -> [{"messages": [...], "task": "verify" | "generate"}, ...]:
+    - rows with a `task` column (extension/data_preparation.py's output) pass through;
+    - problems with known answers (`question`, `correct_solution`, `incorrect_solution`, the
+      bundled problems set) give three rows: the verification of each solution (the
+      rule-based step-by-step critique of extension/critiques.py as the target) and the
+      generation of the correct solution."""
+    if row.get("task") is not None:
+        if row["task"] not in ("verify", "generate"):
+            raise ValueError(f"task: expected 'verify' or 'generate', got {row['task']!r}")
+        return [{**adapt_sft(row), "task": row["task"]}]
+    if all(isinstance(row.get(k), str) and row[k].strip() for k in ("question", "correct_solution", "incorrect_solution")):
+        from extension.critiques import rule_based_critique, verification_prompt
+        out = []
+        for key in ("correct_solution", "incorrect_solution"):
+            try:
+                critique, _ = rule_based_critique(row[key])
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None
+            out.append({"messages": [{"role": "user", "content": verification_prompt(row["question"], row[key])},
+                                     {"role": "assistant", "content": critique}], "task": "verify"})
+        out.append({"messages": [{"role": "user", "content": row["question"].strip()},
+                                 {"role": "assistant", "content": row["correct_solution"].strip()}], "task": "generate"})
+        return out
+    raise ValueError("missing column: expected 'messages' with 'task' (extension/data_preparation.py), or "
+                     "'question', 'correct_solution' and 'incorrect_solution'")
+
+
+ADAPTERS = {"sft": adapt_sft, "sft_verifier": adapt_verifier, "dpo": adapt_preference, "bt": adapt_preference}
 
 
 def prompt_and_reference(row: dict) -> tuple[list[dict], str]:
@@ -347,7 +376,7 @@ class CustomDataset(torch.utils.data.Dataset):
         for raw in ds:
             row_idx = raw.pop("_row")
             try:
-                row = adapt(raw)
+                adapted = adapt(raw)
             except ValueError as e:
                 where = f"Data set {self.name} ({self.split}), row {row_idx}, field {e}"
                 if not self.skip_bad_rows:
@@ -356,8 +385,10 @@ class CustomDataset(torch.utils.data.Dataset):
                 if self.stats.skipped_bad_rows <= 5:
                     log.warning("skipped: %s", where)
                 continue
-            row["row"] = row_idx
-            rows.append(row)
+            # An adapter may turn one source row into several (a problem -> verify + generate rows).
+            for row in adapted if isinstance(adapted, list) else [adapted]:
+                row["row"] = row_idx
+                rows.append(row)
         return rows
 
     def __len__(self) -> int:

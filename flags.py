@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """Every flag, declared once with its default and help text."""
-    p = argparse.ArgumentParser(description="Train or evaluate a language model (SFT, DPO, BT reward models) locally or on Ray.",
+    p = argparse.ArgumentParser(description="Train or evaluate a language model (SFT, DPO, BT reward models, GenRM-CoT verifiers) locally or on Ray.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 argument_default=argparse.SUPPRESS if suppress_defaults else None)
 
@@ -262,10 +262,6 @@ def validate(config: dict, given: set) -> None:
         raise ConfigError("--mode test runs in one process; drop --use-ray.")
     if c["precision"] == "transformer-engine":
         check_transformer_engine(c["use_gpu"])
-    if c["training_type"] not in ("sft", "dpo", "bt"):
-        from losses import NOT_YET
-        raise ConfigError(f"--training-type {c['training_type']} is not available yet: it comes with "
-                          f"{NOT_YET[c['training_type']]}.")
     if "beta" in given and c["training_type"] != "dpo":
         raise ConfigError("--beta only applies to --training-type dpo.")
     if "precompute_ref_log_probs" in given and c["training_type"] != "dpo":

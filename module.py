@@ -262,12 +262,21 @@ class PostTrainingModule(L.LightningModule):
             return self._bt(batch, normalizer)
         if isinstance(batch, PreferenceBatch):
             return self._dpo(batch, normalizer)
+        if self.hparams.training_type == "sft_verifier":
+            return self._sft_verifier(batch, normalizer)
         return self._sft(batch, normalizer)
 
     def _sft(self, batch: SFTBatch, normalizer=None):
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
         out = self.loss_fn(logits, batch.labels, normalizer)
         return out.loss, {"loss": out.nll_sum, "count": out.num_tokens}
+
+    def _sft_verifier(self, batch: SFTBatch, normalizer=None):
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
+        out = self.loss_fn(logits, batch.labels, batch.is_generate, self.hparams.lambda_, normalizer)
+        return out.loss, {"loss_verify": out.nll_verify, "_count/loss_verify": out.tokens_verify,
+                          "loss_correct": out.nll_correct, "_count/loss_correct": out.tokens_correct,
+                          "count": out.tokens_verify + out.tokens_correct}
 
     @torch.no_grad()
     def reference_logps(self, batch: PreferenceBatch) -> torch.Tensor:
@@ -306,13 +315,16 @@ class PostTrainingModule(L.LightningModule):
                 "_reward_sum": r.sum(), "_reward_sq": (r ** 2).sum()}
         return out.losses.sum() / denom.clamp(min=1), sums
 
-    @staticmethod
-    def metrics(sums: dict) -> dict:
-        """Means over the reduced statistics: loss and every other sum divided by the count
-        (tokens or pairs); "_reward_sum"/"_reward_sq" (BT, over 2 rewards a pair) give the
-        mean and standard deviation of all rewards."""
+    def metrics(self, sums: dict) -> dict:
+        """Means over the reduced statistics: each sum divided by its own count ("_count/<name>")
+        or else by "count" (tokens or pairs). "_reward_sum"/"_reward_sq" (BT, over 2 rewards a
+        pair) give the mean and standard deviation of all rewards; sft_verifier's loss is
+        loss_verify + lambda * loss_correct, each a token mean over its own rows."""
         count = max(sums["count"], 1.0)
-        means = {name: value / count for name, value in sums.items() if name != "count" and not name.startswith("_")}
+        means = {name: value / max(sums.get(f"_count/{name}", count), 1.0) for name, value in sums.items()
+                 if name != "count" and not name.startswith("_")}
+        if "loss_verify" in means:
+            means["loss"] = means["loss_verify"] + self.hparams.lambda_ * means["loss_correct"]
         if "_reward_sq" in sums:
             mean = sums["_reward_sum"] / (2 * count)
             means["reward_mean"] = mean
@@ -322,7 +334,7 @@ class PostTrainingModule(L.LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch: StepBatch, batch_idx: int):
         opt, sched = self.optimizers(), self.lr_schedulers()
-        step_count = self._reduce_sum(torch.tensor(float(batch.count), device=self.device))
+        step_count = self._reduce_sum(torch.as_tensor(batch.count, dtype=torch.float32, device=self.device))
         # DDP averages gradients over workers, so scale each worker's share back up.
         normalizer = step_count / self.trainer.world_size
         totals = {}
@@ -368,7 +380,7 @@ class PostTrainingModule(L.LightningModule):
         metrics = {}
         if reduced["count"] > 0:
             metrics = {f"{stage}/{k}": v for k, v in self.metrics(reduced).items()}
-            if self.hparams.training_type in ("sft", "sft_verifier"):
+            if self.hparams.training_type == "sft":
                 metrics[f"{stage}/perplexity"] = math.exp(min(metrics[f"{stage}/loss"], 50.0))
         edit = self._edit_distance()
         if edit is not None:

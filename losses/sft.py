@@ -27,6 +27,16 @@ class SFTLossOutput:
     num_tokens: torch.Tensor
 
 
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, V) logits, (B, T) labels -> (B, T-1) NLL of each next token (0 where ignored)
+    and the (B, T-1) bool mask of supervised positions. logits[:, t] scores labels[:, t + 1]."""
+    shift_logits = logits[:, :-1, :].float()                      # (B, T-1, V)
+    shift_labels = labels[:, 1:]                                  # (B, T-1)
+    nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="none")   # 0 where ignored
+    return nll.view(shift_labels.shape), shift_labels != IGNORE_INDEX
+
+
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor,
              normalizer: float | torch.Tensor | None = None) -> SFTLossOutput:
     """Masked next-token cross-entropy.
@@ -41,13 +51,9 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor,
     Returns:
         SFTLossOutput. A batch with no supervised token gives loss 0 (never NaN).
     """
-    shift_logits = logits[:, :-1, :].float()                      # (B, T-1, V)
-    shift_labels = labels[:, 1:]                                  # (B, T-1)
-    token_nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                shift_labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                                reduction="none")                 # (B*(T-1),), 0 where ignored
-    nll_sum = token_nll.sum()
-    num_tokens = (shift_labels != IGNORE_INDEX).sum()
+    nll, mask = token_nll(logits, labels)
+    nll_sum = nll.sum()
+    num_tokens = mask.sum()
     denom = num_tokens if normalizer is None else normalizer
     denom = torch.as_tensor(denom, dtype=nll_sum.dtype, device=nll_sum.device).clamp(min=1)
     return SFTLossOutput(loss=nll_sum / denom, nll_sum=nll_sum.detach(), num_tokens=num_tokens)

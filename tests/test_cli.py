@@ -51,7 +51,6 @@ def run_main(capsys, *argv):
     (["--center-rewards-coefficient", "0.01"], "--center-rewards-coefficient only applies to --training-type bt"),
     (["--training-type", "bt", "--calculate-win-rate", "--judge", "length"], "--calculate-win-rate needs a generative"),
     (["--precompute-ref-log-probs"], "--precompute-ref-log-probs only applies to --training-type dpo"),
-    (["--training-type", "sft_verifier"], "--training-type sft_verifier is not available yet"),
     (["--precision", "transformer-engine"], "--precision transformer-engine needs NVIDIA transformer-engine"),
     (["--strategy", "fsdp"], "--strategy fsdp needs --use-ray"),
     (["--max-failures", "2"], "--max-failures only applies with --use-ray"),

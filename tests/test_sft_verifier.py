@@ -1,0 +1,76 @@
+"""--training-type sft_verifier end to end: the bundled problems become verify rows (with a
+rule-based step-by-step critique) and generate rows; the two loss terms are logged apart;
+the prepared genrm-critiques folder trains too."""
+import json
+
+import pytest
+import torch
+
+import train
+from collate_functions import SFTCollator, tokenize_sft_rows
+from conftest import SHARED_DATA, read_scalars
+from custom_dataset import CustomDataset, DataError
+
+
+def test_problems_become_verify_and_generate_rows(tmp_path, tokenizer):
+    row = {"question_id": 7, "question": "Tom has 5 apples and eats 2. How many are left?", "answer": 3,
+           "correct_solution": "Tom starts with 5 apples. After eating 2 he has 5 - 2 = 3. The answer is 3.",
+           "incorrect_solution": "Tom starts with 5 apples. After eating 2 he has 5 - 2 = 4. The answer is 4."}
+    path = tmp_path / "problems.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "question_id": 8}) + "\n")
+    rows = CustomDataset(str(path), "train", "sft_verifier", length=1).rows
+    assert [r["task"] for r in rows] == ["verify", "verify", "generate"] and {r["row"] for r in rows} == {0}
+    good, bad, generate = rows
+    assert good["messages"][0]["content"].endswith("5 - 2 = 3. The answer is 3.\nVerification: Let's verify step by step.")
+    assert good["messages"][1]["content"] == ("Step 1: 5 - 2 = 3. This is correct.\n"
+                                              "Verification: Is the answer correct (Yes/No)? Yes")
+    assert bad["messages"][1]["content"] == ("Step 1: 5 - 2 = 4. This is wrong: 5 - 2 = 3.\n"
+                                             "Verification: Is the answer correct (Yes/No)? No")
+    assert generate["messages"][1]["content"] == row["correct_solution"]
+    tokenized, _ = tokenize_sft_rows(rows, tokenizer, 1024)
+    batch = SFTCollator(tokenizer.pad_token_id)(tokenized)
+    assert batch.is_generate.tolist() == [False, False, True]
+    verify_tokens, generate_tokens = batch.count
+    assert generate_tokens == sum(1 for x in tokenized[2]["labels"][1:] if x != -100) and verify_tokens > 0
+
+
+def test_bad_verifier_rows_name_the_row(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "task": "verify"}
+    path.write_text(json.dumps({**good, "task": "judge"}) + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(DataError, match=r"row 0, field task: expected 'verify' or 'generate'"):
+        CustomDataset(str(path), "train", "sft_verifier")
+    path.write_text(json.dumps({"question": "q", "correct_solution": "no steps", "incorrect_solution": "x"}) + "\n"
+                    + json.dumps(good) + "\n")
+    with pytest.raises(DataError, match=r"row 0, field correct_solution: solution: no 'a op b = c' step"):
+        CustomDataset(str(path), "train", "sft_verifier")
+
+
+def test_sft_verifier_run_logs_both_terms_and_learns_to_verify(tmp_path):
+    assert train.main(["--training-type", "sft_verifier", "--storage-path", str(tmp_path), "--name", "genrm",
+                       "--lr", "1e-3", "--lambda", "0.1", "--train-dataset-length", "300", "--test-dataset-length", "40",
+                       "--val-generations", "0", "--num-sanity-val-steps", "0", "--log-every-n-steps", "5"]) == 0
+    s = read_scalars(tmp_path / "genrm" / "tensorboard")
+    for stage in ("train", "val"):
+        for name in ("loss", "loss_verify", "loss_correct"):
+            assert f"{stage}/{name}" in s, f"{stage}/{name}"
+    (_, verify0), (_, verify1) = s["val/loss_verify"][0], s["val/loss_verify"][-1]
+    assert verify1 < 0.5 * verify0
+    for (_, loss), (_, v), (_, c) in zip(s["val/loss"], s["val/loss_verify"], s["val/loss_correct"]):
+        assert loss == pytest.approx(v + 0.1 * c, rel=1e-5)
+    assert s["data/train_rows"][0][1] == 900            # 300 problems -> 2 verify + 1 generate rows each
+    ckpt = torch.load(tmp_path / "genrm" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["lambda_"] == 0.1
+
+
+def test_prepared_genrm_critiques_train(tmp_path):
+    from extension import data_preparation
+    out = tmp_path / "genrm"
+    assert data_preparation.main(["--path", str(SHARED_DATA / "genrm-critiques" / "critiques"),
+                                  "--output-dir", str(out)]) == 0
+    assert train.main(["--training-type", "sft_verifier", "--dataset-name", str(out), "--storage-path",
+                       str(tmp_path), "--name", "real", "--max-steps", "3", "--batch-size", "2",
+                       "--train-dataset-length", "40", "--test-dataset-length", "8", "--max-length", "512",
+                       "--val-generations", "0", "--num-sanity-val-steps", "0", "--log-every-n-steps", "1"]) == 0
+    s = read_scalars(tmp_path / "real" / "tensorboard")
+    assert [step for step, _ in s["train/loss"]] == [0, 1, 2] and s["val/loss_verify"][-1][1] > 0
