@@ -1,16 +1,18 @@
-"""Train or evaluate a language model: SFT, DPO, Bradley-Terry reward models (and, as it lands, GenRM-CoT).
+"""Train or evaluate a language model: SFT, DPO, Bradley-Terry reward models, GenRM-CoT verifiers.
 
     python train.py                                  # SFT of the bundled tiny model on the bundled data
     python train.py --training-type sft --model-name Qwen/Qwen2.5-0.5B \\
         --dataset-name HuggingFaceTB/smol-smoltalk --lr 2e-5 --max-length 2048
     python train.py --config my_run.yaml --lr 1e-4   # YAML supplies defaults, the command line wins
     python train.py --training-type bt --name rm            # reward model on the bundled preference pairs
-    python train.py --training-type dpo --model-name exported/sft --calculate-win-rate --judge correctness
+    python train.py --training-type dpo --model-name runs/sft --calculate-win-rate --judge correctness
+    python train.py --training-type sft_verifier --model-name runs/dpo --lambda 0.1
     python train.py --mode test --resume-from-checkpoint runs/NAME/checkpoints/last.ckpt
 
 Everything a run writes lands in <--storage-path>/<--name>/: checkpoints/ (Lightning .ckpt
-files with the resolved config inside), tensorboard/ (event files), config.yaml, and with --calculate-win-rate win_rate/ (per-prompt
-replies, scores and outcomes of every evaluation, as JSONL).
+files with the resolved config inside), tensorboard/ (event files), config.yaml, and with
+--calculate-win-rate win_rate/ (per-prompt replies, scores and outcomes of every
+evaluation, as JSONL). --model-name takes a Hub name, a model folder or a train.py run.
 Flags (flags.py) keep the names of the original project's train.py; booleans are --x / --no-x.
 A flag or value whose feature has not landed yet fails with a sentence saying so.
 """
