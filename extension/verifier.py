@@ -1,0 +1,110 @@
+"""Verifier scores of a GenRM-CoT model (the seed's eqs. 9-10) and adaptive-compute verification.
+
+    scores = compute_verifier_scores(model, tokenizer, question, solution, k=8)        # eq. 9, K rationales
+    score = sum(scores) / len(scores)                                                  # eq. 10
+    result = adaptive_verify(lambda n: compute_verifier_scores(..., k=n), k_min=8, k_max=32, step=8, tau=0.05)
+
+Eq. 9: sample a rationale v ~ p(. | x, y, "Let's verify step by step."), append the question
+I = "Verification: Is the answer correct (Yes/No)?" and read r = p(Yes) / (p(Yes) + p(No))
+from the next-token distribution. The answers are taken as the data writes them (" Yes" /
+" No" after the question in a critique; "Yes" / "No" opening the reply in direct mode), and
+the two are compared at their first differing token, so a tokenizer that splits " Yes" into
+several pieces (the bundled one: " ", "Y", "es") is scored at "Y" against "No". With logits
+l_yes and l_no there, r = sigmoid(l_yes - l_no): exact and stable.
+
+Adaptive compute (the seed's modification): sample rationales in rounds (one batched
+generation of `step` rationales a round) from K_min up to K_max; after each round stop when
+the population variance of the scores so far is below tau. Agreeing rationales stop early;
+uncertain ones get more samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from collate_functions import render
+from extension.critiques import QUESTION, verification_prompt
+from generation import generate_replies
+
+DIRECT_CUE = QUESTION
+
+
+def _first_difference(tokenizer, text: str, yes: str, no: str) -> tuple[list[int], int, int]:
+    """Token ids of `text` up to where its "yes" and "no" continuations part, and the
+    diverging token of each."""
+    a = tokenizer(text + yes, add_special_tokens=False)["input_ids"]
+    b = tokenizer(text + no, add_special_tokens=False)["input_ids"]
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    if n == min(len(a), len(b)):
+        raise ValueError(f"the tokenizer cannot tell {yes!r} from {no!r} after this text")
+    return a[:n], a[n], b[n]
+
+
+@torch.no_grad()
+def p_yes(model, tokenizer, texts: list[str], yes: str = " Yes", no: str = " No") -> list[float]:
+    """r = p(yes) / (p(yes) + p(no)) for the answer that follows each text."""
+    parts = [_first_difference(tokenizer, t, yes, no) for t in texts]
+    device = next(model.parameters()).device
+    longest = max(len(ids) for ids, _, _ in parts)
+    input_ids = torch.full((len(parts), longest), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, (ids, _, _) in enumerate(parts):          # right padding: each row's last real position is read
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attention_mask[i, :len(ids)] = 1
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float()
+    last = torch.tensor([len(ids) - 1 for ids, _, _ in parts], device=device)
+    rows = logits[torch.arange(len(parts), device=device), last]                   # (N, V)
+    yes_ids = torch.tensor([y for _, y, _ in parts], device=device)
+    no_ids = torch.tensor([n for _, _, n in parts], device=device)
+    margin = rows.gather(1, yes_ids[:, None])[:, 0] - rows.gather(1, no_ids[:, None])[:, 0]
+    return torch.sigmoid(margin).tolist()
+
+
+def compute_verifier_scores(model, tokenizer, question: str, solution: str, k: int = 8, mode: str = "cot", *,
+                            temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 256,
+                            seed: int | None = None) -> list[float]:
+    """K scores of one solution: eq. 9 per sampled rationale ("cot"), or one direct score
+    p(Yes) with no rationale ("direct", k ignored)."""
+    if mode == "direct":
+        prompt = verification_prompt(question, solution).rsplit("\n", 1)[0] + "\n" + DIRECT_CUE
+        return p_yes(model, tokenizer, [render(tokenizer, [{"role": "user", "content": prompt}],
+                                               add_generation_prompt=True)], yes="Yes", no="No")
+    user = [{"role": "user", "content": verification_prompt(question, solution)}]
+    rationales = generate_replies(model, tokenizer, [user] * k, max_new_tokens=max_new_tokens, batch_size=k,
+                                  temperature=temperature, top_p=top_p, seed=seed)
+    head = render(tokenizer, user, add_generation_prompt=True)
+    # The model writes the question itself at the end of its critique: cut there and ask it anew.
+    texts = [head + (r.split(QUESTION)[0].rstrip() + "\n" if r.split(QUESTION)[0].strip() else "") + QUESTION
+             for r in rationales]
+    return p_yes(model, tokenizer, texts)
+
+
+@dataclass
+class AdaptiveResult:
+    """score: mean of the K scores (eq. 10); k: rationales sampled; variance: population
+    variance of the scores; scores: all of them, in sampling order."""
+    score: float
+    k: int
+    variance: float
+    scores: list
+
+
+def _variance(xs: list[float]) -> float:
+    mean = sum(xs) / len(xs)
+    return sum((x - mean) ** 2 for x in xs) / len(xs)
+
+
+def adaptive_verify(sample_scores: Callable[[int], list[float]], k_min: int = 8, k_max: int = 32, step: int = 8,
+                    tau: float = 0.05) -> AdaptiveResult:
+    """Rounds of `step` scores from k_min up to k_max, stopping once Var(scores) < tau.
+    `sample_scores(n)` returns n new scores (one batched generation)."""
+    if not 1 <= k_min <= k_max or step < 1:
+        raise ValueError(f"need 1 <= k_min <= k_max and step >= 1 (got {k_min}, {k_max}, {step})")
+    scores = list(sample_scores(k_min))
+    while len(scores) < k_max and _variance(scores) >= tau:
+        scores += list(sample_scores(min(step, k_max - len(scores))))
+    return AdaptiveResult(sum(scores) / len(scores), len(scores), _variance(scores), scores)
