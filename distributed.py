@@ -100,7 +100,7 @@ def launch(c: dict) -> dict:
             env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **env}})
     c = dict(c, storage_path=storage.absolute(c["storage_path"]),
-             model_name=_absolute_if_local(c["model_name"]), dataset_name=_absolute_if_local(c["dataset_name"]))
+             **{k: _absolute_if_local(c[k]) for k in ("model_name", "dataset_name", "reference_model", "judge")})
     storage_path, filesystem = _storage_for_ray(c["storage_path"])
     scaling = ScalingConfig(num_workers=c["num_workers"], use_gpu=c["use_gpu"],
                             accelerator_type=c["accelerator_type"], placement_strategy=c["placement_strategy"])
@@ -136,6 +136,6 @@ def _raise_user_error(error: Exception) -> None:
             raise cls(found.group(1).strip()) from None
 
 
-def _absolute_if_local(name: str) -> str:
-    # Workers may start in another directory; a Hub name stays as it is.
-    return os.path.abspath(name) if os.path.exists(name) else name
+def _absolute_if_local(name: str | None) -> str | None:
+    # Workers may start in another directory; a Hub name (or a judge such as "length") stays as it is.
+    return os.path.abspath(name) if name and os.path.exists(name) else name
