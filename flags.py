@@ -101,6 +101,10 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--num-sanity-val-steps", type=int, default=2, help="validation batches run before training starts")
     add("--val-generations", type=int, default=4, help="validation prompts answered greedily for val/edit_distance")
     add("--val-max-new-tokens", type=int, default=128, help="token budget of those replies")
+    add("--verifier-eval-rows", type=int, default=32,
+        help="sft_verifier: score the first N verify rows of the test split at every validation "
+             "(val/verifier_score, val/verifier_accuracy; 0: off)")
+    add("--verifier-k", type=int, default=4, help="sft_verifier: rationales sampled per scored row in validation")
     add("--calculate-win-rate", action=flag, default=False,
         help="at every validation, log val/win_rate of the policy's replies against the reference model's, "
              "as scored by --judge (ties count half); per-prompt records go to <run>/win_rate/")
@@ -266,8 +270,11 @@ def validate(config: dict, given: set) -> None:
         raise ConfigError("--beta only applies to --training-type dpo.")
     if "precompute_ref_log_probs" in given and c["training_type"] != "dpo":
         raise ConfigError("--precompute-ref-log-probs only applies to --training-type dpo.")
-    if "lambda_" in given and c["training_type"] != "sft_verifier":
-        raise ConfigError("--lambda only applies to --training-type sft_verifier.")
+    for name in ("lambda_", "verifier_eval_rows", "verifier_k"):
+        if name in given and c["training_type"] != "sft_verifier":
+            raise ConfigError(f"--{name.rstrip('_').replace('_', '-')} only applies to --training-type sft_verifier.")
+    if c["verifier_eval_rows"] < 0 or c["verifier_k"] < 1:
+        raise ConfigError("--verifier-eval-rows must not be negative and --verifier-k must be at least 1.")
     if "center_rewards_coefficient" in given and c["training_type"] != "bt":
         raise ConfigError("--center-rewards-coefficient only applies to --training-type bt.")
     if c["center_rewards_coefficient"] < 0:

@@ -212,11 +212,13 @@ class PostTrainingModule(L.LightningModule):
         reference: the frozen reference model for DPO with a live reference pass (None when
             reference log-probs are precomputed and travel with the data).
         win_rate: set up --calculate-win-rate (val/win_rate at every validation).
+        verifier_rows: sft_verifier's (verification prompt, "Yes"/"No") rows scored at every
+            validation (val/verifier_score, val/verifier_accuracy).
     """
 
     def __init__(self, config: dict, model=None, tokenizer=None,
                  val_prompts: list[tuple[list[dict], str]] | None = None, reference=None,
-                 win_rate: WinRateSetup | None = None):
+                 win_rate: WinRateSetup | None = None, verifier_rows: list[tuple[str, str]] | None = None):
         super().__init__()
         self.save_hyperparameters(config)
         self.model = model if model is not None else load_model(
@@ -230,6 +232,7 @@ class PostTrainingModule(L.LightningModule):
         self._reference = [reference.eval().requires_grad_(False)] if reference is not None else []
         self.win_rate = win_rate
         self._reference_replies = None      # this worker's share, generated once
+        self.verifier_rows = verifier_rows or []
 
     # ------------------------------------------------------------------ helpers
     def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -387,6 +390,8 @@ class PostTrainingModule(L.LightningModule):
             metrics[f"{stage}/edit_distance"] = edit
         if self.win_rate is not None:
             metrics[f"{stage}/win_rate"] = self._win_rate(stage)
+        if self.verifier_rows:
+            metrics.update({f"{stage}/{k}": v for k, v in self._verifier_metrics().items()})
         for name, value in metrics.items():
             self._log(name, value, prog_bar=name.endswith("/loss"), sync_dist=False)
         return metrics
@@ -435,6 +440,26 @@ class PostTrainingModule(L.LightningModule):
             path = storage.join(setup.out_dir, f"{stage}-step-{self.global_step:07d}.jsonl")
             storage.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
         return summarize(records).rate
+
+    def _verifier_metrics(self) -> dict:
+        """GenRM validation on this worker's share of the verify rows, reduced over workers:
+        verifier_score = mean score (eq. 10 over --verifier-k rationales) on rows labelled Yes
+        minus the mean on rows labelled No (the seed's "validation verifier score"; 0 means it
+        cannot tell them apart, 1 is perfect), verifier_accuracy = (score > 0.5) == (label Yes)."""
+        from extension.verifier import score_verification
+        rank, world = self.global_rank, self.trainer.world_size
+        sums = [0.0] * 5                  # score on Yes rows, Yes rows, score on No rows, No rows, right
+        for i in range(rank, len(self.verifier_rows), world):
+            prompt, label = self.verifier_rows[i]
+            scores = score_verification(self.model, self.tokenizer, prompt, self.hparams.verifier_k,
+                                        max_new_tokens=self.hparams.val_max_new_tokens, seed=self.hparams.seed + i)
+            score, yes = sum(scores) / len(scores), label == "Yes"
+            sums[0 if yes else 2] += score
+            sums[1 if yes else 3] += 1
+            sums[4] += (score > 0.5) == yes
+        s = self._reduce_sum(torch.tensor(sums, device=self.device)).tolist()
+        yes_mean, no_mean = s[0] / max(s[1], 1), s[2] / max(s[3], 1)
+        return {"verifier_score": yes_mean - no_mean, "verifier_accuracy": s[4] / max(s[1] + s[3], 1)}
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch)

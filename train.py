@@ -33,7 +33,8 @@ FAULT_ENV = "TRAINER_FAULT_INJECT"
 def build_data(c: dict, tokenizer):
     """CustomDataset -> tokenized rows -> DataLoaders, logging what every filter kept.
     Returns the loaders, the first test rows as (prompt messages, reference reply) pairs for
-    generations (edit distance, win rate) and the counts logged at step 0."""
+    generations (edit distance, win rate), the counts logged at step 0, and for sft_verifier
+    the (verification prompt, "Yes"/"No") pairs of the first --verifier-eval-rows verify rows."""
     import torch
     from collate_functions import PreferenceCollator, SFTCollator, tokenize_preference_rows, tokenize_sft_rows
     from custom_dataset import PREFERENCE_TYPES, CustomDataset, DataError, prompt_and_reference
@@ -83,7 +84,12 @@ def build_data(c: dict, tokenizer):
                 collate_fn=collator(tokenizer.pad_token_id, pad_to_multiple_of=multiple))
     wanted = max(c["val_generations"], c["win_rate_prompts"] if c["calculate_win_rate"] else 0)
     eval_prompts = [prompt_and_reference(r) for r in list(test)[:wanted]]
-    return loaders, eval_prompts, counts
+    verifier_rows = []
+    if c["training_type"] == "sft_verifier":
+        # A verify row's target ends with its label: "... (Yes/No)? Yes", or just "No" (direct).
+        verify = [prompt_and_reference(r) for r in test if r["task"] == "verify"][:c["verifier_eval_rows"]]
+        verifier_rows = [(p[-1]["content"], ref.split()[-1]) for p, ref in verify]
+    return loaders, eval_prompts, counts, verifier_rows
 
 
 def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: int) -> None:
@@ -194,7 +200,7 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
     out = run_dir(c)
     L.seed_everything(c["seed"], workers=True, verbose=False)
     tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"])
-    loaders, eval_prompts, counts = build_data(c, tokenizer)
+    loaders, eval_prompts, counts, verifier_rows = build_data(c, tokenizer)
     # A bt run from a causal LM gets a new score head: drawn here, right after seeding.
     model = load_model(c["training_type"], c["model_name"], tokenizer, c["trust_remote_code"])
     reference = None
@@ -207,7 +213,8 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
             reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
     val_prompts = [] if c["training_type"] == "bt" else eval_prompts[:c["val_generations"]]
     module = PostTrainingModule(c, model=model, tokenizer=tokenizer, val_prompts=val_prompts, reference=reference,
-                                win_rate=win_rate_setup(c, eval_prompts[:c["win_rate_prompts"]]))
+                                win_rate=win_rate_setup(c, eval_prompts[:c["win_rate_prompts"]]),
+                                verifier_rows=verifier_rows)
     trainer = build_trainer(c, out, ray_worker)
     ckpt_path = c["resume_from_checkpoint"]
     if ray_worker:

@@ -28,9 +28,6 @@ from collate_functions import render
 from extension.critiques import QUESTION, verification_prompt
 from generation import generate_replies
 
-DIRECT_CUE = QUESTION
-
-
 def _first_difference(tokenizer, text: str, yes: str, no: str) -> tuple[list[int], int, int]:
     """Token ids of `text` up to where its "yes" and "no" continuations part, and the
     diverging token of each."""
@@ -64,23 +61,29 @@ def p_yes(model, tokenizer, texts: list[str], yes: str = " Yes", no: str = " No"
     return torch.sigmoid(margin).tolist()
 
 
-def compute_verifier_scores(model, tokenizer, question: str, solution: str, k: int = 8, mode: str = "cot", *,
-                            temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 256,
-                            seed: int | None = None) -> list[float]:
-    """K scores of one solution: eq. 9 per sampled rationale ("cot"), or one direct score
-    p(Yes) with no rationale ("direct", k ignored)."""
-    if mode == "direct":
-        prompt = verification_prompt(question, solution).rsplit("\n", 1)[0] + "\n" + DIRECT_CUE
-        return p_yes(model, tokenizer, [render(tokenizer, [{"role": "user", "content": prompt}],
-                                               add_generation_prompt=True)], yes="Yes", no="No")
-    user = [{"role": "user", "content": verification_prompt(question, solution)}]
+def score_verification(model, tokenizer, prompt: str, k: int = 8, *, temperature: float = 0.7, top_p: float = 0.95,
+                       max_new_tokens: int = 256, seed: int | None = None) -> list[float]:
+    """Scores of one verify row's user turn: one direct score when it ends with the Yes/No
+    question, else eq. 9 for each of k sampled rationales."""
+    user = [{"role": "user", "content": prompt}]
+    head = render(tokenizer, user, add_generation_prompt=True)
+    if prompt.rstrip().endswith(QUESTION):
+        return p_yes(model, tokenizer, [head], yes="Yes", no="No")
     rationales = generate_replies(model, tokenizer, [user] * k, max_new_tokens=max_new_tokens, batch_size=k,
                                   temperature=temperature, top_p=top_p, seed=seed)
-    head = render(tokenizer, user, add_generation_prompt=True)
     # The model writes the question itself at the end of its critique: cut there and ask it anew.
-    texts = [head + (r.split(QUESTION)[0].rstrip() + "\n" if r.split(QUESTION)[0].strip() else "") + QUESTION
-             for r in rationales]
-    return p_yes(model, tokenizer, texts)
+    kept = [r.split(QUESTION)[0].rstrip() for r in rationales]
+    return p_yes(model, tokenizer, [head + (r + "\n" if r else "") + QUESTION for r in kept])
+
+
+def compute_verifier_scores(model, tokenizer, question: str, solution: str, k: int = 8, mode: str = "cot",
+                            **sampling) -> list[float]:
+    """K scores of one solution: eq. 9 per sampled rationale ("cot"), or one direct score
+    p(Yes) with no rationale ("direct", k ignored). `sampling`: see score_verification."""
+    prompt = verification_prompt(question, solution)
+    if mode == "direct":
+        prompt = prompt.rsplit("\n", 1)[0] + "\n" + QUESTION
+    return score_verification(model, tokenizer, prompt, k, **sampling)
 
 
 @dataclass

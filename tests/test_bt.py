@@ -87,7 +87,7 @@ def test_centering_term_adds_c_times_squared_reward_sum(tokenizer):
     from module import PostTrainingModule, load_model
     config, _ = flags.parse_config(["--training-type", "bt", "--train-dataset-length", "6"])
     config = flags.resolve(config)
-    loaders, _, _ = train.build_data(config, tokenizer)
+    loaders, _, _, _ = train.build_data(config, tokenizer)
     batch = PreferenceCollator(tokenizer.pad_token_id)(list(loaders["train"].dataset))
     torch.manual_seed(0)
     model = load_model("bt", config["model_name"], tokenizer).eval()

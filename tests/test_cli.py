@@ -63,6 +63,7 @@ def run_main(capsys, *argv):
      "$NO_SUCH_KEY_VAR, which is not set"),
     (["--num-workers", "4"], "--num-workers only applies with --use-ray"),
     (["--lambda", "0.5"], "--lambda only applies to --training-type sft_verifier"),
+    (["--verifier-k", "8"], "--verifier-k only applies to --training-type sft_verifier"),
     (["--beta", "2.0"], "--beta only applies to --training-type dpo"),
     (["--state-dict-type", "sharded"], "--state-dict-type only applies to --strategy fsdp"),
     (["--train-percentile", "0"], "--train-percentile must be in (0, 100]"),

@@ -39,7 +39,7 @@ def test_cached_and_live_reference_give_the_same_loss(tokenizer):
     from module import PostTrainingModule, load_causal_lm
     config, _ = flags.parse_config(["--training-type", "dpo", "--train-dataset-length", "8", "--beta", "0.5"])
     config = flags.resolve(config)
-    loaders, _, _ = train.build_data(config, tokenizer)
+    loaders, _, _, _ = train.build_data(config, tokenizer)
     policy = load_causal_lm(str(EMBEDDED_MODEL))
     with torch.no_grad():                      # move the policy away from the reference
         for p in policy.parameters():

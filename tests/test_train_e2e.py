@@ -104,7 +104,7 @@ def test_accumulation_gives_the_gradient_of_the_larger_batch(tokenizer):
     config, _ = flags.parse_config(["--train-dataset-length", "8", "--batch-size", "4",
                                     "--accumulate-grad-batches", "2"])
     config = flags.resolve(config)
-    loaders, _, _ = train.build_data(config, tokenizer)
+    loaders, _, _, _ = train.build_data(config, tokenizer)
     rows = list(loaders["train"].dataset)
     module = PostTrainingModule(config, tokenizer=tokenizer)
 
@@ -139,11 +139,11 @@ def test_accumulated_run_matches_larger_batch_run(tmp_path):
 
 def test_sanity_train_validates_on_the_training_rows(tokenizer):
     config, _ = flags.parse_config(["--train-dataset-length", "16", "--sanity-train", "--batch-size", "4"])
-    loaders, val_prompts, counts = train.build_data(flags.resolve(config), tokenizer)
+    loaders, val_prompts, counts, _ = train.build_data(flags.resolve(config), tokenizer)
     assert loaders["train"].dataset == loaders["test"].dataset
     assert counts["data/train_rows"] == counts["data/test_rows"] == 16
     config, _ = flags.parse_config(["--train-dataset-length", "16", "--test-dataset-length", "5"])
-    loaders, _, _ = train.build_data(flags.resolve(config), tokenizer)
+    loaders, _, _, _ = train.build_data(flags.resolve(config), tokenizer)
     assert len(loaders["test"].dataset) == 5
     train_ids = {tuple(r["input_ids"]) for r in loaders["train"].dataset}
     assert not any(tuple(r["input_ids"]) in train_ids for r in loaders["test"].dataset)
