@@ -1,15 +1,33 @@
 """Generate assistant replies with a causal LM: the one generation path that validation,
-win rate and batch inference share.
+win rate, evaluation and batch inference share.
+
+    replies = generate_replies(model, tokenizer, conversations, max_new_tokens=128)       # one string each
+    outs = generate_completions(model, tokenizer, conversations, num_beams=4,
+                                length_penalty=0.9, num_return_sequences=4)            # Completions per prompt
 
 Prompts are chat conversations rendered with the tokenizer's chat template and its
 generation prompt; batches are left-padded (so every prompt ends where generation starts)
-and generation stops at the end-of-turn token (the tokenizer's eos).
+and generation stops at the end-of-turn token (the tokenizer's eos). temperature 0 is
+greedy (or beam search with num_beams > 1); above 0, nucleus sampling with top_p.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from collate_functions import render
+
+
+@dataclass
+class Completion:
+    """One generated reply. completion_tokens counts the generated tokens up to and
+    including the end-of-turn token; finish_reason is "stop" (end-of-turn reached) or
+    "length" (max_new_tokens reached first)."""
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
 
 
 @torch.no_grad()
@@ -17,25 +35,51 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], *, max_n
                      batch_size: int = 8, temperature: float = 0.0, top_p: float = 1.0,
                      seed: int | None = None) -> list[str]:
     """Return one decoded reply per conversation (special tokens removed, stripped).
-    temperature 0 is greedy decoding; above 0, nucleus sampling with top_p. With a seed the
-    sampling draws from a private RNG stream (the global one is restored afterwards, so
-    training's random state is untouched): two models given the same prompts and seed
-    sample with the same random numbers."""
+    With a seed the sampling draws from a private RNG stream (the global one is restored
+    afterwards, so training's random state is untouched): two models given the same prompts
+    and seed sample with the same random numbers."""
+    outs = generate_completions(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
+                                batch_size=batch_size, temperature=temperature, top_p=top_p, seed=seed)
+    return [o[0].text for o in outs]
+
+
+@torch.no_grad()
+def generate_completions(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 128,
+                         batch_size: int = 8, temperature: float = 0.0, top_p: float = 1.0,
+                         num_beams: int = 1, length_penalty: float = 1.0, num_return_sequences: int = 1,
+                         seed: int | None = None, progress: bool = False) -> list[list[Completion]]:
+    """num_return_sequences Completions per conversation (beam search: the best beams first).
+    Sampling uses a private RNG stream seeded by `seed` (see generate_replies)."""
+    if num_return_sequences > num_beams and temperature == 0 and num_beams > 1:
+        raise ValueError(f"beam search returns at most num_beams ({num_beams}) sequences, "
+                         f"not {num_return_sequences}")
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:
             torch.manual_seed(seed)
-        return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, temperature, top_p)
+        return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, temperature, top_p,
+                         num_beams, length_penalty, num_return_sequences, progress)
 
 
-def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, temperature, top_p) -> list[str]:
+def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, temperature, top_p, num_beams,
+              length_penalty, num_return_sequences, progress) -> list[list[Completion]]:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    replies = []
-    for i in range(0, len(conversations), batch_size):
+    if temperature > 0:
+        decoding = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
+    else:
+        decoding = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if num_beams > 1:
+        decoding.update(num_beams=num_beams, length_penalty=length_penalty, early_stopping=True)
+    starts = range(0, len(conversations), batch_size)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="generate", unit="batch")
+    results = []
+    for i in starts:
         texts = [render(tokenizer, c, add_generation_prompt=True) for c in conversations[i:i + batch_size]]
         encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         longest = max(len(e) for e in encoded)
@@ -44,13 +88,18 @@ def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tempe
         for b, ids in enumerate(encoded):         # left padding
             input_ids[b, longest - len(ids):] = torch.tensor(ids)
             attention_mask[b, longest - len(ids):] = 1
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None) if temperature > 0 else \
-            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                              max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
-                             **sampling)
-        for row in out[:, longest:]:
-            replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+                             num_return_sequences=num_return_sequences, **decoding)
+        generated = out[:, longest:].tolist()    # (B * num_return_sequences, new), grouped by prompt
+        for b, ids in enumerate(encoded):
+            group = []
+            for row in generated[b * num_return_sequences:(b + 1) * num_return_sequences]:
+                stop = row.index(eos_id) + 1 if eos_id in row else None
+                kept = row[:stop] if stop else [t for t in row if t != pad_id]
+                group.append(Completion(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(ids),
+                                        len(kept), "stop" if stop else "length"))
+            results.append(group)
     if was_training:
         model.train()
-    return replies
+    return results
