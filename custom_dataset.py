@@ -82,6 +82,8 @@ def _is_data_file(path: str) -> bool:
 
 def _load_file(path: str):
     import datasets
+    if os.path.getsize(path) == 0:      # the json builder would fail with a bare StopIteration
+        raise DataError(f"Data file {path} is empty.")
     try:
         return datasets.load_dataset(_file_builder(path), data_files=path, split="train")
     except Exception as e:  # noqa: BLE001 - arrow/json errors come in many types

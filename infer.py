@@ -182,13 +182,20 @@ def vllm_generate(model_name: str, conversations: list[list[dict]], s: dict, tru
             for ids, out in zip(prompt_ids, outputs)]
 
 
+def vllm_installed() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def choose_backend(backend: str) -> str:
+    """auto: vLLM where it is installed and a GPU is present, else transformers."""
     if backend != "auto":
         return backend
-    import importlib.util
-
     import torch
-    return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "transformers"
+    return "vllm" if torch.cuda.is_available() and vllm_installed() else "transformers"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,10 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = sampling_settings(args)
         backend = choose_backend(args.backend)
-        if backend == "vllm":
-            import importlib.util
-            if importlib.util.find_spec("vllm") is None:
-                raise InputError(VLLM_MISSING)
+        if backend == "vllm" and not vllm_installed():
+            raise InputError(VLLM_MISSING)
         if args.limit is not None and args.limit < 1:
             raise InputError("--limit must be at least 1.")
         rows = read_prompts(args.input or str(EMBEDDED_DATA["sft"]), args.split, args.prompt_column, args.limit)

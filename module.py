@@ -442,24 +442,14 @@ class PostTrainingModule(L.LightningModule):
         return summarize(records).rate
 
     def _verifier_metrics(self) -> dict:
-        """GenRM validation on this worker's share of the verify rows, reduced over workers:
-        verifier_score = mean score (eq. 10 over --verifier-k rationales) on rows labelled Yes
-        minus the mean on rows labelled No (the seed's "validation verifier score"; 0 means it
-        cannot tell them apart, 1 is perfect), verifier_accuracy = (score > 0.5) == (label Yes)."""
-        from extension.verifier import score_verification
+        """GenRM validation on this worker's share of the verify rows, reduced over workers
+        (extension/verifier.py: verifier_score and verifier_accuracy, --verifier-k rationales a row)."""
+        from extension.verifier import verifier_metrics, verifier_metrics_sums
         rank, world = self.global_rank, self.trainer.world_size
-        sums = [0.0] * 5                  # score on Yes rows, Yes rows, score on No rows, No rows, right
-        for i in range(rank, len(self.verifier_rows), world):
-            prompt, label = self.verifier_rows[i]
-            scores = score_verification(self.model, self.tokenizer, prompt, self.hparams.verifier_k,
-                                        max_new_tokens=self.hparams.val_max_new_tokens, seed=self.hparams.seed + i)
-            score, yes = sum(scores) / len(scores), label == "Yes"
-            sums[0 if yes else 2] += score
-            sums[1 if yes else 3] += 1
-            sums[4] += (score > 0.5) == yes
-        s = self._reduce_sum(torch.tensor(sums, device=self.device)).tolist()
-        yes_mean, no_mean = s[0] / max(s[1], 1), s[2] / max(s[3], 1)
-        return {"verifier_score": yes_mean - no_mean, "verifier_accuracy": s[4] / max(s[1] + s[3], 1)}
+        sums = verifier_metrics_sums(self.model, self.tokenizer, self.verifier_rows,
+                                     range(rank, len(self.verifier_rows), world), self.hparams.verifier_k,
+                                     max_new_tokens=self.hparams.val_max_new_tokens, seed=self.hparams.seed)
+        return verifier_metrics(self._reduce_sum(torch.tensor(sums, device=self.device)).tolist())
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch)

@@ -75,13 +75,18 @@ def read_text(path: str) -> str:
 def write_text_atomic(path: str, text: str) -> None:
     """Write to a temporary name beside `path`, then move it into place, so a reader never
     sees a half-written file (an S3 object only appears once its upload completes)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """write_text_atomic for bytes (figures, binary files)."""
     path = str(path)
     if not is_url(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
         return
-    with filesystem(path).open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    with filesystem(path).open(path, "wb") as f:
+        f.write(data)

@@ -9,7 +9,9 @@ A bt checkpoint becomes an AutoModelForSequenceClassification folder (a reward m
 `train.py --judge` and `win_rate.py --judge` load); the others AutoModelForCausalLM folders.
 The folder holds safetensors weights, config.json, generation_config.json, the tokenizer
 with its chat template, and a model card (README.md) with the base model, training type,
-data set, hyper-parameters and the date. It never holds optimizer state, credentials or
+data set, hyper-parameters, the final validation metrics (the last val/* value of each
+metric at or before the checkpoint's step, read from the run's TensorBoard events) and the
+date. It never holds optimizer state, credentials or
 absolute local paths. The upload uses huggingface_hub with the token from HF_TOKEN; the
 repository is private unless --public. The folder is written under a temporary name and
 moved into place, so an interrupted export leaves nothing half-written.
@@ -62,15 +64,41 @@ def _shown_name(name: str) -> str:
     return name
 
 
-def model_card(config: dict, step: int | None) -> str:
+def final_metrics(ckpt_path: str, step: int | None) -> dict:
+    """The last value of each val/* scalar logged at or before `step`, from the TensorBoard
+    events of the run that holds the checkpoint (<run>/checkpoints/x.ckpt or a Ray run's
+    <run>/checkpoint_*/checkpoint.ckpt); {} when the run's events are not there."""
+    from flags import _is_run_checkpoint_dir
+    from plots import read_scalars
+    events = storage.join(storage.parent(storage.parent(ckpt_path)), "tensorboard")
+    try:
+        if not _is_run_checkpoint_dir(storage.parent(ckpt_path)) or not storage.isdir(events):
+            return {}
+        scalars = read_scalars(events)
+    except Exception:  # noqa: BLE001 - a card without metrics beats no export
+        return {}
+    metrics = {}
+    for tag, points in sorted(scalars.items()):
+        kept = [v for s, v in points if step is None or s <= step]
+        if tag.startswith("val/") and kept:
+            metrics[tag] = kept[-1]
+    return metrics
+
+
+def model_card(config: dict, step: int | None, metrics: dict | None = None) -> str:
     base, data = _shown_name(config["model_name"]), _shown_name(config["dataset_name"])
     rows = "\n".join(f"| `{k.rstrip('_')}` | `{config[k]}` |" for k in CARD_KEYS if config.get(k) is not None)
+    results = ""
+    if metrics:
+        lines = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in metrics.items())
+        results = (f"## Final metrics\n\nLast validation values logged at or before step {step}:\n\n"
+                   f"| metric | value |\n| --- | --- |\n{lines}\n\n")
     return (f"---\nbase_model: {base}\ntags: [{config['training_type']}]\n---\n\n"
             f"# {config['training_type'].upper()} of {base}\n\n"
             f"Trained with `train.py --training-type {config['training_type']}` on `{data}`"
             f"{f' for {step} optimizer steps' if step is not None else ''}; exported on "
             f"{time.strftime('%Y-%m-%d')}.\n\n| hyper-parameter | value |\n| --- | --- |\n{rows}\n\n"
-            f"{USAGE['bt' if config['training_type'] == 'bt' else 'lm']}\n")
+            f"{results}{USAGE['bt' if config['training_type'] == 'bt' else 'lm']}\n")
 
 
 def export(ckpt_path: str, output_dir: str, training_type: str | None = None) -> dict:
@@ -78,6 +106,7 @@ def export(ckpt_path: str, output_dir: str, training_type: str | None = None) ->
     import flags
     from module import load_checkpoint
 
+    ckpt_path = flags.find_checkpoint(ckpt_path)
     model, tokenizer, config, step = load_checkpoint(ckpt_path)
     if training_type and training_type != config["training_type"]:
         raise flags.ConfigError(f"Checkpoint {ckpt_path} is a {config['training_type']} checkpoint, "
@@ -90,7 +119,7 @@ def export(ckpt_path: str, output_dir: str, training_type: str | None = None) ->
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(model_card(config, step))
+            f.write(model_card(config, step, final_metrics(ckpt_path, step)))
         if os.path.exists(output_dir):
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)

@@ -76,6 +76,31 @@ def score_verification(model, tokenizer, prompt: str, k: int = 8, *, temperature
     return p_yes(model, tokenizer, [head + (r + "\n" if r else "") + QUESTION for r in kept])
 
 
+def verifier_metrics_sums(model, tokenizer, rows: list[tuple[str, str]], indices, k: int, *,
+                          max_new_tokens: int = 256, seed: int = 0) -> list[float]:
+    """Sums over the verify rows `rows[i]` for i in `indices` ((user prompt, "Yes"/"No") pairs):
+    [score on Yes rows, Yes rows, score on No rows, No rows, rows right], a row's score the
+    mean of k eq. 9 scores (eq. 10), rationales sampled with seed + i. Sums, so that workers
+    can add theirs before verifier_metrics turns them into means."""
+    sums = [0.0] * 5
+    for i in indices:
+        prompt, label = rows[i]
+        scores = score_verification(model, tokenizer, prompt, k, max_new_tokens=max_new_tokens, seed=seed + i)
+        score, yes = sum(scores) / len(scores), label == "Yes"
+        sums[0 if yes else 2] += score
+        sums[1 if yes else 3] += 1
+        sums[4] += (score > 0.5) == yes
+    return sums
+
+
+def verifier_metrics(sums: list[float]) -> dict:
+    """verifier_score = mean score on rows labelled Yes minus the mean on rows labelled No (the
+    seed's "validation verifier score"; 0: it cannot tell them apart, 1: perfect);
+    verifier_accuracy = share of rows with (score > 0.5) == (label Yes)."""
+    yes_mean, no_mean = sums[0] / max(sums[1], 1), sums[2] / max(sums[3], 1)
+    return {"verifier_score": yes_mean - no_mean, "verifier_accuracy": sums[4] / max(sums[1] + sums[3], 1)}
+
+
 def compute_verifier_scores(model, tokenizer, question: str, solution: str, k: int = 8, mode: str = "cot",
                             **sampling) -> list[float]:
     """K scores of one solution: eq. 9 per sampled rationale ("cot"), or one direct score

@@ -9,6 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from plots import read_scalars  # noqa: E402,F401 - tests import it from here
 SHARED_DATA = REPO.parent / "shared" / "data"
 EMBEDDED_MODEL = REPO / "embedded" / "model"
 HH_RLHF = SHARED_DATA / "hh-rlhf" / "harmless-base-test-part1.jsonl.gz"
@@ -18,18 +19,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Checkpoints used as --model-name are exported into this cache: one per test session.
 os.environ["POST_TRAINING_CACHE"] = tempfile.mkdtemp(prefix="post-training-cache-")
-
-
-def read_scalars(tensorboard_dir) -> dict:
-    """Every scalar of a TensorBoard folder (local or s3://): tag -> [(step, value)] by step.
-    Sorted because a run writes two event files (Lightning closes the writer after the step-0
-    validation) and the reader takes files in name order, which is not creation order once a
-    process has opened ten writers (".10" sorts before ".9")."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(tensorboard_dir))
-    events.Reload()
-    return {tag: sorted(((e.step, e.value) for e in events.Scalars(tag)), key=lambda x: x[0])
-            for tag in events.Tags()["scalars"]}
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
