@@ -41,7 +41,8 @@ COLUMNS = ("loss", "ppl", "bleu1", "bleu2", "bleu4", "edit", "win_rate", "verifi
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", nargs="+", required=True, help="models to compare, one table row each")
+    p.add_argument("--models", nargs="+", action="extend", required=True,
+                   help="models to compare, one table row each (the flag may repeat)")
     p.add_argument("--dataset-name", default=None, help="prompts and references (default: the bundled SFT data)")
     p.add_argument("--split", choices=("train", "test"), default="test", help="which split")
     p.add_argument("--num-prompts", type=int, default=64, help="first N rows of the split")
