@@ -85,6 +85,9 @@ def sampling_settings(args) -> dict:
                          "at least 1.")
     if s["num_beams"] < 1 or s["num_return_sequences"] < 1:
         raise InputError("--num-beams and --num-return-sequences must be at least 1.")
+    if s["num_return_sequences"] > 1 and s["num_beams"] == 1 and s["temperature"] == 0:
+        raise InputError("Greedy decoding gives one sequence per prompt: use --temperature above 0 or "
+                         "--num-beams above 1 with --num-return-sequences above 1.")
     if s["num_beams"] > 1 and s["temperature"] > 0:
         raise InputError("Beam search is deterministic: use --temperature 0 with --num-beams above 1.")
     if s["num_beams"] > 1 and s["num_return_sequences"] > s["num_beams"]:

@@ -59,6 +59,13 @@ def test_chat_rows_keep_the_reference_and_the_submission_preset(tmp_path):
     assert len(rows) == 2 and all(r["prompt"][-1]["role"] == "user" and "The answer is" in r["reference"]
                                   for r in rows)
     assert rows[0]["sampling"]["temperature"] == 0.6 and rows[0]["sampling"]["top_p"] == 0.95
+    # Sampling with a seed: the same file twice; several sequences per prompt on request.
+    first = out.read_text()
+    assert infer.main([*FAST, "--limit", "2", "--preset", "submission", "--output", str(out)]) == 0
+    assert out.read_text() == first
+    assert infer.main([*FAST, "--limit", "2", "--preset", "submission", "--num-return-sequences", "3",
+                       "--output", str(out)]) == 0
+    assert [(r["index"], r["sequence"]) for r in read(out)] == [(i, s) for i in range(2) for s in range(3)]
 
 
 def test_greedy_is_deterministic_and_left_padding_changes_nothing(model_and_tokenizer):
@@ -99,7 +106,8 @@ def test_vllm_missing_is_one_sentence(tmp_path, monkeypatch, capsys):
     assert infer.choose_backend("auto") == "transformers"
 
 
-@pytest.mark.parametrize("case", ["missing file", "empty file", "missing column", "bad row", "bad flags"])
+@pytest.mark.parametrize("case", ["missing file", "empty file", "missing column", "bad row", "bad flags",
+                                  "greedy sequences"])
 def test_bad_input_is_one_sentence(tmp_path, capsys, case):
     argv = [*FAST, "--output", str(tmp_path / "x.jsonl")]
     if case == "missing file":
@@ -115,6 +123,9 @@ def test_bad_input_is_one_sentence(tmp_path, capsys, case):
     elif case == "bad row":
         argv += ["--input", str(write_jsonl(tmp_path / "q.jsonl", [{"prompt": "hi"}, {"prompt": " "}]))]
         expected = "(train), row 1, field prompt: empty prompt."
+    elif case == "greedy sequences":
+        argv += ["--num-return-sequences", "2"]
+        expected = "Greedy decoding gives one sequence per prompt"
     else:
         argv += ["--preset", "beam", "--temperature", "0.7"]
         expected = "Beam search is deterministic: use --temperature 0 with --num-beams above 1."

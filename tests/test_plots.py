@@ -49,3 +49,19 @@ def test_the_default_output_folder_and_a_run_without_events(dpo_run, tmp_path, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "holds none of the scalars plotted here" in err[0]
     assert err[1] == f"error: Run folder {tmp_path / 'missing'} does not exist."
+
+
+def test_events_on_s3_and_figures_written_to_s3(dpo_run, s3_server):
+    """The run's event files on a real S3 endpoint (moto): read through TensorBoard's loader,
+    figures written back to S3, byte for byte what the local run gives."""
+    import s3fs
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    for path in (dpo_run / "tensorboard").iterdir():
+        fs.put(str(path), f"test-bucket/runs/dpo/tensorboard/{path.name}")
+    assert plots.main(["--run", "s3://test-bucket/runs/dpo", "--output-dir", "s3://test-bucket/figs"]) == 0
+    fs.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("test-bucket/figs")) == \
+        ["rewards_margins.png", "train_loss.png", "val_loss.png", "val_win_rate.png"]
+    assert read_scalars("s3://test-bucket/runs/dpo/tensorboard") == read_scalars(dpo_run / "tensorboard")
+    local = plots.figure_png("Validation loss", "loss", {"val/loss": read_scalars(dpo_run / "tensorboard")["val/loss"]})
+    assert fs.cat("test-bucket/figs/val_loss.png") == local
