@@ -75,6 +75,9 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--max-length", type=int, default=1024, help="truncate tokenized conversations to this many tokens")
     add("--precision", choices=PRECISIONS, default="32-true", help="Lightning precision")
     add("--beta", type=float, default=0.1, help="DPO beta (the seed used 1.0 and 2.0)")
+    add("--rpo-alpha", type=float, default=0.0,
+        help="DPO: weight of the NLL term on the chosen reply, L_DPO + a * NLL(y_w)/|y_w| (RPO, Pang et al. "
+             "2024; 0: off, the paper used 1)")
     add("--precompute-ref-log-probs", action=flag, default=True,
         help="DPO: compute the reference log-probs once before training and keep them with the data "
              "(no reference model in memory while training); --no-... runs the reference live")
@@ -268,8 +271,11 @@ def validate(config: dict, given: set) -> None:
         check_transformer_engine(c["use_gpu"])
     if "beta" in given and c["training_type"] != "dpo":
         raise ConfigError("--beta only applies to --training-type dpo.")
-    if "precompute_ref_log_probs" in given and c["training_type"] != "dpo":
-        raise ConfigError("--precompute-ref-log-probs only applies to --training-type dpo.")
+    for name in ("precompute_ref_log_probs", "rpo_alpha"):
+        if name in given and c["training_type"] != "dpo":
+            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type dpo.")
+    if c["rpo_alpha"] < 0:
+        raise ConfigError(f"--rpo-alpha must not be negative (got {c['rpo_alpha']}).")
     for name in ("lambda_", "verifier_eval_rows", "verifier_k"):
         if name in given and c["training_type"] != "sft_verifier":
             raise ConfigError(f"--{name.rstrip('_').replace('_', '-')} only applies to --training-type sft_verifier.")

@@ -8,6 +8,18 @@ end-of-turn token; prompt tokens never count). beta (--beta) scales the implicit
 r(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)); the default is 0.1, the seed used 1.0 and
 2.0. The loss is returned per pair; the caller divides the sum by the pairs of the whole
 optimizer step (all micro-batches and workers), so accumulation equals one large batch.
+
+With --rpo-alpha a > 0, the DPO+NLL loss of Pang et al. (2024, "Iterative Reasoning
+Preference Optimization", arXiv:2404.19733) adds a length-normalised negative log-likelihood
+of the chosen reply to each pair's loss:
+
+    L = L_DPO + a * E[ -log pi(y_w|x) / |y_w| ]
+
+The paper puts its weight on the DPO term and normalises by the whole sequence |x + y_w|;
+here, as in TRL's rpo_alpha, a weighs the NLL term and |y_w| counts the completion tokens only
+(the prompt is never supervised), so a = 1 is the paper's setting. Offline DPO on pairs that
+differ in a few tokens lowers log pi(y_w|x) along with log pi(y_l|x) (both fall, the
+rejected faster); the NLL term holds the chosen replies up.
 """
 from __future__ import annotations
 
@@ -46,10 +58,14 @@ class DPOLossOutput:
 
 
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float) -> DPOLossOutput:
-    """Per-pair sigmoid DPO loss. All inputs are (B,) summed completion log-probs."""
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float,
+             rpo_alpha: float = 0.0, chosen_tokens: torch.Tensor | None = None) -> DPOLossOutput:
+    """Per-pair sigmoid DPO loss. All log-prob inputs are (B,) summed completion log-probs;
+    chosen_tokens (B,) counts each chosen completion's tokens (needed when rpo_alpha > 0)."""
     chosen_ratio = policy_chosen_logps - ref_chosen_logps          # (B,)
     rejected_ratio = policy_rejected_logps - ref_rejected_logps    # (B,)
     # -log sigma(z) written as softplus(-z): finite for any z, where log(sigmoid(z)) underflows.
     losses = F.softplus(-beta * (chosen_ratio - rejected_ratio))
+    if rpo_alpha:
+        losses = losses + rpo_alpha * (-policy_chosen_logps / chosen_tokens.clamp(min=1))
     return DPOLossOutput(losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach())

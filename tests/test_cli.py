@@ -65,6 +65,8 @@ def run_main(capsys, *argv):
     (["--lambda", "0.5"], "--lambda only applies to --training-type sft_verifier"),
     (["--verifier-k", "8"], "--verifier-k only applies to --training-type sft_verifier"),
     (["--beta", "2.0"], "--beta only applies to --training-type dpo"),
+    (["--rpo-alpha", "1.0"], "--rpo-alpha only applies to --training-type dpo"),
+    (["--training-type", "dpo", "--rpo-alpha", "-1"], "--rpo-alpha must not be negative"),
     (["--state-dict-type", "sharded"], "--state-dict-type only applies to --strategy fsdp"),
     (["--train-percentile", "0"], "--train-percentile must be in (0, 100]"),
     (["--test-percentile", "101"], "--test-percentile must be in (0, 100]"),

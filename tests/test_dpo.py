@@ -57,6 +57,30 @@ def test_cached_and_live_reference_give_the_same_loss(tokenizer):
         assert abs(float(live_sums[key]) - float(cached_sums[key])) < 1e-4, key
 
 
+def test_rpo_adds_the_chosen_nll_per_token(tokenizer):
+    """In the module: the RPO loss minus the plain loss equals alpha * mean over pairs of
+    -log pi(y_w|x) / |y_w|, with |y_w| the chosen reply's labelled tokens."""
+    from losses.dpo import sequence_logps
+    from module import PostTrainingModule, load_causal_lm
+    plain, _ = flags.parse_config(["--training-type", "dpo", "--train-dataset-length", "6"])
+    rpo, _ = flags.parse_config(["--training-type", "dpo", "--train-dataset-length", "6", "--rpo-alpha", "0.5"])
+    plain, rpo = flags.resolve(plain), flags.resolve(rpo)
+    loaders, _, _, _ = train.build_data(plain, tokenizer)
+    batch = PreferenceCollator(tokenizer.pad_token_id)(list(loaders["train"].dataset))
+    policy = load_causal_lm(str(EMBEDDED_MODEL))
+    reference = load_causal_lm(str(EMBEDDED_MODEL))
+    with torch.no_grad():
+        plain_loss, _ = PostTrainingModule(plain, model=policy, reference=reference).compute(batch)
+        rpo_loss, _ = PostTrainingModule(rpo, model=policy, reference=reference).compute(batch)
+        B = batch.count
+        logps = sequence_logps(policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
+                               batch.labels)[:B]
+        tokens = (batch.labels[:B, 1:] != IGNORE_INDEX).sum(dim=-1)
+    assert abs(plain_loss.item() - math.log(2)) < 1e-5          # policy == reference
+    expected = 0.5 * (-logps / tokens).mean().item()
+    assert abs((rpo_loss - plain_loss).item() - expected) < 1e-5 and expected > 0.1
+
+
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")

@@ -1,4 +1,5 @@
-"""losses/dpo.py: hand-worked numbers, parity with a naive reference, masking, log 2 at start."""
+"""losses/dpo.py: hand-worked numbers, parity with a naive reference, masking, log 2 at start;
+the same two for the RPO (DPO + NLL) term."""
 import math
 
 import torch
@@ -47,3 +48,26 @@ def test_policy_equal_to_reference_gives_log_2():
     logps = torch.randn(5)
     out = dpo_loss(logps, logps - 1, logps, logps - 1, beta=0.1)
     torch.testing.assert_close(out.losses, torch.full((5,), math.log(2)))
+
+
+def test_rpo_term_hand_worked():
+    """beta = 0.5, alpha = 2. Pair: policy (-6, -8), reference (-6, -6): z = 0.5 * (0 - (-2)) = 1,
+    L_DPO = log(1 + e^-1) = 0.313262; the chosen reply has 3 tokens, NLL/|y_w| = 6 / 3 = 2, so
+    L = 0.313262 + 2 * 2 = 4.313262. Rewards are the DPO ones, untouched by the NLL term."""
+    out = dpo_loss(torch.tensor([-6.0]), torch.tensor([-8.0]), torch.tensor([-6.0]), torch.tensor([-6.0]),
+                   beta=0.5, rpo_alpha=2.0, chosen_tokens=torch.tensor([3]))
+    torch.testing.assert_close(out.losses, torch.tensor([math.log(1 + math.exp(-1)) + 4.0]))
+    torch.testing.assert_close(out.chosen_rewards, torch.tensor([0.0]))
+    torch.testing.assert_close(out.rejected_rewards, torch.tensor([-1.0]))
+
+
+def test_rpo_parity_with_naive_reference():
+    g = torch.Generator().manual_seed(1)
+    pc, pr, rc, rr = (torch.randn(8, generator=g) * 10 - 20 for _ in range(4))
+    tokens = torch.randint(1, 30, (8,), generator=g)
+    out = dpo_loss(pc, pr, rc, rr, 0.1, rpo_alpha=0.7, chosen_tokens=tokens)
+    naive = [math.log(1 + math.exp(-0.1 * ((a - c) - (b - d)))) + 0.7 * (-a / n)
+             for a, b, c, d, n in zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist(), tokens.tolist())]
+    torch.testing.assert_close(out.losses.double(), torch.tensor(naive, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    # alpha 0 is plain DPO whatever the token counts
+    torch.testing.assert_close(dpo_loss(pc, pr, rc, rr, 0.1, 0.0, tokens).losses, dpo_loss(pc, pr, rc, rr, 0.1).losses)
