@@ -30,7 +30,7 @@ import storage
 # Hyper-parameters worth a line in the model card, in this order.
 CARD_KEYS = ("training_type", "lr", "batch_size", "accumulate_grad_batches", "max_epochs", "max_steps",
              "max_length", "warmup_ratio", "weight_decay", "gradient_clip_val", "precision", "seed",
-             "beta", "lambda_", "dataset_source", "train_dataset_length")
+             "beta", "rpo_alpha", "lambda_", "dataset_source", "train_dataset_length")
 
 
 USAGE = {

@@ -7,9 +7,9 @@ Each held-out problem of the bundled `problems/` test split gives two solutions 
 correct one (label Yes) and its incorrect one (label No). Every solution is scored twice with
 the GenRM-CoT verifier (extension/verifier.py, eqs. 9-10): with a fixed K (--fixed-k, 32 as
 the seed's upper bound) and adaptively (rounds of --step rationales from --k-min up to
---k-max, stopping once the variance of the scores is below --tau). Both use the same sampling
-settings and seeds, so the adaptive run's first rounds are the fixed run's first rationales.
-Prints one table: rationales sampled per solution, accuracy at threshold 0.5, AUROC (the chance
+--k-max, stopping once the variance of the scores is below --tau), with the same sampling
+settings and the same seed per solution (the fixed run draws its K in one batch, the adaptive
+one a new seed a round, so their rationales differ). Prints one table: rationales sampled per solution, accuracy at threshold 0.5, AUROC (the chance
 that a correct solution outscores an incorrect one, ties half), and wall time.
 """
 from __future__ import annotations
