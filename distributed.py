@@ -93,14 +93,12 @@ def launch(c: dict) -> dict:
             ray.init()      # the driver of a `ray job submit`: the job's --working-dir ships the code
         else:
             # A local Ray (started here or by `ray start` on this machine): workers import the
-            # trainer from this checkout.
             # trainer from this checkout. Endpoint settings and the fault-injection harness are
             # forwarded; credentials are not (a cluster started by `ray start` uses its own
             # environment, and `ray job submit` passes them in --runtime-env-json).
             env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **env}})
-    c = dict(c, storage_path=storage.absolute(c["storage_path"]),
-             **{k: _absolute_if_local(c[k]) for k in ("model_name", "dataset_name", "reference_model", "judge")})
+    c = dict(c, storage_path=storage.absolute(c["storage_path"]))    # flags.resolve did the model and data paths
     storage_path, filesystem = _storage_for_ray(c["storage_path"])
     scaling = ScalingConfig(num_workers=c["num_workers"], use_gpu=c["use_gpu"],
                             accelerator_type=c["accelerator_type"], placement_strategy=c["placement_strategy"])
@@ -135,7 +133,3 @@ def _raise_user_error(error: Exception) -> None:
         if found:
             raise cls(found.group(1).strip()) from None
 
-
-def _absolute_if_local(name: str | None) -> str | None:
-    # Workers may start in another directory; a Hub name (or a judge such as "length") stays as it is.
-    return os.path.abspath(name) if name and os.path.exists(name) else name

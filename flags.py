@@ -358,6 +358,12 @@ def resolve(config: dict) -> dict:
             c["storage_path"], c["name"] = storage.parent(run), storage.basename(run)
     c["model_name"] = c["model_name"] or str(EMBEDDED_MODEL)
     c["dataset_name"] = c["dataset_name"] or str(EMBEDDED_DATA[c["training_type"]])
+    # Local paths made absolute, so the config saved with each checkpoint loads from any
+    # directory (a later --model-name runs/x, upload_to_hub, Ray workers). Hub names, URLs
+    # and judges such as "length" are not local paths and stay as they are.
+    for key in ("model_name", "dataset_name", "reference_model", "judge"):
+        if c.get(key) and "://" not in c[key] and os.path.exists(c[key]):
+            c[key] = os.path.abspath(c[key])
     if c["name"] is None:
         c["name"] = f"{c['training_type']}-{time.strftime('%Y%m%d-%H%M%S')}"
     return c

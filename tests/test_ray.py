@@ -3,8 +3,11 @@ DDP equivalence, validation reduced over workers, and `ray job submit` writing c
 and TensorBoard events to a real S3 endpoint (moto's server)."""
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,9 @@ import flags
 import train
 from conftest import REPO, free_port, read_scalars
 
+# The CLI of the Ray this interpreter imports (a virtual environment need not be on PATH).
+RAY = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() else shutil.which("ray")
+
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
@@ -21,14 +27,14 @@ def ray_cluster(tmp_path_factory):
     explicitly, so a token left by another cluster cannot break job submission."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     gcs, dashboard = free_port(), free_port()
-    subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+    subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
                     "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                     "--dashboard-port", str(dashboard), "--disable-usage-stats"],
                    check=True, env=env, capture_output=True)
     # The job server's agent comes up a little after `ray start` returns: wait for it.
     address = f"http://127.0.0.1:{dashboard}"
     for _ in range(60):
-        probe = subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True)
+        probe = subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True)
         if probe.returncode == 0:
             break
         time.sleep(1)
@@ -39,7 +45,7 @@ def ray_cluster(tmp_path_factory):
     finally:
         import ray
         ray.shutdown()
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -104,7 +110,7 @@ def test_ray_job_submit_writes_checkpoints_and_events_to_s3(ray_cluster, s3_serv
     import s3fs
     env_vars = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                                            "AWS_ENDPOINT_URL", "S3_ENDPOINT")}
-    command = ["ray", "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(REPO),
+    command = [RAY, "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
          "python", "train.py", "--use-ray", "--num-workers", "2", "--storage-path", "s3://test-bucket/runs",
          "--name", "job", "--train-dataset-length", "32", "--test-dataset-length", "8", "--max-epochs", "2",
