@@ -296,9 +296,9 @@ class PostTrainingModule(L.LightningModule):
         logps = sequence_logps(logits, batch.labels)                                                # (2B,)
         ref = self.reference_logps(batch)
         B = batch.count
-        chosen_tokens = (batch.labels[:B, 1:] != IGNORE_INDEX).sum(dim=-1)                                # (B,)
-        out = self.loss_fn(logps[:B], logps[B:], ref[:B], ref[B:], self.hparams.beta,
-                           self.hparams.get("rpo_alpha", 0.0), chosen_tokens)
+        chosen_tokens = (batch.labels[:B, 1:] != IGNORE_INDEX).sum(dim=-1)                   # (B,)
+        out = self.loss_fn(logps[:B], logps[B:], ref[:B], ref[B:], self.hparams.beta, self.hparams.rpo_alpha,
+                           chosen_tokens)
         denom = torch.as_tensor(B if normalizer is None else normalizer, dtype=torch.float32)
         chosen, rejected = out.chosen_rewards, out.rejected_rewards
         sums = {"loss": out.losses.detach().sum(), "count": B, "rewards/chosen": chosen.sum(),
