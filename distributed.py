@@ -121,14 +121,15 @@ def launch(c: dict) -> dict:
 
 
 def _raise_user_error(error: Exception) -> None:
-    """A worker's one-sentence error (bad data, unloadable model) becomes the driver's own,
+    """A worker's one-sentence error (bad data, unloadable model, a run of non-finite losses)
+    becomes the driver's own,
     instead of Ray's wall of worker tracebacks."""
     import re
 
     from collate_functions import TemplateError
     from custom_dataset import DataError
-    from module import ModelLoadError
-    for cls in (DataError, ModelLoadError, TemplateError):
+    from module import ModelLoadError, NonFiniteLossError
+    for cls in (DataError, ModelLoadError, NonFiniteLossError, TemplateError):
         found = re.search(rf"\b{cls.__name__}: (.+)", str(error))
         if found:
             raise cls(found.group(1).strip()) from None

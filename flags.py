@@ -72,6 +72,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--warmup-ratio", type=float, default=0.05, help="fraction of steps of linear warm-up before linear decay to 0")
     add("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     add("--gradient-clip-val", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    add("--max-nonfinite-steps", type=int, default=3,
+        help="a step whose loss or gradient is not finite is skipped and counted; this many in a row stop the run")
     add("--max-length", type=int, default=1024, help="truncate tokenized conversations to this many tokens")
     add("--precision", choices=PRECISIONS, default="32-true", help="Lightning precision")
     add("--beta", type=float, default=0.1, help="DPO beta (the seed used 1.0 and 2.0)")
@@ -310,7 +312,7 @@ def validate(config: dict, given: set) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("--use-gpu was given but no CUDA GPU is visible to this process.")
     positive = ("batch_size", "accumulate_grad_batches", "max_epochs", "check_val_every_n_epoch",
-                "checkpoint_frequency", "ckpt_to_keep", "log_every_n_steps")
+                "checkpoint_frequency", "ckpt_to_keep", "log_every_n_steps", "max_nonfinite_steps")
     for name in positive:
         if c[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {c[name]}).")

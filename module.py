@@ -21,6 +21,7 @@ and with --calculate-win-rate val/win_rate (judges.py) against a reference model
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -35,9 +36,15 @@ from losses import LOSSES
 from losses.dpo import IGNORE_INDEX, sequence_logps
 from reward_model import sequence_rewards
 
+log = logging.getLogger("train")
 
 class ModelLoadError(OSError):
     """The model name or path cannot be loaded; the message is one sentence."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """--max-nonfinite-steps optimizer steps in a row had a non-finite loss or gradient; the
+    message is one sentence naming the step and batch."""
 
 
 def _check_local(name_or_path: str) -> None:
@@ -233,6 +240,7 @@ class PostTrainingModule(L.LightningModule):
         self.win_rate = win_rate
         self._reference_replies = None      # this worker's share, generated once
         self.verifier_rows = verifier_rows or []
+        self._nonfinite_streak = self._nonfinite_total = 0       # skipped steps: in a row, in all
 
     # ------------------------------------------------------------------ helpers
     def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -348,17 +356,46 @@ class PostTrainingModule(L.LightningModule):
             self.manual_backward(loss)
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32).detach()
-        if self.hparams.gradient_clip_val:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val,
-                                gradient_clip_algorithm="norm")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
+        # fp16 loss scaling meets inf gradients by design and its GradScaler skips those steps
+        # itself; everywhere else a non-finite gradient norm means the step would ruin the weights.
+        grad_norm = None
+        if self.hparams.precision != "16-mixed":
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+            totals["_nonfinite_grad"] = (~torch.isfinite(grad_norm)).float()
+        # Reduced before the update, so every worker sees the same sums and skips together.
         reduced = self._reduce_sums(totals)
+        if reduced.get("_nonfinite_grad", 0) > 0 or not all(math.isfinite(v) for v in reduced.values()):
+            self._skip_nonfinite_step(opt, batch_idx)      # its NaNs are still logged below, as they were
+        else:
+            self._nonfinite_streak = 0
+            if self.hparams.gradient_clip_val:
+                self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val,
+                                    gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
         for name, value in self.metrics(reduced).items():
             self._log(f"train/{name}", value, prog_bar=name == "loss")
+        if grad_norm is not None:
+            self._log("train/grad_norm", grad_norm)     # before clipping
+        self._log("train/nonfinite_steps", self._nonfinite_total)
         self._log("train/tokens" if isinstance(batch.micro_batches[0], SFTBatch) else "train/pairs", reduced["count"])
         self._log("lr", sched.get_last_lr()[0])
+
+    def _skip_nonfinite_step(self, opt, batch_idx: int) -> None:
+        """Drop the step's gradients (no update, no scheduler step), count it, and stop the run
+        after --max-nonfinite-steps in a row; checkpoints already written stay as they are."""
+        opt.zero_grad(set_to_none=True)
+        self._nonfinite_streak += 1
+        self._nonfinite_total += 1
+        where = f"optimizer step {self.global_step} (batch {batch_idx} of epoch {self.current_epoch})"
+        if self._nonfinite_streak >= self.hparams.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"The loss or gradient was not finite for {self._nonfinite_streak} steps in a row, the last at {where}; "
+                f"stopped, and the checkpoints written before are kept (--max-nonfinite-steps "
+                f"{self.hparams.max_nonfinite_steps}).")
+        log.warning("non-finite loss or gradient at %s: step skipped (%d in a row)", where, self._nonfinite_streak)
 
     def configure_optimizers(self):
         hp = self.hparams

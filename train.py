@@ -275,14 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     from collate_functions import TemplateError
     from custom_dataset import DataError
     from judges import JudgeError
-    from module import ModelLoadError
+    from module import ModelLoadError, NonFiniteLossError
 
     try:
         config, given = parse_config(argv)
         configure_logging(config["verbose"])
         validate(config, given)
         run(resolve(config))
-    except (ConfigError, DataError, JudgeError, ModelLoadError, TemplateError) as e:
+    except (ConfigError, DataError, JudgeError, ModelLoadError, NonFiniteLossError, TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
