@@ -71,6 +71,7 @@ def run_main(capsys, *argv):
     (["--train-percentile", "0"], "--train-percentile must be in (0, 100]"),
     (["--test-percentile", "101"], "--test-percentile must be in (0, 100]"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--max-nonfinite-steps", "0"], "--max-nonfinite-steps must be at least 1"),
     (["--train-dataset-length", "-3"], "--train-dataset-length must be at least 1"),
     (["--max-length", "1"], "--max-length must be at least 2"),
     (["--use-gpu"], "no CUDA GPU is visible"),
