@@ -128,7 +128,8 @@ def _raise_user_error(error: Exception) -> None:
 
     from collate_functions import TemplateError
     from custom_dataset import DataError
-    from module import ModelLoadError, NonFiniteLossError
+    from models import ModelLoadError
+    from module import NonFiniteLossError
     for cls in (DataError, ModelLoadError, NonFiniteLossError, TemplateError):
         found = re.search(rf"\b{cls.__name__}: (.+)", str(error))
         if found:

@@ -110,7 +110,7 @@ def training_type(name: str) -> str | None:
     model card's tags), else None (a Hub model or a folder from elsewhere)."""
     import os
 
-    from module import pretrained_path
+    from models import pretrained_path
     card = os.path.join(pretrained_path(name), "README.md")
     if not os.path.isfile(card):
         return None
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from flags import EMBEDDED_DATA, ConfigError
     from generation import generate_completions
     from judges import JudgeError, judge_pairs, make_judge, summarize
-    from module import ModelLoadError, load_trained
+    from models import ModelLoadError, load_trained
     from train import configure_logging
 
     args = build_parser().parse_args(argv)

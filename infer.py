@@ -153,7 +153,7 @@ def vllm_generate(model_name: str, conversations: list[list[dict]], s: dict, tru
     except ImportError:
         raise InputError(VLLM_MISSING) from None
     from generation import Completion
-    from module import load_tokenizer, pretrained_path
+    from models import load_tokenizer, pretrained_path
     path = pretrained_path(model_name)
     tokenizer = load_tokenizer(path, trust_remote_code)
     llm = vllm.LLM(model=path, tokenizer=path, seed=s["seed"], trust_remote_code=trust_remote_code)
@@ -204,7 +204,7 @@ def choose_backend(backend: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from custom_dataset import DataError
     from flags import EMBEDDED_DATA, ConfigError
-    from module import ModelLoadError
+    from models import ModelLoadError
     from train import configure_logging
 
     args = build_parser().parse_args(argv)
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             outputs = vllm_generate(args.model, conversations, settings)
         else:
             from generation import generate_completions
-            from module import load_trained
+            from models import load_trained
             model, tokenizer = load_trained(args.model)
             model.to("cuda" if args.use_gpu else "cpu")
             outputs = generate_completions(model, tokenizer, conversations, batch_size=args.batch_size,

@@ -76,7 +76,7 @@ class RewardModelJudge:
     with upload_to_hub.py or given as its run folder / .ckpt, or a Hub reward model)."""
 
     def __init__(self, name_or_path: str, max_length: int = 1024, batch_size: int = 8):
-        from module import load_trained
+        from models import load_trained
         self.name = name_or_path
         self.model, self.tokenizer = load_trained(name_or_path, kind="reward")
         self.max_length, self.batch_size = max_length, batch_size

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 import lightning as L
@@ -34,159 +33,15 @@ from collate_functions import PreferenceBatch, SFTBatch, StepBatch
 from generation import generate_replies
 from losses import LOSSES
 from losses.dpo import IGNORE_INDEX, sequence_logps
+from models import load_model, load_trained
 from reward_model import sequence_rewards
 
 log = logging.getLogger("train")
-
-class ModelLoadError(OSError):
-    """The model name or path cannot be loaded; the message is one sentence."""
 
 
 class NonFiniteLossError(RuntimeError):
     """--max-nonfinite-steps optimizer steps in a row had a non-finite loss or gradient; the
     message is one sentence naming the step and batch."""
-
-
-def _check_local(name_or_path: str) -> None:
-    if name_or_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise ModelLoadError(f"Model folder {name_or_path} does not exist.")
-
-
-CACHE = os.environ.get("POST_TRAINING_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "post-training"))
-
-
-def pretrained_path(name_or_path: str) -> str:
-    """Where from_pretrained finds a model: Hugging Face folders and Hub names as they are; a
-    train.py checkpoint or run folder (local or s3://) is exported once (upload_to_hub.export)
-    into a local cache folder keyed by the checkpoint's path, size and modification time, so
-    `--model-name runs/sft` starts a DPO run from the SFT run's last checkpoint."""
-    if not is_checkpoint_path(name_or_path):
-        return name_or_path
-    import hashlib
-
-    import storage
-    from flags import find_checkpoint
-    from upload_to_hub import export
-    ckpt = find_checkpoint(name_or_path)
-    info = storage.filesystem(ckpt).info(ckpt)
-    key = json.dumps([storage.absolute(ckpt), info.get("size"), str(info.get("mtime") or info.get("LastModified"))])
-    folder = os.path.join(CACHE, "exported", hashlib.sha256(key.encode()).hexdigest()[:16])
-    if not os.path.isdir(folder):       # export writes a temporary folder and renames it: never half there
-        export(ckpt, folder)
-    return folder
-
-
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-    name_or_path = pretrained_path(name_or_path)
-    _check_local(name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001 - hub/file errors come in many types
-        raise ModelLoadError(f"Could not load the tokenizer of '{name_or_path}': "
-                             f"{_first_line(e)}") from None
-    if tokenizer.pad_token_id is None:
-        # Padding positions are masked out, so any id works; eos is what most chat models use.
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
-    from transformers import AutoModelForCausalLM
-    name_or_path = pretrained_path(name_or_path)
-    _check_local(name_or_path)
-    try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32,
-                                                    trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"Could not load the model '{name_or_path}': {_first_line(e)}") from None
-
-
-def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: bool = False):
-    """AutoModelForSequenceClassification with one output. A causal-LM checkpoint (e.g. an SFT
-    model) gets a new score head, initialised from the current torch seed."""
-    from transformers import AutoModelForSequenceClassification
-    name_or_path = pretrained_path(name_or_path)
-    _check_local(name_or_path)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"Could not load '{name_or_path}' as a reward model: {_first_line(e)}") from None
-    # Our pooling reads the attention mask, but HF's own forward (and users) look for the pad id here.
-    model.config.pad_token_id = pad_token_id
-    return model
-
-
-def load_model(training_type: str, name_or_path: str, tokenizer, trust_remote_code: bool = False):
-    """The network a training type trains: a scalar reward model for bt, else a causal LM."""
-    if training_type == "bt":
-        return load_reward_model(name_or_path, tokenizer.pad_token_id, trust_remote_code)
-    return load_causal_lm(name_or_path, trust_remote_code)
-
-
-def load_checkpoint(ckpt_path: str):
-    """A train.py checkpoint (.ckpt, run folder or Ray checkpoint; local or s3://) ->
-    (model with the trained weights, tokenizer, saved config, global step)."""
-    import storage
-    from flags import ConfigError, find_checkpoint
-    ckpt_path = find_checkpoint(ckpt_path)
-    with storage.filesystem(ckpt_path).open(ckpt_path, "rb") as f:
-        checkpoint = torch.load(f, map_location="cpu", weights_only=True)
-    config = checkpoint.get("hyper_parameters") or {}
-    if "model_name" not in config or "training_type" not in config:
-        raise ConfigError(f"Checkpoint {ckpt_path} was not written by train.py (no saved config).")
-    remote = config.get("trust_remote_code", False)
-    tokenizer = load_tokenizer(config["model_name"], remote)
-    model = load_model(config["training_type"], config["model_name"], tokenizer, remote)
-    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError:
-        raise ConfigError(f"Checkpoint {ckpt_path} does not match the architecture of "
-                          f"{config['model_name']}.") from None
-    return model, tokenizer, config, checkpoint.get("global_step")
-
-
-def is_checkpoint_path(name_or_path: str) -> bool:
-    """A train.py checkpoint rather than a Hugging Face folder or Hub name."""
-    import storage
-    if name_or_path.endswith(".ckpt"):
-        return True
-    if "://" not in name_or_path and not os.path.isdir(name_or_path):
-        return False
-    try:
-        return storage.isdir(name_or_path) and "config.json" not in storage.listdir(name_or_path)
-    except Exception:  # noqa: BLE001 - unreachable storage: let the loader report it
-        return False
-
-
-def load_trained(name_or_path: str, kind: str = "causal", trust_remote_code: bool = False):
-    """A model to generate with ("causal") or to score with ("reward") and its tokenizer, from
-    a Hugging Face folder, a Hub name or a train.py checkpoint / run folder. A reward model is
-    refused where a generator is needed and the other way round (a causal LM would get a
-    randomly initialised score head: a judge that silently scores noise)."""
-    from transformers import AutoConfig
-
-    from flags import ConfigError
-    path = pretrained_path(name_or_path)
-    _check_local(path)
-    try:
-        architectures = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).architectures or []
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"Could not load the model '{name_or_path}': {_first_line(e)}") from None
-    is_reward = any(a.endswith("ForSequenceClassification") for a in architectures)
-    if is_reward != (kind == "reward"):
-        raise ConfigError(f"{name_or_path} is {'a reward model' if is_reward else 'a generative model'}; "
-                          f"{'a reward model (a bt run or export)' if kind == 'reward' else 'a generative model'} "
-                          f"is needed here.")
-    tokenizer = load_tokenizer(path, trust_remote_code)
-    return load_model("bt" if kind == "reward" else "sft", path, tokenizer, trust_remote_code), tokenizer
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def warmup_linear_decay(step: int, total_steps: int, warmup_steps: int) -> float:

@@ -195,7 +195,8 @@ def has_checkpoints(out: str) -> bool:
 def fit(c: dict, ray_worker: bool = False) -> dict:
     """Build data, module and Trainer, then train (or test); the same code in every process."""
     import lightning as L
-    from module import PostTrainingModule, load_causal_lm, load_model, load_tokenizer
+    from models import load_causal_lm, load_model, load_tokenizer
+    from module import PostTrainingModule
 
     out = run_dir(c)
     L.seed_everything(c["seed"], workers=True, verbose=False)
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     from collate_functions import TemplateError
     from custom_dataset import DataError
     from judges import JudgeError
-    from module import ModelLoadError, NonFiniteLossError
+    from models import ModelLoadError
+    from module import NonFiniteLossError
 
     try:
         config, given = parse_config(argv)

@@ -104,7 +104,7 @@ def model_card(config: dict, step: int | None, metrics: dict | None = None) -> s
 def export(ckpt_path: str, output_dir: str, training_type: str | None = None) -> dict:
     """Write the Hugging Face folder for a checkpoint; returns the checkpoint's config."""
     import flags
-    from module import load_checkpoint
+    from models import load_checkpoint
 
     ckpt_path = flags.find_checkpoint(ckpt_path)
     model, tokenizer, config, step = load_checkpoint(ckpt_path)
@@ -142,7 +142,7 @@ def upload(folder: str, repo_id: str, public: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     import flags
     import train
-    from module import ModelLoadError
+    from models import ModelLoadError
     args = build_parser().parse_args(argv)
     train.configure_logging(verbose=False)
     if not args.repo_id and not args.output_dir:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from flags import EMBEDDED_DATA, ConfigError
     from generation import generate_replies
     from judges import JudgeError, judge_pairs, make_judge, summarize
-    from module import ModelLoadError, load_trained
+    from models import ModelLoadError, load_trained
     from train import configure_logging
 
     args = build_parser().parse_args(argv)

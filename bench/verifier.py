@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from extension.verifier import adaptive_verify, compute_verifier_scores
     from flags import EMBEDDED_DATA
-    from module import load_trained
+    from models import load_trained
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     path = args.problems or str(EMBEDDED_DATA["sft_verifier"] / "test.jsonl")
     with open(path, encoding="utf-8") as f:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         table.append({"method": name, "solutions": len(items), "mean_k": sum(r.k for r in results) / len(results),
                       "accuracy": sum((s > 0.5) == y for s, y in zip(scores, labels)) / len(items),
                       "auroc": auroc(scores, labels), "seconds": seconds})
-    print(f"\n| method | solutions | mean K | accuracy | AUROC | wall time (s) |\n|---|---|---|---|---|---|")
+    print("\n| method | solutions | mean K | accuracy | AUROC | wall time (s) |\n|---|---|---|---|---|---|")
     for row in table:
         print(f"| {row['method']} | {row['solutions']} | {row['mean_k']:.1f} | {row['accuracy']:.3f} | "
               f"{row['auroc']:.3f} | {row['seconds']:.1f} |")

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from extension.verifier import adaptive_verify, compute_verifier_scores
     from flags import ConfigError
     from judges import final_answer
-    from module import ModelLoadError, load_trained
+    from models import ModelLoadError, load_trained
     from train import configure_logging
 
     args = build_parser().parse_args(argv)

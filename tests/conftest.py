@@ -31,7 +31,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from module import load_tokenizer
+    from models import load_tokenizer
     return load_tokenizer(str(EMBEDDED_MODEL))
 
 

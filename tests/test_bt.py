@@ -79,12 +79,13 @@ def test_export_is_a_sequence_classifier_and_a_judge(bt_run, tmp_path, tokenizer
     assert all(r["rejected"][-1]["content"].startswith("The answer is") for r in rows)
     assert sum(c > r for c, r in zip(chosen, rejected)) / len(rows) >= 0.95
     with pytest.raises(flags.ConfigError, match="is a reward model; a generative model is needed"):
-        from module import load_trained
+        from models import load_trained
         load_trained(str(out))
 
 
 def test_centering_term_adds_c_times_squared_reward_sum(tokenizer):
-    from module import PostTrainingModule, load_model
+    from models import load_model
+    from module import PostTrainingModule
     config, _ = flags.parse_config(["--training-type", "bt", "--train-dataset-length", "6"])
     config = flags.resolve(config)
     loaders, _, _, _ = train.build_data(config, tokenizer)

@@ -36,7 +36,8 @@ def test_only_the_final_reply_is_labelled_and_bad_pairs_are_dropped(tokenizer):
 
 
 def test_cached_and_live_reference_give_the_same_loss(tokenizer):
-    from module import PostTrainingModule, load_causal_lm
+    from models import load_causal_lm
+    from module import PostTrainingModule
     config, _ = flags.parse_config(["--training-type", "dpo", "--train-dataset-length", "8", "--beta", "0.5"])
     config = flags.resolve(config)
     loaders, _, _, _ = train.build_data(config, tokenizer)
@@ -61,7 +62,8 @@ def test_rpo_adds_the_chosen_nll_per_token(tokenizer):
     """In the module: the RPO loss minus the plain loss equals alpha * mean over pairs of
     -log pi(y_w|x) / |y_w|, with |y_w| the chosen reply's labelled tokens."""
     from losses.dpo import sequence_logps
-    from module import PostTrainingModule, load_causal_lm
+    from models import load_causal_lm
+    from module import PostTrainingModule
     plain, _ = flags.parse_config(["--training-type", "dpo", "--train-dataset-length", "6"])
     rpo, _ = flags.parse_config(["--training-type", "dpo", "--train-dataset-length", "6", "--rpo-alpha", "0.5"])
     plain, rpo = flags.resolve(plain), flags.resolve(rpo)

@@ -37,7 +37,7 @@ def test_edit_distance_matches_rapidfuzz_and_by_hand():
 
 def test_loss_is_the_token_mean_over_references_and_perplexity_its_exp():
     from collate_functions import IGNORE_INDEX, tokenize_conversation
-    from module import load_trained
+    from models import load_trained
     model, tokenizer = load_trained(str(EMBEDDED_MODEL))
     prompts = [[{"role": "user", "content": "What is 2 + 3?"}],
                [{"role": "user", "content": "Tom has 12 apples and eats 5. How many are left?"}],

@@ -20,7 +20,7 @@ FAST = ["--model", str(EMBEDDED_MODEL), "--max-new-tokens", "12"]
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
-    from module import load_trained
+    from models import load_trained
     return load_trained(str(EMBEDDED_MODEL))
 
 

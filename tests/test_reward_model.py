@@ -3,7 +3,7 @@ for decoder LMs and encoders; conversations end at the reply's end-of-turn token
 import torch
 
 from conftest import EMBEDDED_MODEL
-from module import load_reward_model
+from models import load_reward_model
 from reward_model import reward_inputs, score_conversations, sequence_rewards, trim_pairs_to_reply_end
 
 CONVERSATIONS = [

@@ -60,7 +60,7 @@ def test_adaptive_goes_to_k_max_when_scores_disagree():
 
 
 def test_scores_with_the_real_model(tokenizer):
-    from module import load_causal_lm
+    from models import load_causal_lm
     model = load_causal_lm(str(EMBEDDED_MODEL))
     question, solution = "Tom has 5 apples and eats 2. How many are left?", "5 - 2 = 3. The answer is 3."
     scores = compute_verifier_scores(model, tokenizer, question, solution, k=3, max_new_tokens=24, seed=0)
