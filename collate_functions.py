@@ -229,3 +229,93 @@ class PreferenceCollator(SFTCollator):
             return concatenate_pairs(examples, self.pad_id, self.pad_to_multiple_of)
         chunks = [examples[i:i + self.micro_batch_size] for i in range(0, len(examples), self.micro_batch_size)]
         return StepBatch([concatenate_pairs(c, self.pad_id, self.pad_to_multiple_of) for c in chunks])
+
+
+def tokenize_prompt_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], dict]:
+    """Canonical grpo rows -> prompt token ids (rendered with the generation prompt, so
+    sampling starts where the assistant's reply does). A prompt longer than max_length - 1
+    tokens leaves no room to answer; it is dropped and counted."""
+    out, dropped = [], {"truncated": 0}
+    for row in rows:
+        ids = tokenizer(render(tokenizer, row["prompt"], add_generation_prompt=True),
+                        add_special_tokens=False)["input_ids"]
+        if len(ids) >= max_length:
+            dropped["truncated"] += 1
+            continue
+        out.append({"prompt_ids": ids, "prompt": row["prompt"], "reference": row["reference"], "row": row["row"]})
+    return out, dropped
+
+
+@dataclass
+class PromptBatch:
+    """Prompts for online RL; completions are sampled in the training step.
+
+    prompt_ids: B lists of token ids (variable length; padded where they are generated from).
+    prompts:    B prompt conversations (for reward models and logged samples).
+    references: B reference replies or None (for the correctness reward).
+    """
+    prompt_ids: list
+    prompts: list
+    references: list
+
+    @property
+    def count(self) -> int:
+        return len(self.prompt_ids)
+
+
+def prompt_batch(examples: list[dict]) -> PromptBatch:
+    return PromptBatch([e["prompt_ids"] for e in examples], [e["prompt"] for e in examples],
+                       [e["reference"] for e in examples])
+
+
+class PromptCollator(SFTCollator):
+    """DataLoader collate_fn for prompts: PromptBatch (validation) or StepBatch (training)."""
+
+    def __call__(self, examples: list[dict]):
+        if self.micro_batch_size is None:
+            return prompt_batch(examples)
+        chunks = [examples[i:i + self.micro_batch_size] for i in range(0, len(examples), self.micro_batch_size)]
+        return StepBatch([prompt_batch(c) for c in chunks])
+
+
+@dataclass
+class RolloutBatch:
+    """Sampled completions of a PromptBatch, ready for the policy-gradient update.
+
+    input_ids:      (N, T) long, prompt + completion, right-padded; N = prompts x completions,
+                    grouped by prompt (rows g*k .. g*k+k-1 answer prompt g).
+    attention_mask: (N, T) long.
+    labels:         (N, T) long; completion tokens only (its end-of-turn token when reached),
+                    -100 on prompt and padding.
+    advantages:     (N,) float, one per completion.
+    old_logps:      (N, T-1) float per-token log-probs under the sampling policy, or None
+                    (one update per batch: the current policy, detached).
+    ref_logps:      (N, T-1) float per-token log-probs under the reference, or None (no KL term).
+    sequence_count: True to count completions (--loss-aggregation sequence), else tokens.
+    """
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    advantages: torch.Tensor
+    old_logps: torch.Tensor | None = None
+    ref_logps: torch.Tensor | None = None
+    sequence_count: bool = False
+
+    @property
+    def count(self) -> int:
+        """What the loss is averaged over: completion tokens, or completions."""
+        if self.sequence_count:
+            return self.input_ids.shape[0]
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], advantages: torch.Tensor,
+                  pad_id: int, sequence_count: bool = False) -> RolloutBatch:
+    """Join each prompt with its completion (prompt_ids[i // k] for completion i, k completions
+    a prompt) into a right-padded batch whose labels cover the completion tokens only."""
+    k = len(completion_ids) // len(prompt_ids)
+    rows = [{"input_ids": prompt_ids[i // k] + c, "labels": [IGNORE_INDEX] * len(prompt_ids[i // k]) + c}
+            for i, c in enumerate(completion_ids)]
+    padded = pad_sft(rows, pad_id)
+    return RolloutBatch(padded.input_ids, padded.attention_mask, padded.labels, advantages,
+                        sequence_count=sequence_count)

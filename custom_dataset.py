@@ -13,6 +13,9 @@ Canonical rows (what the collators consume):
   sft_verifier:        {"messages": [...], "task": "verify" | "generate"}
   dpo / bt:            {"prompt": [messages...], "chosen": [assistant message],
                         "rejected": [assistant message]}
+  grpo:                {"prompt": [messages...], "reference": str | None}   (the prompt ends with a
+                        user turn; the reference reply, where the source has one, feeds the
+                        correctness reward)
 Known source formats: smoltalk / ultrafeedback `messages`; ultrafeedback_binarized
 `prompt`/`chosen`/`rejected` message lists; Anthropic hh-rlhf `chosen`/`rejected`
 transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ..."); `prompt`/`completion` strings.
@@ -267,7 +270,46 @@ def adapt_verifier(row: dict) -> list[dict]:
                      "'question', 'correct_solution' and 'incorrect_solution'")
 
 
-ADAPTERS = {"sft": adapt_sft, "sft_verifier": adapt_verifier, "dpo": adapt_preference, "bt": adapt_preference}
+def adapt_prompt(row: dict) -> dict:
+    """Any known format -> {"prompt": [...], "reference": str | None} for online RL:
+    - problems (`question`, with `correct_solution`, `solution` or `answer`): the question as
+      the user turn, the solution (or "The answer is N.") as the reference;
+    - `messages`: the turns before the last assistant turn, which is the reference (a
+      conversation without an assistant turn is all prompt, with no reference);
+    - preference pairs (`chosen`/`rejected`): the prompt and the chosen reply;
+    - `prompt`(+`completion`) strings: the prompt as the user turn (the completion as reference)."""
+    if isinstance(row.get("question"), str):
+        if not row["question"].strip():
+            raise ValueError("question: empty string")
+        reference = next((row[k] for k in ("correct_solution", "solution") if isinstance(row.get(k), str)), None)
+        if reference is None and row.get("answer") is not None:
+            reference = f"The answer is {row['answer']}."
+        return {"prompt": [{"role": "user", "content": row["question"].strip()}], "reference": reference}
+    if row.get("messages") is not None:
+        messages = row["messages"]
+        _check_messages(messages, "messages", need_assistant=False)
+        messages = _clean(messages)
+        if any(m["role"] == "assistant" for m in messages):
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            prompt, reference = messages[:last], messages[last]["content"]
+        else:
+            prompt, reference = messages, None
+        if not prompt or prompt[-1]["role"] != "user":
+            raise ValueError("messages: the prompt (the turns before the last assistant reply) must end with a user turn")
+        return {"prompt": prompt, "reference": reference}
+    if row.get("chosen") is not None:
+        pair = adapt_preference(row)
+        return {"prompt": pair["prompt"], "reference": pair["chosen"][-1]["content"]}
+    if isinstance(row.get("prompt"), str):
+        if not row["prompt"].strip():
+            raise ValueError("prompt: empty string")
+        completion = row.get("completion")
+        return {"prompt": [{"role": "user", "content": row["prompt"]}],
+                "reference": completion if isinstance(completion, str) and completion.strip() else None}
+    raise ValueError("missing column: expected 'question', 'messages', 'chosen'/'rejected' or 'prompt'")
+
+
+ADAPTERS = {"grpo": adapt_prompt, "sft": adapt_sft, "sft_verifier": adapt_verifier, "dpo": adapt_preference, "bt": adapt_preference}
 
 
 def prompt_and_reference(row: dict) -> tuple[list[dict], str]:
@@ -275,6 +317,8 @@ def prompt_and_reference(row: dict) -> tuple[list[dict], str]:
     a preference pair, or the last assistant turn of a conversation and what precedes it."""
     if "chosen" in row:
         return row["prompt"], row["chosen"][-1]["content"]
+    if "reference" in row:
+        return row["prompt"], row["reference"]
     messages = row["messages"]
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return messages[:last], messages[last]["content"]

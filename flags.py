@@ -19,8 +19,9 @@ import storage
 REPO = Path(__file__).resolve().parent
 EMBEDDED_MODEL = REPO / "embedded" / "model"
 EMBEDDED_DATA = {"sft": REPO / "embedded" / "data" / "sft", "dpo": REPO / "embedded" / "data" / "prefs",
-                 "bt": REPO / "embedded" / "data" / "prefs", "sft_verifier": REPO / "embedded" / "data" / "problems"}
-TRAINING_TYPES = ("sft", "dpo", "bt", "sft_verifier")
+                 "bt": REPO / "embedded" / "data" / "prefs", "sft_verifier": REPO / "embedded" / "data" / "problems",
+                 "grpo": REPO / "embedded" / "data" / "problems"}
+TRAINING_TYPES = ("sft", "dpo", "bt", "sft_verifier", "grpo")
 STRATEGIES = ("auto", "ddp", "fsdp")
 PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true", "transformer-engine")
 
@@ -88,6 +89,38 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--lambda", dest="lambda_", metavar="LAMBDA", type=float, default=0.1,
         help="GenRM weight of the generation term, L_verify + lambda * L_correct (sft_verifier)")
 
+    group("online RL (grpo) and sampling")
+    add("--num-generations", type=int, default=4, help="grpo: completions sampled per prompt (the group)")
+    add("--temperature", type=float, default=1.0,
+        help="sampling temperature of grpo rollouts and of --length-penalty samples")
+    add("--top-p", type=float, default=1.0, help="nucleus sampling top-p of those samples")
+    add("--max-new-tokens", type=int, default=128,
+        help="token budget of each sampled completion (grpo rollouts and validation, --length-penalty samples)")
+    add("--advantage", choices=("grpo", "rloo", "drgrpo"), default="grpo",
+        help="grpo: group-normalised (R - mean) / (std + eps), leave-one-out (RLOO, the seed's eq. 6), "
+             "or mean-centred without the std (Dr. GRPO)")
+    add("--loss-aggregation", choices=("token", "sequence"), default="token",
+        help="grpo: average the per-token loss over all completion tokens of the step, or sum it over "
+             "each completion and average over completions (the seed's summed log pi(y|x))")
+    add("--num-iterations", type=int, default=1,
+        help="grpo: optimizer steps on each rollout; above 1 the clipped ratio takes effect")
+    add("--clip-range", type=float, default=0.2, help="grpo: clip rho to [1 - eps, 1 + eps]")
+    add("--kl-coef", type=float, default=0.04,
+        help="grpo: weight of the k3 KL to the frozen starting model (0: no reference model is loaded)")
+    add("--reward-funcs", type=str, default=None,
+        help="grpo: comma-separated reward functions (rewards.py: correctness, format, length); "
+             "default correctness, or none when --reward-model is given")
+    add("--reward-weights", type=str, default=None,
+        help="grpo: comma-separated weights of --reward-funcs (default 1 each)")
+    add("--reward-model", type=str, default=None,
+        help="grpo: a reward model scoring (prompt, completion): a bt run, AutoModelForSequenceClassification "
+             "folder or Hub name, or openai:MODEL (--judge-base-url, --judge-api-key-env)")
+    add("--reward-model-weight", type=float, default=1.0, help="grpo: weight of --reward-model's reward")
+    add("--length-penalty", type=float, default=0.0,
+        help="sft: lambda of the dynamic length penalty lambda * E[max(0, len(y_hat) - len(y))^2] on replies "
+             "sampled from the policy (seed 003 used 0.001; 0: off)")
+    add("--length-penalty-every", type=int, default=100, help="sft: apply --length-penalty every N steps")
+
     group("data")
     add("--train-dataset-length", type=int, default=None, help="keep at most this many training rows")
     add("--test-dataset-length", type=int, default=None, help="keep at most this many test rows")
@@ -126,6 +159,21 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--win-rate-temperature", type=float, default=0.0,
         help="sampling temperature of both models' win-rate replies (0: greedy)")
     add("--win-rate-top-p", type=float, default=1.0, help="nucleus sampling top-p of those replies")
+    add("--val-check-interval", type=int, default=None,
+        help="validate every N optimizer steps, counted across epochs (default: every "
+             "--check-val-every-n-epoch epochs)")
+    add("--monitor", type=str, default=None,
+        help="validation metric for --early-stopping-patience and --save-best (default val/loss; "
+             "val/reward for grpo)")
+    add("--monitor-mode", choices=("min", "max"), default=None,
+        help="whether --monitor improves downwards or upwards (default: min for loss, perplexity, "
+             "edit distance and length metrics, else max)")
+    add("--early-stopping-patience", type=int, default=None,
+        help="stop after N validations in a row without a better --monitor value (implies --save-best)")
+    add("--save-best", action=flag, default=False,
+        help="keep checkpoints/best.ckpt, the checkpoint with the best --monitor value; loading the run "
+             "folder as a model (--model-name, upload_to_hub.py, infer.py, evaluate.py) then uses it, "
+             "while --resume-from-checkpoint continues from the last")
     add("--log-every-n-steps", type=int, default=10, help="log training metrics every N steps")
     add("--checkpoint-frequency", type=int, default=1, help="save a checkpoint every N epochs")
     add("--ckpt-to-keep", type=int, default=2, help="keep the N most recent checkpoints (plus last.ckpt)")
@@ -167,9 +215,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[dict, set]:
     return config, given
 
 
-def find_checkpoint(path: str) -> str:
+def find_checkpoint(path: str, best: bool = False) -> str:
     """A .ckpt file, a run folder (its checkpoints/last.ckpt, or for a Ray run its latest
-    checkpoint_<date-time>/checkpoint.ckpt) or one Ray checkpoint folder; local or a URL."""
+    checkpoint_<date-time>/checkpoint.ckpt) or one Ray checkpoint folder; local or a URL.
+    With `best` (loading a finished run as a model), a run folder's checkpoints/best.ckpt
+    (--save-best) is taken where it exists."""
     ckpt = str(path)
     try:
         if storage.isdir(ckpt):
@@ -177,6 +227,9 @@ def find_checkpoint(path: str) -> str:
             ray_checkpoints = ray_checkpoint_names(entries)
             if "checkpoints" in entries:                 # a local run folder
                 ckpt = storage.join(ckpt, "checkpoints", "last.ckpt")
+                best_ckpt = storage.join(storage.parent(ckpt), "best.ckpt")
+                if best and storage.exists(best_ckpt):
+                    ckpt = best_ckpt
             elif "checkpoint.ckpt" in entries:           # one Ray checkpoint folder
                 ckpt = storage.join(ckpt, "checkpoint.ckpt")
             elif ray_checkpoints:                        # a Ray run folder: its latest checkpoint
@@ -287,11 +340,15 @@ def validate(config: dict, given: set) -> None:
         raise ConfigError("--center-rewards-coefficient only applies to --training-type bt.")
     if c["center_rewards_coefficient"] < 0:
         raise ConfigError(f"--center-rewards-coefficient must not be negative (got {c['center_rewards_coefficient']}).")
+    endpoint_reward = c["training_type"] == "grpo" and (c["reward_model"] or "").startswith("openai:")
     win_rate_flags = ("judge", "judge_base_url", "judge_api_key_env", "reference_model", "win_rate_prompts",
                       "win_rate_temperature", "win_rate_top_p")
     for name in win_rate_flags:
-        if name in given and not c["calculate_win_rate"]:
-            raise ConfigError(f"--{name.replace('_', '-')} only applies with --calculate-win-rate.")
+        if name in given and not c["calculate_win_rate"] and not (endpoint_reward and name.startswith("judge_")):
+            raise ConfigError(f"--{name.replace('_', '-')} only applies with --calculate-win-rate"
+                              f"{' (or a grpo --reward-model openai:MODEL)' if name.startswith('judge_') else ''}.")
+    validate_rl(c, given)
+    validate_monitor(c, given)
     if c["calculate_win_rate"]:
         if c["training_type"] == "bt":
             raise ConfigError("--calculate-win-rate needs a generative model; a bt run trains a reward model "
@@ -337,6 +394,75 @@ def validate(config: dict, given: set) -> None:
         raise ConfigError(f"--roundoff must not be negative (got {c['roundoff']}).")
 
 
+def validate_rl(c: dict, given: set) -> None:
+    """grpo's flags, the sampling flags and the length penalty: where they apply, and their ranges."""
+    grpo_only = ("num_generations", "advantage", "loss_aggregation", "num_iterations", "clip_range", "kl_coef",
+                 "reward_funcs", "reward_weights", "reward_model", "reward_model_weight")
+    for name in grpo_only:
+        if name in given and c["training_type"] != "grpo":
+            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type grpo.")
+    for name in ("length_penalty", "length_penalty_every"):
+        if name in given and c["training_type"] != "sft":
+            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type sft.")
+    samples = c["training_type"] == "grpo" or (c["training_type"] == "sft" and c["length_penalty"] > 0)
+    for name in ("temperature", "top_p", "max_new_tokens"):
+        if name in given and not samples:
+            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type grpo and to sft with "
+                              f"--length-penalty (validation replies use --val-max-new-tokens).")
+    if c["length_penalty"] < 0 or c["length_penalty_every"] < 1:
+        raise ConfigError("--length-penalty must not be negative and --length-penalty-every must be at least 1.")
+    if c["max_new_tokens"] < 1 or not 0 < c["top_p"] <= 1 or c["temperature"] < 0:
+        raise ConfigError("--max-new-tokens must be at least 1, --top-p in (0, 1] and --temperature not negative.")
+    if c["training_type"] != "grpo":
+        return
+    if c["num_generations"] < 2:
+        raise ConfigError(f"--num-generations must be at least 2: advantages compare the completions of a prompt "
+                          f"(got {c['num_generations']}).")
+    if c["temperature"] <= 0:
+        raise ConfigError("grpo needs --temperature above 0: greedy completions of a prompt are all the same, "
+                          "so every advantage would be 0.")
+    if c["num_iterations"] < 1 or c["clip_range"] <= 0 or c["kl_coef"] < 0:
+        raise ConfigError("--num-iterations must be at least 1, --clip-range positive and --kl-coef not negative.")
+    from rewards import RewardError, parse_reward_funcs
+    try:
+        funcs = parse_reward_funcs(c["reward_funcs"] if c["reward_funcs"] is not None
+                                   else ("" if c["reward_model"] else "correctness"), c["reward_weights"])
+    except RewardError as e:
+        raise ConfigError(str(e)) from None
+    if not funcs and not c["reward_model"]:
+        raise ConfigError("grpo needs a reward: --reward-funcs and/or --reward-model.")
+    if (c["reward_model"] or "").startswith("openai:") and not os.environ.get(c["judge_api_key_env"]):
+        raise ConfigError(f"The endpoint reward model reads its API key from ${c['judge_api_key_env']}, which is "
+                          f"not set (choose another variable with --judge-api-key-env).")
+
+
+def validate_monitor(c: dict, given: set) -> None:
+    """Early stopping and the best checkpoint."""
+    for name in ("monitor", "monitor_mode"):
+        if name in given and c["early_stopping_patience"] is None and not c["save_best"]:
+            raise ConfigError(f"--{name.replace('_', '-')} only applies with --early-stopping-patience or --save-best.")
+    if c["early_stopping_patience"] is not None and c["early_stopping_patience"] < 1:
+        raise ConfigError(f"--early-stopping-patience must be at least 1 (got {c['early_stopping_patience']}).")
+    if c["val_check_interval"] is not None and c["val_check_interval"] < 1:
+        raise ConfigError(f"--val-check-interval must be at least 1 (got {c['val_check_interval']}).")
+    if c["monitor"] is not None and not c["monitor"].startswith("val/"):
+        raise ConfigError(f"--monitor must name a validation metric, val/<name> (got {c['monitor']!r}).")
+    if c["save_best"] and c["use_ray"]:
+        raise ConfigError("--save-best (and --early-stopping-patience, which implies it) does not work with "
+                          "--use-ray yet: Ray keeps the checkpoints of a Ray run; drop --use-ray or the flag.")
+    if c["early_stopping_patience"] is not None and c["use_ray"]:
+        raise ConfigError("--early-stopping-patience does not work with --use-ray yet (it keeps the best "
+                          "checkpoint, which Ray runs cannot); drop --use-ray or the flag.")
+
+
+def monitor_settings(c: dict) -> tuple[str, str]:
+    """The resolved (--monitor, --monitor-mode)."""
+    metric = c["monitor"] or ("val/reward" if c["training_type"] == "grpo" else "val/loss")
+    lower = ("loss", "perplexity", "edit_distance", "length")
+    mode = c["monitor_mode"] or ("min" if any(w in metric.rsplit("/", 1)[-1] for w in lower) else "max")
+    return metric, mode
+
+
 def check_transformer_engine(use_gpu: bool) -> None:
     """FP8 through NVIDIA transformer-engine needs the package and a Hopper (or newer) GPU."""
     try:
@@ -368,6 +494,14 @@ def resolve(config: dict) -> dict:
             c[key] = os.path.abspath(c[key])
     if c["name"] is None:
         c["name"] = f"{c['training_type']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if c["training_type"] == "grpo" and c["reward_funcs"] is None:
+        c["reward_funcs"] = "" if c["reward_model"] else "correctness"
+    if c["reward_model"] and "://" not in c["reward_model"] and os.path.exists(c["reward_model"]):
+        c["reward_model"] = os.path.abspath(c["reward_model"])
+    if c["early_stopping_patience"] is not None:
+        c["save_best"] = True
+    if c["save_best"]:
+        c["monitor"], c["monitor_mode"] = monitor_settings(c)
     return c
 
 

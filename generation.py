@@ -61,19 +61,73 @@ def generate_completions(model, tokenizer, conversations: list[list[dict]], *, m
                          num_beams, length_penalty, num_return_sequences, progress)
 
 
-def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, temperature, top_p, num_beams,
-              length_penalty, num_return_sequences, progress) -> list[list[Completion]]:
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+def _decoding(temperature: float, top_p: float, num_beams: int = 1, length_penalty: float = 1.0) -> dict:
     if temperature > 0:
         decoding = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
     else:
         decoding = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     if num_beams > 1:
         decoding.update(num_beams=num_beams, length_penalty=length_penalty, early_stopping=True)
+    return decoding
+
+
+def _generate_batch(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
+                    num_return_sequences: int, decoding: dict) -> list[list[list[int]]]:
+    """Left-pad token-id prompts, generate, and cut each output after its first end-of-turn
+    token: num_return_sequences token lists per prompt (eos included when it was reached)."""
+    device = next(model.parameters()).device
+    longest = max(len(ids) for ids in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for b, ids in enumerate(prompt_ids):         # left padding
+        input_ids[b, longest - len(ids):] = torch.tensor(ids)
+        attention_mask[b, longest - len(ids):] = 1
+    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                         max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
+                         num_return_sequences=num_return_sequences, **decoding)
+    generated = out[:, longest:].tolist()    # (B * num_return_sequences, new), grouped by prompt
+    groups = []
+    for b in range(len(prompt_ids)):
+        group = []
+        for row in generated[b * num_return_sequences:(b + 1) * num_return_sequences]:
+            stop = row.index(eos_id) + 1 if eos_id in row else None
+            group.append(row[:stop] if stop else [t for t in row if t != pad_id])
+        groups.append(group)
+    return groups
+
+
+@torch.no_grad()
+def sample_token_ids(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
+                     num_return_sequences: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+                     batch_size: int = 64, seed: int | None = None) -> list[list[list[int]]]:
+    """Completions as token ids for prompts given as token ids (RL rollouts, the length
+    penalty): num_return_sequences lists per prompt, each ending with the end-of-turn token
+    when generation stopped there (else max_new_tokens long). Token ids, not text, so the
+    training step scores exactly the tokens that were sampled. Same private RNG stream as
+    generate_completions; the model's train/eval mode is restored."""
+    device = next(model.parameters()).device
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for i in range(0, len(prompt_ids), batch_size):
+            out += _generate_batch(model, prompt_ids[i:i + batch_size], max_new_tokens, eos_id, pad_id,
+                                   num_return_sequences, _decoding(temperature, top_p))
+    model.train(was_training)
+    return out
+
+
+def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, temperature, top_p, num_beams,
+              length_penalty, num_return_sequences, progress) -> list[list[Completion]]:
+    was_training = model.training
+    model.eval()
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    decoding = _decoding(temperature, top_p, num_beams, length_penalty)
     starts = range(0, len(conversations), batch_size)
     if progress:
         from tqdm import tqdm
@@ -82,24 +136,11 @@ def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tempe
     for i in starts:
         texts = [render(tokenizer, c, add_generation_prompt=True) for c in conversations[i:i + batch_size]]
         encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        longest = max(len(e) for e in encoded)
-        input_ids = torch.full((len(encoded), longest), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for b, ids in enumerate(encoded):         # left padding
-            input_ids[b, longest - len(ids):] = torch.tensor(ids)
-            attention_mask[b, longest - len(ids):] = 1
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                             max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
-                             num_return_sequences=num_return_sequences, **decoding)
-        generated = out[:, longest:].tolist()    # (B * num_return_sequences, new), grouped by prompt
-        for b, ids in enumerate(encoded):
-            group = []
-            for row in generated[b * num_return_sequences:(b + 1) * num_return_sequences]:
-                stop = row.index(eos_id) + 1 if eos_id in row else None
-                kept = row[:stop] if stop else [t for t in row if t != pad_id]
-                group.append(Completion(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(ids),
-                                        len(kept), "stop" if stop else "length"))
-            results.append(group)
+        groups = _generate_batch(model, encoded, max_new_tokens, eos_id, pad_id, num_return_sequences, decoding)
+        for ids, group in zip(encoded, groups):
+            results.append([Completion(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(ids),
+                                       len(kept), "stop" if kept and kept[-1] == eos_id else "length")
+                            for kept in group])
     if was_training:
         model.train()
     return results

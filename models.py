@@ -40,7 +40,7 @@ def pretrained_path(name_or_path: str) -> str:
     import storage
     from flags import find_checkpoint
     from upload_to_hub import export
-    ckpt = find_checkpoint(name_or_path)
+    ckpt = find_checkpoint(name_or_path, best=True)
     info = storage.filesystem(ckpt).info(ckpt)
     key = json.dumps([storage.absolute(ckpt), info.get("size"), str(info.get("mtime") or info.get("LastModified"))])
     folder = os.path.join(CACHE, "exported", hashlib.sha256(key.encode()).hexdigest()[:16])
@@ -103,7 +103,7 @@ def load_checkpoint(ckpt_path: str):
     (model with the trained weights, tokenizer, saved config, global step)."""
     import storage
     from flags import ConfigError, find_checkpoint
-    ckpt_path = find_checkpoint(ckpt_path)
+    ckpt_path = find_checkpoint(ckpt_path, best=True)
     with storage.filesystem(ckpt_path).open(ckpt_path, "rb") as f:
         checkpoint = torch.load(f, map_location="cpu", weights_only=True)
     config = checkpoint.get("hyper_parameters") or {}

@@ -6,7 +6,9 @@
     and rejected in one forward -> summed completion log-probs -> DPO loss against the
     reference log-probs (cached with the data, or a live frozen reference). Preference
     batches (bt): chosen and rejected in one forward of the reward model -> one reward per
-    sequence (reward_model.sequence_rewards) -> Bradley-Terry loss.
+    sequence (reward_model.sequence_rewards) -> Bradley-Terry loss. Prompt batches (grpo):
+    a rollout first (k sampled completions a prompt -> rewards -> group advantages), then
+    the completions' token log-probs -> clipped policy-gradient loss with a KL penalty.
 
 Optimization is manual so that a gradient-accumulation window is one DataLoader item
 (a `StepBatch`): the loss of each micro-batch is divided by the supervised tokens (SFT) or
@@ -14,8 +16,9 @@ pairs (DPO) of the whole step, summed over DDP workers, which makes accumulation
 exactly the update of one large batch (see losses/sft.py).
 
 Validation logs val/loss (token-mean over the whole validation set), val/perplexity =
-exp(val/loss), and val/edit_distance: the mean character Levenshtein distance between the
+exp(val/loss), val/edit_distance: the mean character Levenshtein distance between the
 greedy reply and the reference reply on the first --val-generations validation prompts,
+val/reply_length: those replies' mean length in tokens,
 and with --calculate-win-rate val/win_rate (judges.py) against a reference model.
 """
 from __future__ import annotations
@@ -29,10 +32,11 @@ import lightning as L
 import torch
 from rapidfuzz.distance import Levenshtein
 
-from collate_functions import PreferenceBatch, SFTBatch, StepBatch
-from generation import generate_replies
+from collate_functions import PreferenceBatch, PromptBatch, RolloutBatch, SFTBatch, StepBatch, rollout_batch
+from generation import generate_completions, generate_replies, sample_token_ids
 from losses import LOSSES
 from losses.dpo import IGNORE_INDEX, sequence_logps
+from losses.grpo import completion_token_logps, group_advantages
 from models import load_model, load_trained
 from reward_model import sequence_rewards
 
@@ -76,11 +80,13 @@ class PostTrainingModule(L.LightningModule):
         win_rate: set up --calculate-win-rate (val/win_rate at every validation).
         verifier_rows: sft_verifier's (verification prompt, "Yes"/"No") rows scored at every
             validation (val/verifier_score, val/verifier_accuracy).
+        rewards: grpo's rewards.Rewards (reward functions and/or a reward model).
     """
 
     def __init__(self, config: dict, model=None, tokenizer=None,
                  val_prompts: list[tuple[list[dict], str]] | None = None, reference=None,
-                 win_rate: WinRateSetup | None = None, verifier_rows: list[tuple[str, str]] | None = None):
+                 win_rate: WinRateSetup | None = None, verifier_rows: list[tuple[str, str]] | None = None,
+                 rewards=None):
         super().__init__()
         self.save_hyperparameters(config)
         self.model = model if model is not None else load_model(
@@ -96,6 +102,8 @@ class PostTrainingModule(L.LightningModule):
         self._reference_replies = None      # this worker's share, generated once
         self.verifier_rows = verifier_rows or []
         self._nonfinite_streak = self._nonfinite_total = 0       # skipped steps: in a row, in all
+        self.rewards = rewards
+        self._samples = None        # a few (prompt, completion, reward) of the last rollout, for TensorBoard
 
     # ------------------------------------------------------------------ helpers
     def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -120,10 +128,16 @@ class PostTrainingModule(L.LightningModule):
     def on_fit_start(self) -> None:
         for ref in self._reference:
             ref.to(self.device)
+        if self.rewards is not None:
+            self.rewards.to(self.device)
 
     # ------------------------------------------------- forward -> loss -> sums
     def compute(self, batch, normalizer=None) -> tuple[torch.Tensor, dict]:
         """Loss of one micro-batch (its share of the step's mean) and additive statistics."""
+        if isinstance(batch, RolloutBatch):
+            return self._grpo(batch, normalizer)
+        if isinstance(batch, PromptBatch):
+            return self._grpo_eval(batch)
         if self.hparams.training_type == "bt":
             return self._bt(batch, normalizer)
         if isinstance(batch, PreferenceBatch):
@@ -183,31 +197,208 @@ class PostTrainingModule(L.LightningModule):
                 "_reward_sum": r.sum(), "_reward_sq": (r ** 2).sum()}
         return out.losses.sum() / denom.clamp(min=1), sums
 
+    # --------------------------------------------------------------------- grpo
+    def _policy_token_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits   # (N, T, V)
+        return completion_token_logps(logits, batch.labels)                                      # (N, T-1) x2
+
+    def _grpo(self, batch: RolloutBatch, normalizer=None):
+        hp = self.hparams
+        logps, mask = self._policy_token_logps(self.model, batch)
+        old = batch.old_logps if batch.old_logps is not None else logps.detach()
+        out = self.loss_fn(logps, old, batch.advantages, mask, batch.ref_logps, hp.kl_coef, hp.clip_range)
+        tokens = mask.sum()
+        total = out.per_token.sum()
+        denom = torch.as_tensor(batch.count if normalizer is None else normalizer, dtype=torch.float32)
+        return total / denom.clamp(min=1), {
+            "loss": total.detach(), "count": batch.count, "kl": out.kl.sum(), "_count/kl": tokens,
+            "clip_fraction": out.clipped.sum(), "_count/clip_fraction": tokens}
+
+    @torch.no_grad()
+    def _rollout(self, step: StepBatch, batch_idx: int) -> tuple[StepBatch, dict]:
+        """Sample --num-generations completions for every prompt of the step, score them, and
+        turn each micro-batch into a RolloutBatch with group advantages (and, where needed, the
+        sampling policy's and the reference's token log-probs). Also returns the rollout's
+        statistics as additive sums."""
+        hp, tok = self.hparams, self.tokenizer
+        k = hp.num_generations
+        sums = {"_reward_sum": 0.0, "_reward_sq": 0.0, "_reward_n": 0.0, "frac_reward_zero_std": 0.0,
+                "_count/frac_reward_zero_std": 0.0, "completion_length": 0.0, "_count/completion_length": 0.0,
+                "completion_truncated": 0.0, "_count/completion_truncated": 0.0,
+                "_min/completion_length": float("inf"), "_max/completion_length": 0.0}
+        out = []
+        for i, mb in enumerate(step.micro_batches):
+            # A seed per (step, worker, micro-batch): the same samples after a resume.
+            seed = ((hp.seed * 1_000_003 + self.global_step) * 1009 + self.global_rank) * 101 + i
+            groups = sample_token_ids(self.model, tok, mb.prompt_ids, max_new_tokens=hp.max_new_tokens,
+                                      num_return_sequences=k, temperature=hp.temperature, top_p=hp.top_p,
+                                      seed=seed)
+            completions = [c for g in groups for c in g]                       # N = B * k, grouped by prompt
+            texts = tok.batch_decode(completions, skip_special_tokens=True)
+            texts = [t.strip() for t in texts]
+            prompts = [p for p in mb.prompts for _ in range(k)]
+            references = [r for r in mb.references for _ in range(k)]
+            lengths = [len(c) for c in completions]
+            total, parts = self.rewards.score(prompts, texts, references, lengths, hp.max_new_tokens)
+            rewards = torch.tensor(total, dtype=torch.float32).view(-1, k)    # (B, k)
+            advantages = group_advantages(rewards, hp.advantage).view(-1)     # (N,)
+            batch = rollout_batch(mb.prompt_ids, completions, advantages, tok.pad_token_id,
+                                  sequence_count=hp.loss_aggregation == "sequence")
+            batch = RolloutBatch(batch.input_ids.to(self.device), batch.attention_mask.to(self.device),
+                                 batch.labels.to(self.device), advantages.to(self.device),
+                                 sequence_count=batch.sequence_count)
+            if hp.num_iterations > 1:
+                batch.old_logps = self._policy_token_logps(self.model, batch)[0]
+            if hp.kl_coef > 0:
+                batch.ref_logps = self._policy_token_logps(self._reference[0], batch)[0]
+            out.append(batch)
+            eos = tok.eos_token_id
+            sums["_reward_sum"] += float(rewards.sum())
+            sums["_reward_sq"] += float((rewards ** 2).sum())
+            sums["_reward_n"] += rewards.numel()
+            sums["frac_reward_zero_std"] += float((rewards.max(dim=1).values == rewards.min(dim=1).values).sum())
+            sums["_count/frac_reward_zero_std"] += rewards.shape[0]
+            sums["completion_length"] += sum(lengths)
+            sums["_count/completion_length"] += len(lengths)
+            sums["completion_truncated"] += sum(1 for c in completions if not c or c[-1] != eos)
+            sums["_count/completion_truncated"] += len(lengths)
+            sums["_min/completion_length"] = min(sums["_min/completion_length"], min(lengths))
+            sums["_max/completion_length"] = max(sums["_max/completion_length"], max(lengths))
+            for name, values in parts.items():
+                sums[f"reward/{name}"] = sums.get(f"reward/{name}", 0.0) + sum(values)
+                sums[f"_count/reward/{name}"] = sums.get(f"_count/reward/{name}", 0.0) + len(values)
+            if i == 0:
+                self._samples = list(zip(prompts, texts, total))[:k * 2]
+        return StepBatch(out), sums
+
+    @torch.no_grad()
+    def _grpo_eval(self, batch: PromptBatch):
+        """Validation of an RL policy: greedy replies to the prompts, scored by the rewards
+        (val/reward, val/reward/<function>: with the correctness function, exact-match accuracy)."""
+        hp = self.hparams
+        groups = sample_token_ids(self.model, self.tokenizer, batch.prompt_ids, max_new_tokens=hp.max_new_tokens,
+                                  temperature=0.0)
+        completions = [g[0] for g in groups]
+        texts = [t.strip() for t in self.tokenizer.batch_decode(completions, skip_special_tokens=True)]
+        lengths = [len(c) for c in completions]
+        total, parts = self.rewards.score(batch.prompts, texts, batch.references, lengths, hp.max_new_tokens)
+        sums = {"reward": sum(total), "count": batch.count, "completion_length": sum(lengths)}
+        sums.update({f"reward/{name}": sum(values) for name, values in parts.items()})
+        return None, sums
+
+    def _log_samples(self) -> None:
+        """A few sampled completions of the last rollout, as a Markdown table in TensorBoard."""
+        if not self._samples or not self.trainer.is_global_zero or self.logger is None:
+            return
+        def cell(text):
+            return str(text).replace("|", "\\|").replace("\n", "<br>")
+        rows = [f"| {cell(p[-1]['content'])} | {cell(c)} | {r:.3f} |" for p, c, r in self._samples]
+        self.logger.experiment.add_text("train/completions", "| prompt | completion | reward |\n|---|---|---|\n"
+                                        + "\n".join(rows), self.global_step)
+
+    # ----------------------------------------------------------- length penalty
+    def _length_penalty(self, batch: SFTBatch, sequences: float, step: int):
+        """Seed eq. 3's term lambda * E[max(0, len(y_hat) - len(y))^2] on this micro-batch, as a
+        REINFORCE surrogate (see losses/length_penalty.py). y_hat is sampled from the current
+        policy for the prompt of each row: the tokens before its last assistant turn."""
+        from losses.length_penalty import length_penalty_surrogate
+        hp = self.hparams
+        supervised = batch.labels != IGNORE_INDEX                        # (B, T)
+        prompt_ids, ref_lengths = [], []
+        for b in range(batch.input_ids.shape[0]):
+            positions = supervised[b].nonzero().flatten().tolist()
+            # The last assistant turn is the last run of consecutive supervised positions.
+            start = positions[-1]
+            while start - 1 in positions:
+                start -= 1
+            end = positions[-1] + 1
+            # The turn's span runs to its end-of-turn token; unsupervised separators after it do not count.
+            prompt_ids.append(batch.input_ids[b, :start].tolist())
+            ref_lengths.append(end - start)
+        seed = (hp.seed * 1_000_003 + step) * 1009 + self.global_rank
+        groups = sample_token_ids(self.model, self.tokenizer, prompt_ids, max_new_tokens=hp.max_new_tokens,
+                                  temperature=hp.temperature, top_p=hp.top_p, seed=seed)
+        samples = [g[0] for g in groups]
+        rows = [{"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c} for p, c in zip(prompt_ids, samples)]
+        from collate_functions import pad_sft
+        padded = pad_sft(rows, self.tokenizer.pad_token_id)
+        logits = self.model(input_ids=padded.input_ids.to(self.device),
+                            attention_mask=padded.attention_mask.to(self.device)).logits
+        logps = sequence_logps(logits, padded.labels.to(self.device))                    # (B,)
+        out = length_penalty_surrogate(logps, torch.tensor([len(c) for c in samples], dtype=torch.float32,
+                                                           device=self.device),
+                                       torch.tensor(ref_lengths, dtype=torch.float32, device=self.device),
+                                       hp.length_penalty)
+        return out.surrogate.sum() / max(float(sequences), 1.0), {
+            "length_penalty": out.penalties.sum(), "_count/length_penalty": len(samples),
+            "sampled_length": float(sum(len(c) for c in samples)), "_count/sampled_length": len(samples)}
+
     def metrics(self, sums: dict) -> dict:
         """Means over the reduced statistics: each sum divided by its own count ("_count/<name>")
         or else by "count" (tokens or pairs). "_reward_sum"/"_reward_sq" (BT, over 2 rewards a
-        pair) give the mean and standard deviation of all rewards; sft_verifier's loss is
-        loss_verify + lambda * loss_correct, each a token mean over its own rows."""
+        pair; grpo, over "_reward_n" completions) give the mean and standard deviation of all
+        rewards; "_min/<name>" and "_max/<name>" pass through as <name>_min and <name>_max;
+        sft_verifier's loss is loss_verify + lambda * loss_correct, each a token mean over its own rows."""
         count = max(sums["count"], 1.0)
         means = {name: value / max(sums.get(f"_count/{name}", count), 1.0) for name, value in sums.items()
                  if name != "count" and not name.startswith("_")}
         if "loss_verify" in means:
             means["loss"] = means["loss_verify"] + self.hparams.lambda_ * means["loss_correct"]
         if "_reward_sq" in sums:
-            mean = sums["_reward_sum"] / (2 * count)
-            means["reward_mean"] = mean
-            means["reward_std"] = math.sqrt(max(sums["_reward_sq"] / (2 * count) - mean ** 2, 0.0))
+            n = max(sums.get("_reward_n", 2 * count), 1.0)    # bt: 2 rewards a pair; grpo: completions
+            mean = sums["_reward_sum"] / n
+            means["reward_mean" if "_reward_n" not in sums else "reward"] = mean
+            means["reward_std"] = math.sqrt(max(sums["_reward_sq"] / n - mean ** 2, 0.0))
+        for name, value in sums.items():
+            if name.startswith(("_min/", "_max/")):
+                means[f"{name[5:]}_{name[1:4]}"] = value      # "_max/completion_length" -> completion_length_max
         return means
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: StepBatch, batch_idx: int):
+        rollout = None
+        if isinstance(batch.micro_batches[0], PromptBatch):      # grpo: sample and score first
+            batch, rollout = self._rollout(batch, batch_idx)
+        iterations = self.hparams.num_iterations if rollout is not None else 1
+        sums, grad_norm = {}, None
+        for _ in range(iterations):          # several updates on one rollout: the clipped ratio at work
+            reduced, grad_norm = self._update(batch, batch_idx)
+            for k, v in reduced.items():
+                sums[k] = sums.get(k, 0.0) + v
+        if rollout is not None:
+            sums.update(self._reduce_rollout(rollout))
+            if self.global_step % self.hparams.log_every_n_steps < iterations:
+                self._log_samples()
+        for name, value in self.metrics(sums).items():
+            self._log(f"train/{name}", value, prog_bar=name in ("loss", "reward"))
+        if grad_norm is not None:
+            self._log("train/grad_norm", grad_norm)     # before clipping
+        self._log("train/nonfinite_steps", self._nonfinite_total)
+        unit = {SFTBatch: "tokens", RolloutBatch: "completion_tokens"}.get(type(batch.micro_batches[0]), "pairs")
+        self._log(f"train/{unit}", sums["count"] / iterations)
+        self._log("lr", self.lr_schedulers().get_last_lr()[0])
+
+    def _update(self, batch: StepBatch, batch_idx: int) -> tuple[dict, torch.Tensor | None]:
+        """forward -> loss -> backward for every micro-batch of the step, then one optimizer
+        step (or a skipped one, when the loss or gradient is not finite on any worker).
+        Returns the step's statistics summed over workers and the gradient norm."""
         opt, sched = self.optimizers(), self.lr_schedulers()
         step_count = self._reduce_sum(torch.as_tensor(batch.count, dtype=torch.float32, device=self.device))
         # DDP averages gradients over workers, so scale each worker's share back up.
         normalizer = step_count / self.trainer.world_size
+        penalize = (self.hparams.training_type == "sft" and self.hparams.length_penalty > 0
+                    and self.global_step % self.hparams.length_penalty_every == 0)
+        if penalize:
+            rows = sum(mb.input_ids.shape[0] for mb in batch.micro_batches)
+            sequences = self._reduce_sum(torch.as_tensor(rows, dtype=torch.float32, device=self.device))
+            sequences = sequences / self.trainer.world_size
         totals = {}
         for mb in batch.micro_batches:
             loss, sums = self.compute(mb, normalizer)
+            if penalize:
+                surrogate, extra = self._length_penalty(mb, sequences, self.global_step)
+                loss = loss + surrogate
+                sums = {**sums, **extra}
             self.manual_backward(loss)
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32).detach()
@@ -221,7 +412,7 @@ class PostTrainingModule(L.LightningModule):
         # Reduced before the update, so every worker sees the same sums and skips together.
         reduced = self._reduce_sums(totals)
         if reduced.get("_nonfinite_grad", 0) > 0 or not all(math.isfinite(v) for v in reduced.values()):
-            self._skip_nonfinite_step(opt, batch_idx)      # its NaNs are still logged below, as they were
+            self._skip_nonfinite_step(opt, batch_idx)      # its NaNs are still logged, as they were
         else:
             self._nonfinite_streak = 0
             if self.hparams.gradient_clip_val:
@@ -230,13 +421,19 @@ class PostTrainingModule(L.LightningModule):
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        for name, value in self.metrics(reduced).items():
-            self._log(f"train/{name}", value, prog_bar=name == "loss")
-        if grad_norm is not None:
-            self._log("train/grad_norm", grad_norm)     # before clipping
-        self._log("train/nonfinite_steps", self._nonfinite_total)
-        self._log("train/tokens" if isinstance(batch.micro_batches[0], SFTBatch) else "train/pairs", reduced["count"])
-        self._log("lr", sched.get_last_lr()[0])
+        return reduced, grad_norm
+
+    def _reduce_rollout(self, sums: dict) -> dict:
+        """Rollout statistics over workers: sums added, "_min/" and "_max/" entries by min and max."""
+        extremes = {k: sums.pop(k) for k in list(sums) if k.startswith(("_min/", "_max/"))}
+        reduced = self._reduce_sums(sums)
+        for k, v in extremes.items():
+            t = torch.tensor(float(v), device=self.device)
+            if self.trainer.world_size > 1:
+                op = torch.distributed.ReduceOp.MIN if k.startswith("_min/") else torch.distributed.ReduceOp.MAX
+                torch.distributed.all_reduce(t, op=op)
+            reduced[k] = t.item()
+        return reduced
 
     def _skip_nonfinite_step(self, opt, batch_idx: int) -> None:
         """Drop the step's gradients (no update, no scheduler step), count it, and stop the run
@@ -281,7 +478,7 @@ class PostTrainingModule(L.LightningModule):
                 metrics[f"{stage}/perplexity"] = math.exp(min(metrics[f"{stage}/loss"], 50.0))
         edit = self._edit_distance()
         if edit is not None:
-            metrics[f"{stage}/edit_distance"] = edit
+            metrics[f"{stage}/edit_distance"], metrics[f"{stage}/reply_length"] = edit
         if self.win_rate is not None:
             metrics[f"{stage}/win_rate"] = self._win_rate(stage)
         if self.verifier_rows:
@@ -290,19 +487,22 @@ class PostTrainingModule(L.LightningModule):
             self._log(name, value, prog_bar=name.endswith("/loss"), sync_dist=False)
         return metrics
 
-    def _edit_distance(self) -> float | None:
-        """Mean Levenshtein distance of greedy replies to the references, over all workers."""
+    def _edit_distance(self) -> tuple[float, float] | None:
+        """Mean Levenshtein distance of greedy replies to the references, and the replies' mean
+        length in tokens (the end-of-turn token included), over all workers."""
         if not self.val_prompts or self.tokenizer is None:
             return None
         rank, world = self.global_rank, self.trainer.world_size
         mine = self.val_prompts[rank::world]      # each worker scores its own share
-        total = 0.0
+        distance = tokens = 0.0
         if mine:
-            replies = generate_replies(self.model, self.tokenizer, [p for p, _ in mine],
-                                       max_new_tokens=self.hparams.val_max_new_tokens)
-            total = float(sum(Levenshtein.distance(r, ref) for r, (_, ref) in zip(replies, mine)))
-        summed = self._reduce_sum(torch.tensor([total, float(len(mine))], device=self.device))
-        return summed[0].item() / max(1.0, summed[1].item())
+            replies = [g[0] for g in generate_completions(self.model, self.tokenizer, [p for p, _ in mine],
+                                                          max_new_tokens=self.hparams.val_max_new_tokens)]
+            distance = float(sum(Levenshtein.distance(r.text, ref) for r, (_, ref) in zip(replies, mine)))
+            tokens = float(sum(r.completion_tokens for r in replies))
+        summed = self._reduce_sum(torch.tensor([distance, tokens, float(len(mine))], device=self.device))
+        n = max(1.0, summed[2].item())
+        return summed[0].item() / n, summed[1].item() / n
 
     def _win_rate(self, stage: str) -> float:
         """Policy vs reference replies on this worker's share of the prompts, judged; the

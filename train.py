@@ -36,8 +36,10 @@ def build_data(c: dict, tokenizer):
     generations (edit distance, win rate), the counts logged at step 0, and for sft_verifier
     the (verification prompt, "Yes"/"No") pairs of the first --verifier-eval-rows verify rows."""
     import torch
-    from collate_functions import PreferenceCollator, SFTCollator, tokenize_preference_rows, tokenize_sft_rows
+    from collate_functions import (PreferenceCollator, PromptCollator, SFTCollator, tokenize_preference_rows,
+                                   tokenize_prompt_rows, tokenize_sft_rows)
     from custom_dataset import PREFERENCE_TYPES, CustomDataset, DataError, prompt_and_reference
+    from judges import final_answer
     from reward_model import trim_pairs_to_reply_end
 
     common = dict(source=c["dataset_source"], random_sample=c["dataset_random_sample"], seed=c["seed"],
@@ -50,7 +52,7 @@ def build_data(c: dict, tokenizer):
         test = CustomDataset(c["dataset_name"], "test", c["training_type"], percentile=c["test_percentile"],
                              length=c["test_dataset_length"], **common)
     pairs = c["training_type"] in PREFERENCE_TYPES
-    collator = PreferenceCollator if pairs else SFTCollator
+    collator = PreferenceCollator if pairs else PromptCollator if c["training_type"] == "grpo" else SFTCollator
     counts = {}
     loaders = {}
     # FP8 GEMMs need dimensions divisible by 16 (the seed's finding on H100): pad sequences to it.
@@ -62,12 +64,20 @@ def build_data(c: dict, tokenizer):
             rows, dropped = tokenize_preference_rows(ds, tokenizer, c["max_length"])
             if c["training_type"] == "bt":
                 rows = trim_pairs_to_reply_end(rows)
+        elif c["training_type"] == "grpo":
+            rows, dropped = tokenize_prompt_rows(ds, tokenizer, c["max_length"])
         else:
             rows, truncated = tokenize_sft_rows(ds, tokenizer, c["max_length"])
             dropped = {"truncated": truncated}
         if not rows:
             raise DataError(f"Data set {ds.name} ({split}): no usable row is left after truncation to "
                             f"--max-length {c['max_length']} (and dropping identical pairs).")
+        if c["training_type"] == "grpo" and "correctness" in c["reward_funcs"].split(","):
+            missing = next((r for r in rows if not final_answer(r["reference"])), None)
+            if missing is not None:
+                raise DataError(f"Data set {ds.name} ({split}), row {missing['row']}: the correctness reward needs a "
+                                f"reference reply with a final answer (\"The answer is N\" or \\boxed{{N}}), and this "
+                                f"row has {'none' if missing['reference'] is None else 'no final answer in it'}.")
         log.info("%s; dropped: %s", ds.describe(), ", ".join(f"{n} {k}" for k, n in dropped.items()))
         counts[f"data/{split}_rows"] = len(rows)
         counts[f"data/{split}_skipped_bad_rows"] = ds.stats.skipped_bad_rows
@@ -128,12 +138,20 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
             return metrics
 
     logger = TensorBoardLogger(save_dir=out, name="", version="tensorboard", default_hp_metric=False)
+    every_n_steps = c["val_check_interval"]
     common = dict(accelerator="gpu" if c["use_gpu"] else "cpu", precision=c["precision"],
                   max_epochs=c["max_epochs"], max_steps=c["max_steps"],
-                  check_val_every_n_epoch=c["check_val_every_n_epoch"],
+                  # Counted across epochs when set (Lightning needs check_val_every_n_epoch=None for that).
+                  val_check_interval=every_n_steps,
+                  check_val_every_n_epoch=None if every_n_steps else c["check_val_every_n_epoch"],
                   num_sanity_val_steps=c["num_sanity_val_steps"], log_every_n_steps=c["log_every_n_steps"],
                   logger=logger, default_root_dir=out, enable_model_summary=c["verbose"])
     extra = [fault_injection(os.environ[FAULT_ENV])] if os.environ.get(FAULT_ENV) else []
+    if c["early_stopping_patience"]:
+        from lightning.pytorch.callbacks import EarlyStopping
+        # check_finite: a NaN metric stops the run rather than being "no improvement".
+        extra.append(EarlyStopping(monitor=c["monitor"], mode=c["monitor_mode"], patience=c["early_stopping_patience"],
+                                   check_on_train_epoch_end=False, strict=True, check_finite=True, verbose=False))
     if ray_worker:
         import distributed
         strategy, plugins, report = distributed.lightning_parts(c)
@@ -142,6 +160,12 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
     checkpoint = ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="epoch={epoch}-step={step}",
                                  auto_insert_metric_name=False, every_n_epochs=c["checkpoint_frequency"],
                                  save_top_k=c["ckpt_to_keep"], monitor="step", mode="max", save_last=True)
+    if c["save_best"]:
+        # Written after every validation that improves --monitor; loading the run folder as a
+        # model takes it (flags.find_checkpoint(best=True)), resuming takes last.ckpt.
+        extra.append(ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="best", monitor=c["monitor"],
+                                     mode=c["monitor_mode"], save_top_k=1, save_on_train_epoch_end=False,
+                                     enable_version_counter=False, auto_insert_metric_name=False))
     return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar(), *extra], **common)
 
 
@@ -184,6 +208,9 @@ def run(c: dict) -> dict:
         where = out if c["use_ray"] else storage.join(out, "checkpoints")
         print(f"Done: step {int(metrics.get('step', 0))}. Checkpoints in {where}, TensorBoard logs in "
               f"{tensorboard} (view: tensorboard --logdir {tensorboard}).")
+        if "best_score" in metrics:
+            print(f"Best {c['monitor']}: {metrics['best_score']:.4g}, in {storage.join(where, 'best.ckpt')} "
+                  f"(loading the run folder as a model uses it).")
     return metrics
 
 
@@ -212,10 +239,18 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
             precompute_reference_logps(model, loaders, c["batch_size"], tokenizer.pad_token_id)
         else:
             reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
-    val_prompts = [] if c["training_type"] == "bt" else eval_prompts[:c["val_generations"]]
+    rewards = None
+    if c["training_type"] == "grpo":
+        from rewards import Rewards
+        rewards = Rewards.from_config(c)
+        if c["kl_coef"] > 0:        # the KL's frozen reference: the starting model
+            reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
+    # Edit distance needs a reference reply (a grpo prompt may come without one).
+    val_prompts = [] if c["training_type"] == "bt" else \
+        [(p, r) for p, r in eval_prompts[:c["val_generations"]] if r is not None]
     module = PostTrainingModule(c, model=model, tokenizer=tokenizer, val_prompts=val_prompts, reference=reference,
                                 win_rate=win_rate_setup(c, eval_prompts[:c["win_rate_prompts"]]),
-                                verifier_rows=verifier_rows)
+                                verifier_rows=verifier_rows, rewards=rewards)
     trainer = build_trainer(c, out, ray_worker)
     ckpt_path = c["resume_from_checkpoint"]
     if ray_worker:
@@ -235,6 +270,9 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
     trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["test"], ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["step"] = trainer.global_step
+    best = [cb for cb in trainer.checkpoint_callbacks if c["save_best"] and cb.monitor == c["monitor"]]
+    if best and best[0].best_model_score is not None:
+        metrics["best_score"] = float(best[0].best_model_score)
     return metrics
 
 
@@ -278,13 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     from judges import JudgeError
     from models import ModelLoadError
     from module import NonFiniteLossError
+    from rewards import RewardError
 
     try:
         config, given = parse_config(argv)
         configure_logging(config["verbose"])
         validate(config, given)
         run(resolve(config))
-    except (ConfigError, DataError, JudgeError, ModelLoadError, NonFiniteLossError, TemplateError) as e:
+    except (ConfigError, DataError, JudgeError, ModelLoadError, NonFiniteLossError, RewardError, TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

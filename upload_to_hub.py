@@ -106,7 +106,7 @@ def export(ckpt_path: str, output_dir: str, training_type: str | None = None) ->
     import flags
     from models import load_checkpoint
 
-    ckpt_path = flags.find_checkpoint(ckpt_path)
+    ckpt_path = flags.find_checkpoint(ckpt_path, best=True)
     model, tokenizer, config, step = load_checkpoint(ckpt_path)
     if training_type and training_type != config["training_type"]:
         raise flags.ConfigError(f"Checkpoint {ckpt_path} is a {config['training_type']} checkpoint, "

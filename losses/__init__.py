@@ -5,6 +5,7 @@ looks the function up here; adding a training type adds one entry, not a branch.
 """
 from losses.bt import bt_loss
 from losses.dpo import dpo_loss
+from losses.grpo import grpo_loss
 from losses.sft import sft_loss
 from losses.sft_verifier import sft_verifier_loss
 
@@ -13,4 +14,5 @@ LOSSES = {
     "dpo": dpo_loss,
     "bt": bt_loss,
     "sft_verifier": sft_verifier_loss,
+    "grpo": grpo_loss,
 }

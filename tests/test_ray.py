@@ -151,6 +151,21 @@ def test_killed_worker_is_restarted_from_the_last_checkpoint(ray_cluster, tmp_pa
     assert ckpt["global_step"] == 16 and ckpt["epoch"] == 3
 
 
+def test_grpo_on_two_workers(ray_cluster, tmp_path):
+    """grpo under Ray: each worker samples and scores completions for its shard of the prompts;
+    the rollout statistics and the greedy validation reward are reduced over both workers."""
+    assert run_ray(training_type="grpo", storage_path=tmp_path, name="grpo", num_workers=2, batch_size=2,
+                   num_generations=2, max_new_tokens=8, max_steps=2, train_dataset_length=8, test_dataset_length=4,
+                   val_generations=0, num_sanity_val_steps=0, log_every_n_steps=1, lr=1e-4) == 0
+    ckpt, _ = latest_weights(tmp_path / "grpo")
+    assert ckpt["global_step"] == 2
+    s = read_scalars(str(tmp_path / "grpo" / "tensorboard"))
+    assert [step for step, _ in s["train/reward"]] == [0, 1]
+    # 2 workers x 2 prompts x 2 completions of at most 8 tokens.
+    assert all(1 <= v <= 8 for _, v in s["train/completion_length_min"] + s["train/completion_length_max"])
+    assert s["val/reward/correctness"][0][0] == 0 and 0 <= s["val/reward/correctness"][0][1] <= 1
+
+
 def test_bad_data_in_a_ray_worker_is_one_sentence(ray_cluster, tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "bot", "content": "x"}]}\n' * 20)
     assert run_ray(dataset_name=tmp_path / "bad.jsonl", storage_path=tmp_path, num_workers=1) == 2

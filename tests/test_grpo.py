@@ -1,0 +1,117 @@
+"""--training-type grpo end to end: rollouts, rewards (functions and a reward model), logging,
+resume, flag checks, and the learning check: GRPO with the correctness reward raises held-out
+exact-match accuracy over its SFT starting checkpoint."""
+import re
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import flags
+import train
+from conftest import read_scalars, write_jsonl
+
+FAST = ["--val-generations", "0", "--num-sanity-val-steps", "0", "--log-every-n-steps", "1",
+        "--max-new-tokens", "48"]
+
+
+@pytest.fixture(scope="module")
+def sft_start(tmp_path_factory):
+    """A short SFT run from the bundled base model (150 steps): it answers about three held-out
+    problems in four right (greedy), which leaves room for RL to improve on."""
+    storage = tmp_path_factory.mktemp("runs")
+    assert train.main(["--lr", "1e-3", "--max-steps", "150", "--storage-path", str(storage), "--name", "sft",
+                       "--test-dataset-length", "8", *FAST[:-2]]) == 0
+    return storage / "sft"
+
+
+def texts(run):
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [e.tensor_proto.string_val[0].decode() for e in acc.Tensors(tag)]
+            for tag in acc.Tags()["tensors"] if tag.endswith("text_summary")}
+
+
+def test_grpo_logs_rollouts_and_resumes(sft_start, tmp_path):
+    args = ["--training-type", "grpo", "--model-name", str(sft_start), "--storage-path", str(tmp_path),
+            "--name", "grpo", "--batch-size", "2", "--num-generations", "3", "--num-iterations", "2",
+            "--max-steps", "4", "--reward-funcs", "correctness,format", "--reward-weights", "1,0.5",
+            "--test-dataset-length", "4", "--train-dataset-length", "16", "--lr", "1e-4", *FAST]
+    assert train.main(args) == 0
+    run = tmp_path / "grpo"
+    s = read_scalars(run / "tensorboard")
+    # 2 optimizer steps per rollout: max-steps 4 is 2 rollouts, logged at steps 1 and 3.
+    assert [step for step, _ in s["train/reward"]] == [1, 3]
+    for name in ("reward_std", "reward/correctness", "reward/format", "frac_reward_zero_std", "completion_length",
+                 "completion_length_min", "completion_length_max", "completion_truncated", "kl", "clip_fraction",
+                 "loss", "grad_norm", "completion_tokens"):
+        assert f"train/{name}" in s, name
+    for _, value in s["train/reward"]:
+        assert 0 <= value <= 1.5
+    for (_, lo), (_, mean), (_, hi) in zip(s["train/completion_length_min"], s["train/completion_length"],
+                                          s["train/completion_length_max"]):
+        assert 1 <= lo <= mean <= hi <= 48
+    assert all(0 <= v <= 1 for _, v in s["train/frac_reward_zero_std"] + s["train/clip_fraction"])
+    assert all(v >= 0 for _, v in s["train/kl"])
+    # Validation: greedy replies to the 4 test prompts, scored by the same rewards.
+    assert [step for step, _ in s["val/reward/correctness"]][0] == 0
+    samples = texts(run)["train/completions/text_summary"]
+    assert samples and "| prompt | completion | reward |" in samples[0]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert train.main(["--resume-from-checkpoint", str(run), "--max-steps", "6"]) == 0
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 6
+
+
+def test_grpo_with_a_reward_model(sft_start, tmp_path):
+    """A bt reward model trained here for a few steps scores the completions (alone: no
+    reward function by default when --reward-model is given)."""
+    assert train.main(["--training-type", "bt", "--storage-path", str(tmp_path), "--name", "rm", "--max-steps", "2",
+                       "--batch-size", "4", "--test-dataset-length", "4", *FAST[:-2]]) == 0
+    assert train.main(["--training-type", "grpo", "--model-name", str(sft_start), "--reward-model",
+                       str(tmp_path / "rm"), "--storage-path", str(tmp_path), "--name", "grpo-rm", "--batch-size", "2",
+                       "--max-steps", "2", "--test-dataset-length", "2", "--kl-coef", "0", *FAST]) == 0
+    s = read_scalars(tmp_path / "grpo-rm" / "tensorboard")
+    assert "train/reward/model" in s and "train/reward/correctness" not in s
+    assert s["train/reward"][0][1] == pytest.approx(s["train/reward/model"][0][1])
+    assert "train/kl" in s and all(v == 0 for _, v in s["train/kl"])     # --kl-coef 0: no reference
+
+
+def test_learning_grpo_raises_held_out_accuracy_over_its_sft_start(sft_start, tmp_path):
+    assert train.main(["--training-type", "grpo", "--model-name", str(sft_start), "--storage-path", str(tmp_path),
+                       "--name", "grpo", "--batch-size", "8", "--lr", "1e-4", "--max-steps", "40",
+                       "--warmup-ratio", "0", "--test-dataset-length", "100", "--seed", "0", *FAST]) == 0
+    acc = read_scalars(tmp_path / "grpo" / "tensorboard")["val/reward/correctness"]
+    start, end = acc[0][1], acc[-1][1]
+    assert acc[0][0] == 0 and acc[-1][0] == 39
+    assert end >= start + 0.05, (start, end)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-generations", "4"], "--num-generations only applies to --training-type grpo"),
+    (["--training-type", "dpo", "--reward-model", "x"], "--reward-model only applies to --training-type grpo"),
+    (["--temperature", "0.7"], "--temperature only applies to --training-type grpo and to sft with --length-penalty"),
+    (["--training-type", "grpo", "--num-generations", "1"], "--num-generations must be at least 2"),
+    (["--training-type", "grpo", "--temperature", "0"], "grpo needs --temperature above 0"),
+    (["--training-type", "grpo", "--reward-funcs", "speed"], "unknown reward function 'speed'"),
+    (["--training-type", "grpo", "--reward-funcs", ""], "grpo needs a reward"),
+    (["--training-type", "grpo", "--reward-funcs", "correctness,format", "--reward-weights", "1"],
+     "--reward-weights has 1 value(s) for 2"),
+    (["--training-type", "grpo", "--clip-range", "0"], "--clip-range positive"),
+    (["--training-type", "dpo", "--length-penalty", "0.001"], "--length-penalty only applies to --training-type sft"),
+])
+def test_flags_refused_with_one_sentence(argv, message, capsys):
+    assert train.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_correctness_reward_needs_references_with_answers(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"messages": [{"role": "user", "content": "Say hi."},
+                                                                  {"role": "assistant", "content": "Hi!"}]}] * 12)
+    assert train.main(["--training-type", "grpo", "--dataset-name", str(data), "--storage-path", str(tmp_path),
+                       "--name", "x", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"Data set {re.escape(str(data))} \(train\), row \d+: the correctness reward needs a "
+                     rf"reference reply with a final answer", err), err
+    assert flags.EMBEDDED_DATA["grpo"].name == "problems"
