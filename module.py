@@ -369,7 +369,14 @@ class PostTrainingModule(L.LightningModule):
             sums.update(self._reduce_rollout(rollout))
             if self.global_step % self.hparams.log_every_n_steps < iterations:
                 self._log_samples()
-        for name, value in self.metrics(sums).items():
+        means = self.metrics(sums)
+        # Lightning repeats a metric's last value at every later logging step; one measured
+        # only on some steps (the length penalty's samples) goes to the event file directly.
+        for name in ("length_penalty", "sampled_length"):
+            if name in means and self.trainer.is_global_zero and self.logger is not None:
+                self.logger.experiment.add_scalar(f"train/{name}", means[name], self.global_step - 1)
+            means.pop(name, None)
+        for name, value in means.items():
             self._log(f"train/{name}", value, prog_bar=name in ("loss", "reward"))
         if grad_norm is not None:
             self._log("train/grad_norm", grad_norm)     # before clipping
@@ -454,6 +461,8 @@ class PostTrainingModule(L.LightningModule):
         opt = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
                                 betas=(0.9, 0.999))
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        if self.hparams.training_type == "grpo" and self.trainer.max_steps == -1:
+            total *= self.hparams.num_iterations        # --num-iterations updates on every rollout batch
         warmup = max(1, int(round(hp.warmup_ratio * total)))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_linear_decay(step, total, warmup))
