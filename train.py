@@ -169,7 +169,11 @@ def save_config(c: dict, out: str) -> None:
 def run(c: dict) -> dict:
     """Train or test with a resolved config, here or on a Ray cluster; returns the final metrics."""
     out = run_dir(c)
-    if c["mode"] == "train" and not c["resume_from_checkpoint"] and has_checkpoints(out):
+    try:
+        existing = c["mode"] == "train" and not c["resume_from_checkpoint"] and has_checkpoints(out)
+    except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
+        raise ConfigError(f"Run folder {out} cannot be reached: {str(e).strip().splitlines()[0]}.") from None
+    if existing:
         raise ConfigError(f"Run folder {out} already holds checkpoints; continue it with "
                           f"--resume-from-checkpoint {out} or choose another --name.")
     if c["use_ray"]:
