@@ -212,6 +212,8 @@ def _check_messages(messages, field: str, need_assistant: bool = True) -> None:
             raise ValueError(f"{field}[{j}].content: empty content")
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"{field}: the conversation has no assistant turn")
+    if need_assistant and messages[0]["role"] == "assistant":
+        raise ValueError(f"{field}[0].role: the conversation opens with an assistant turn, which answers no prompt")
 
 
 def _clean(messages: list) -> list[dict]:
