@@ -141,8 +141,12 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                          callbacks=[report, ProgressBar(), *extra], **common)
     checkpoint = ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="epoch={epoch}-step={step}",
                                  auto_insert_metric_name=False, every_n_epochs=c["checkpoint_frequency"],
-                                 save_top_k=c["ckpt_to_keep"], monitor="step", mode="max", save_last=True)
-    return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar(), *extra], **common)
+                                 save_top_k=c["ckpt_to_keep"], monitor="step", mode="max", save_last=True,
+                                 # A resumed run re-reaching a step a killed run had saved replaces
+                                 # that file (atomically) rather than adding an untracked "-v1" copy.
+                                 enable_version_counter=False)
+    return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar(), *extra], plugins=[storage.checkpoint_io()],
+                     **common)
 
 
 def fault_injection(spec: str):
