@@ -197,7 +197,9 @@ def run(c: dict) -> dict:
 
 def has_checkpoints(out: str) -> bool:
     entries = storage.listdir(out)
-    return bool(ray_checkpoint_names(entries)) or bool(storage.listdir(storage.join(out, "checkpoints")))
+    # Only complete checkpoints count: a hidden temporary file is what a killed first save left.
+    return bool(ray_checkpoint_names(entries)) or any(e.endswith(".ckpt") for e in
+                                                      storage.listdir(storage.join(out, "checkpoints")))
 
 
 def fit(c: dict, ray_worker: bool = False) -> dict:
