@@ -41,6 +41,9 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
+        if i == 0:      # no prefix to render: where the reply starts is unknown
+            raise TemplateError("A conversation that opens with an assistant turn cannot be masked: "
+                                "the reply has no prompt before it.")
         head = render(tokenizer, messages[:i], add_generation_prompt=True)
         upto = render(tokenizer, messages[: i + 1])
         if not text.startswith(head) or not text.startswith(upto) or len(upto) < len(head):

@@ -83,10 +83,44 @@ def _is_data_file(path: str) -> bool:
     return _strip_compression(path).endswith(DATA_EXTENSIONS)
 
 
+def _check_text(path: str) -> None:
+    """Read a JSON Lines, JSON or CSV file (gzipped or not) once before Arrow does, so that a
+    truncated gzip, a non-UTF-8 byte or a JSON Lines line that is not a JSON object is named by
+    its line; Arrow's own errors name no line, and some arrive with a logged traceback."""
+    import codecs
+    import gzip
+    import json
+    import zlib
+    lines = _strip_compression(path).endswith(".jsonl")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    text = raw.decode("utf-8") if lines else decoder.decode(raw)
+                except UnicodeDecodeError as e:
+                    raise DataError(f"Data file {path}, line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} "
+                                    f"at column {e.start + 1}).") from None
+                if not lines or not text.strip():
+                    continue
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"Data file {path}, line {number}: not valid JSON ({e.msg} at column "
+                                    f"{e.colno}).") from None
+                if not isinstance(value, dict):
+                    raise DataError(f"Data file {path}, line {number}: expected a JSON object, "
+                                    f"got {type(value).__name__}.")
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataError(f"Data file {path} is truncated or not valid gzip ({_first_line(e)}).") from None
+
+
 def _load_file(path: str):
     import datasets
     if os.path.getsize(path) == 0:      # the json builder would fail with a bare StopIteration
         raise DataError(f"Data file {path} is empty.")
+    if not _strip_compression(path).endswith(".parquet"):
+        _check_text(path)
     try:
         return datasets.load_dataset(_file_builder(path), data_files=path, split="train")
     except Exception as e:  # noqa: BLE001 - arrow/json errors come in many types
@@ -181,6 +215,8 @@ def _check_messages(messages, field: str, need_assistant: bool = True) -> None:
             raise ValueError(f"{field}[{j}].content: empty content")
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"{field}: the conversation has no assistant turn")
+    if need_assistant and messages[0]["role"] == "assistant":
+        raise ValueError(f"{field}[0].role: the conversation opens with an assistant turn, which answers no prompt")
 
 
 def _clean(messages: list) -> list[dict]:

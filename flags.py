@@ -208,8 +208,12 @@ def parse_config(argv: list[str] | None = None) -> tuple[dict, set]:
     given.discard("config")
     if config["resume_from_checkpoint"]:
         # Resuming or testing a run: its saved config supplies every flag not given now.
-        config["resume_from_checkpoint"] = find_checkpoint(config["resume_from_checkpoint"])
-        for key, value in saved_config(config["resume_from_checkpoint"]).items():
+        config["resume_from_checkpoint"] = ckpt = find_checkpoint(config["resume_from_checkpoint"])
+        saved = saved_config(ckpt)
+        if "training_type" in given and saved.get("training_type", config["training_type"]) != config["training_type"]:
+            raise ConfigError(f"Checkpoint {ckpt} is a {saved['training_type']} checkpoint; it cannot resume a "
+                              f"{config['training_type']} run (start a new run from it with --model-name {ckpt}).")
+        for key, value in saved.items():
             if key in config and key not in given and key not in ("mode", "resume_from_checkpoint"):
                 config[key] = value
     return config, given
@@ -262,7 +266,13 @@ def saved_config(ckpt: str) -> dict:
         with storage.filesystem(ckpt).open(ckpt, "rb") as f:
             return dict(torch.load(f, map_location="cpu", weights_only=True).get("hyper_parameters", {}))
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
-        raise ConfigError(f"Checkpoint {ckpt} cannot be read: {str(e).splitlines()[0]}.") from None
+        raise ConfigError(f"Checkpoint {ckpt} cannot be read: {first_sentence(e)}.") from None
+
+
+def first_sentence(e: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run on for several)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.split(". ", 1)[0].rstrip(".")
 
 
 def _read_yaml_defaults(path: str, parser: argparse.ArgumentParser) -> dict:

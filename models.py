@@ -102,10 +102,15 @@ def load_checkpoint(ckpt_path: str):
     """A train.py checkpoint (.ckpt, run folder or Ray checkpoint; local or s3://) ->
     (model with the trained weights, tokenizer, saved config, global step)."""
     import storage
-    from flags import ConfigError, find_checkpoint
+    from flags import ConfigError, find_checkpoint, first_sentence
     ckpt_path = find_checkpoint(ckpt_path, best=True)
-    with storage.filesystem(ckpt_path).open(ckpt_path, "rb") as f:
-        checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+    try:
+        with storage.filesystem(ckpt_path).open(ckpt_path, "rb") as f:
+            checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
+        raise ConfigError(f"Checkpoint {ckpt_path} cannot be read: {first_sentence(e)}.") from None
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"Checkpoint {ckpt_path} was not written by train.py (not a Lightning checkpoint).")
     config = checkpoint.get("hyper_parameters") or {}
     if "model_name" not in config or "training_type" not in config:
         raise ConfigError(f"Checkpoint {ckpt_path} was not written by train.py (no saved config).")

@@ -159,14 +159,18 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                          callbacks=[report, ProgressBar(), *extra], **common)
     checkpoint = ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="epoch={epoch}-step={step}",
                                  auto_insert_metric_name=False, every_n_epochs=c["checkpoint_frequency"],
-                                 save_top_k=c["ckpt_to_keep"], monitor="step", mode="max", save_last=True)
+                                 save_top_k=c["ckpt_to_keep"], monitor="step", mode="max", save_last=True,
+                                 # A resumed run re-reaching a step a killed run had saved replaces
+                                 # that file (atomically) rather than adding an untracked "-v1" copy.
+                                 enable_version_counter=False)
     if c["save_best"]:
         # Written after every validation that improves --monitor; loading the run folder as a
         # model takes it (flags.find_checkpoint(best=True)), resuming takes last.ckpt.
         extra.append(ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="best", monitor=c["monitor"],
                                      mode=c["monitor_mode"], save_top_k=1, save_on_train_epoch_end=False,
                                      enable_version_counter=False, auto_insert_metric_name=False))
-    return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar(), *extra], **common)
+    return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar(), *extra], plugins=[storage.checkpoint_io()],
+                     **common)
 
 
 def fault_injection(spec: str):
@@ -193,7 +197,11 @@ def save_config(c: dict, out: str) -> None:
 def run(c: dict) -> dict:
     """Train or test with a resolved config, here or on a Ray cluster; returns the final metrics."""
     out = run_dir(c)
-    if c["mode"] == "train" and not c["resume_from_checkpoint"] and has_checkpoints(out):
+    try:
+        existing = c["mode"] == "train" and not c["resume_from_checkpoint"] and has_checkpoints(out)
+    except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
+        raise ConfigError(f"Run folder {out} cannot be reached: {str(e).strip().splitlines()[0]}.") from None
+    if existing:
         raise ConfigError(f"Run folder {out} already holds checkpoints; continue it with "
                           f"--resume-from-checkpoint {out} or choose another --name.")
     if c["use_ray"]:
@@ -216,7 +224,9 @@ def run(c: dict) -> dict:
 
 def has_checkpoints(out: str) -> bool:
     entries = storage.listdir(out)
-    return bool(ray_checkpoint_names(entries)) or bool(storage.listdir(storage.join(out, "checkpoints")))
+    # Only complete checkpoints count: a hidden temporary file is what a killed first save left.
+    return bool(ray_checkpoint_names(entries)) or any(e.endswith(".ckpt") for e in
+                                                      storage.listdir(storage.join(out, "checkpoints")))
 
 
 def fit(c: dict, ray_worker: bool = False) -> dict:

@@ -130,10 +130,11 @@ def export(ckpt_path: str, output_dir: str, training_type: str | None = None) ->
 
 
 def upload(folder: str, repo_id: str, public: bool) -> None:
+    import flags
     from huggingface_hub import HfApi
     token = os.environ.get("HF_TOKEN")
     if not token:
-        raise SystemExit("error: HF_TOKEN is not set; export a Hugging Face write token to upload.")
+        raise flags.ConfigError("HF_TOKEN is not set; export a Hugging Face write token to upload.")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=not public, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload from upload_to_hub.py")
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     train.configure_logging(verbose=False)
     if not args.repo_id and not args.output_dir:
         print("error: give --repo-id (upload) or --output-dir (export only), or both.", file=sys.stderr)
+        return 2
+    if args.repo_id and not os.environ.get("HF_TOKEN"):     # before the export: nothing to throw away
+        print("error: HF_TOKEN is not set; export a Hugging Face write token to upload.", file=sys.stderr)
         return 2
     folder = args.output_dir or tempfile.mkdtemp(prefix="hub-export-")
     try:

@@ -49,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 def read_rows(path: str, best_of_n: bool, limit: int | None) -> list[dict]:
     """Rows of the input file, checked: one sentence naming the row and field otherwise."""
     rows = []
-    with storage.filesystem(path).open(path, "r", encoding="utf-8") as f:
-        for number, line in enumerate(f):
+    with storage.filesystem(path).open(path, "rb") as f:
+        for number, raw in enumerate(f):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}, row {number}: not UTF-8 text.") from None
             if not line.strip():
                 continue
             try:

@@ -85,9 +85,8 @@ def test_upload_goes_through_hfapi(trained, monkeypatch, public):
 
 def test_upload_without_a_token_is_one_sentence(trained, monkeypatch, capsys):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    with pytest.raises(SystemExit) as exit_:
-        upload_to_hub.main(["--checkpoint-path", str(trained), "--repo-id", "me/tiny-sft"])
-    assert exit_.value.code == "error: HF_TOKEN is not set; export a Hugging Face write token to upload."
+    assert upload_to_hub.main(["--checkpoint-path", str(trained), "--repo-id", "me/tiny-sft"]) == 2
+    assert capsys.readouterr().err == "error: HF_TOKEN is not set; export a Hugging Face write token to upload.\n"
 
 
 def test_bt_export_round_trip_logits(tmp_path, monkeypatch):
