@@ -37,6 +37,7 @@ from generation import generate_completions, generate_replies, sample_token_ids
 from losses import LOSSES
 from losses.dpo import IGNORE_INDEX, sequence_logps
 from losses.grpo import completion_token_logps, group_advantages
+from losses.length_penalty import length_penalty_surrogate
 from models import load_model, load_trained
 from reward_model import sequence_rewards
 
@@ -297,34 +298,31 @@ class PostTrainingModule(L.LightningModule):
                                         + "\n".join(rows), self.global_step)
 
     # ----------------------------------------------------------- length penalty
-    def _length_penalty(self, batch: SFTBatch, sequences: float, step: int):
+    def _length_penalty(self, batch: SFTBatch, sequences: float, step: int, index: int):
         """Seed eq. 3's term lambda * E[max(0, len(y_hat) - len(y))^2] on this micro-batch, as a
         REINFORCE surrogate (see losses/length_penalty.py). y_hat is sampled from the current
         policy for the prompt of each row: the tokens before its last assistant turn."""
-        from losses.length_penalty import length_penalty_surrogate
         hp = self.hparams
         supervised = batch.labels != IGNORE_INDEX                        # (B, T)
         prompt_ids, ref_lengths = [], []
         for b in range(batch.input_ids.shape[0]):
-            positions = supervised[b].nonzero().flatten().tolist()
-            # The last assistant turn is the last run of consecutive supervised positions.
-            start = positions[-1]
-            while start - 1 in positions:
+            # The last assistant turn is the last run of consecutive supervised positions; its
+            # length counts the reply and its end-of-turn token, as the sample's does.
+            row = supervised[b].tolist()
+            end = len(row) - row[::-1].index(True)
+            start = end
+            while start > 0 and row[start - 1]:
                 start -= 1
-            end = positions[-1] + 1
-            # The turn's span runs to its end-of-turn token; unsupervised separators after it do not count.
             prompt_ids.append(batch.input_ids[b, :start].tolist())
             ref_lengths.append(end - start)
-        seed = (hp.seed * 1_000_003 + step) * 1009 + self.global_rank
+        seed = ((hp.seed * 1_000_003 + step) * 1009 + self.global_rank) * 101 + index
         groups = sample_token_ids(self.model, self.tokenizer, prompt_ids, max_new_tokens=hp.max_new_tokens,
                                   temperature=hp.temperature, top_p=hp.top_p, seed=seed)
         samples = [g[0] for g in groups]
-        rows = [{"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c} for p, c in zip(prompt_ids, samples)]
-        from collate_functions import pad_sft
-        padded = pad_sft(rows, self.tokenizer.pad_token_id)
-        logits = self.model(input_ids=padded.input_ids.to(self.device),
-                            attention_mask=padded.attention_mask.to(self.device)).logits
-        logps = sequence_logps(logits, padded.labels.to(self.device))                    # (B,)
+        sampled = rollout_batch(prompt_ids, samples, torch.zeros(len(samples)), self.tokenizer.pad_token_id)
+        logits = self.model(input_ids=sampled.input_ids.to(self.device),
+                            attention_mask=sampled.attention_mask.to(self.device)).logits
+        logps = sequence_logps(logits, sampled.labels.to(self.device))                   # (B,)
         out = length_penalty_surrogate(logps, torch.tensor([len(c) for c in samples], dtype=torch.float32,
                                                            device=self.device),
                                        torch.tensor(ref_lengths, dtype=torch.float32, device=self.device),
@@ -400,10 +398,10 @@ class PostTrainingModule(L.LightningModule):
             sequences = self._reduce_sum(torch.as_tensor(rows, dtype=torch.float32, device=self.device))
             sequences = sequences / self.trainer.world_size
         totals = {}
-        for mb in batch.micro_batches:
+        for i, mb in enumerate(batch.micro_batches):
             loss, sums = self.compute(mb, normalizer)
             if penalize:
-                surrogate, extra = self._length_penalty(mb, sequences, self.global_step)
+                surrogate, extra = self._length_penalty(mb, sequences, self.global_step, i)
                 loss = loss + surrogate
                 sums = {**sums, **extra}
             self.manual_backward(loss)

@@ -27,10 +27,16 @@ import time
 
 import storage
 
-# Hyper-parameters worth a line in the model card, in this order.
+# Hyper-parameters worth a line in the model card, in this order: those of every run, then
+# those of its training type.
 CARD_KEYS = ("training_type", "lr", "batch_size", "accumulate_grad_batches", "max_epochs", "max_steps",
              "max_length", "warmup_ratio", "weight_decay", "gradient_clip_val", "precision", "seed",
-             "beta", "rpo_alpha", "lambda_", "dataset_source", "train_dataset_length")
+             "dataset_source", "train_dataset_length")
+TYPE_KEYS = {"sft": ("length_penalty", "length_penalty_every"), "dpo": ("beta", "rpo_alpha"),
+             "bt": ("center_rewards_coefficient",), "sft_verifier": ("lambda_",),
+             "grpo": ("num_generations", "temperature", "top_p", "max_new_tokens", "advantage", "loss_aggregation",
+                      "num_iterations", "clip_range", "kl_coef", "reward_funcs", "reward_weights", "reward_model",
+                      "reward_model_weight")}
 
 
 USAGE = {
@@ -87,7 +93,8 @@ def final_metrics(ckpt_path: str, step: int | None) -> dict:
 
 def model_card(config: dict, step: int | None, metrics: dict | None = None) -> str:
     base, data = _shown_name(config["model_name"]), _shown_name(config["dataset_name"])
-    rows = "\n".join(f"| `{k.rstrip('_')}` | `{config[k]}` |" for k in CARD_KEYS if config.get(k) is not None)
+    keys = CARD_KEYS + TYPE_KEYS.get(config["training_type"], ())
+    rows = "\n".join(f"| `{k.rstrip('_')}` | `{config[k]}` |" for k in keys if config.get(k) not in (None, ""))
     results = ""
     if metrics:
         lines = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in metrics.items())
