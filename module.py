@@ -70,6 +70,37 @@ class WinRateSetup:
     out_dir: str
 
 
+def rollout_sums(rewards: torch.Tensor, completions: list[list[int]], parts: dict, eos_id: int) -> dict:
+    """Statistics of one micro-batch's rollout as sums with their counts: rewards (B, k) of
+    B prompts x k completions, the completions' token ids, each reward function's values."""
+    lengths = [len(c) for c in completions]
+    n = len(lengths)
+    sums = {"_reward_sum": float(rewards.sum()), "_reward_sq": float((rewards ** 2).sum()), "_reward_n": n,
+            # Groups whose completions all scored the same: zero advantages, nothing learned.
+            "frac_reward_zero_std": float((rewards.max(dim=1).values == rewards.min(dim=1).values).sum()),
+            "_count/frac_reward_zero_std": rewards.shape[0],
+            "completion_length": sum(lengths), "_count/completion_length": n,
+            "completion_truncated": sum(1 for c in completions if not c or c[-1] != eos_id),
+            "_count/completion_truncated": n,
+            "_min/completion_length": min(lengths), "_max/completion_length": max(lengths)}
+    for name, values in parts.items():
+        sums[f"reward/{name}"], sums[f"_count/reward/{name}"] = sum(values), len(values)
+    return sums
+
+
+def merge_sums(into: dict, sums: dict) -> None:
+    """Accumulate statistics: added, except "_min/" and "_max/" entries (min and max)."""
+    for name, value in sums.items():
+        if name not in into:
+            into[name] = value
+        elif name.startswith("_min/"):
+            into[name] = min(into[name], value)
+        elif name.startswith("_max/"):
+            into[name] = max(into[name], value)
+        else:
+            into[name] += value
+
+
 class PostTrainingModule(L.LightningModule):
     """Args:
         config: the resolved flags (a plain dict; saved with every checkpoint).
@@ -220,14 +251,10 @@ class PostTrainingModule(L.LightningModule):
         """Sample --num-generations completions for every prompt of the step, score them, and
         turn each micro-batch into a RolloutBatch with group advantages (and, where needed, the
         sampling policy's and the reference's token log-probs). Also returns the rollout's
-        statistics as additive sums."""
+        statistics as additive sums ("_min/" and "_max/" entries excepted)."""
         hp, tok = self.hparams, self.tokenizer
         k = hp.num_generations
-        sums = {"_reward_sum": 0.0, "_reward_sq": 0.0, "_reward_n": 0.0, "frac_reward_zero_std": 0.0,
-                "_count/frac_reward_zero_std": 0.0, "completion_length": 0.0, "_count/completion_length": 0.0,
-                "completion_truncated": 0.0, "_count/completion_truncated": 0.0,
-                "_min/completion_length": float("inf"), "_max/completion_length": 0.0}
-        out = []
+        out, sums = [], {}
         for i, mb in enumerate(step.micro_batches):
             # A seed per (step, worker, micro-batch): the same samples after a resume.
             seed = ((hp.seed * 1_000_003 + self.global_step) * 1009 + self.global_rank) * 101 + i
@@ -235,12 +262,10 @@ class PostTrainingModule(L.LightningModule):
                                       num_return_sequences=k, temperature=hp.temperature, top_p=hp.top_p,
                                       seed=seed)
             completions = [c for g in groups for c in g]                       # N = B * k, grouped by prompt
-            texts = tok.batch_decode(completions, skip_special_tokens=True)
-            texts = [t.strip() for t in texts]
+            texts = [t.strip() for t in tok.batch_decode(completions, skip_special_tokens=True)]
             prompts = [p for p in mb.prompts for _ in range(k)]
-            references = [r for r in mb.references for _ in range(k)]
-            lengths = [len(c) for c in completions]
-            total, parts = self.rewards.score(prompts, texts, references, lengths, hp.max_new_tokens)
+            total, parts = self.rewards.score(prompts, texts, [r for r in mb.references for _ in range(k)],
+                                              [len(c) for c in completions], hp.max_new_tokens)
             rewards = torch.tensor(total, dtype=torch.float32).view(-1, k)    # (B, k)
             advantages = group_advantages(rewards, hp.advantage).view(-1)     # (N,)
             batch = rollout_batch(mb.prompt_ids, completions, advantages, tok.pad_token_id,
@@ -253,21 +278,7 @@ class PostTrainingModule(L.LightningModule):
             if hp.kl_coef > 0:
                 batch.ref_logps = self._policy_token_logps(self._reference[0], batch)[0]
             out.append(batch)
-            eos = tok.eos_token_id
-            sums["_reward_sum"] += float(rewards.sum())
-            sums["_reward_sq"] += float((rewards ** 2).sum())
-            sums["_reward_n"] += rewards.numel()
-            sums["frac_reward_zero_std"] += float((rewards.max(dim=1).values == rewards.min(dim=1).values).sum())
-            sums["_count/frac_reward_zero_std"] += rewards.shape[0]
-            sums["completion_length"] += sum(lengths)
-            sums["_count/completion_length"] += len(lengths)
-            sums["completion_truncated"] += sum(1 for c in completions if not c or c[-1] != eos)
-            sums["_count/completion_truncated"] += len(lengths)
-            sums["_min/completion_length"] = min(sums["_min/completion_length"], min(lengths))
-            sums["_max/completion_length"] = max(sums["_max/completion_length"], max(lengths))
-            for name, values in parts.items():
-                sums[f"reward/{name}"] = sums.get(f"reward/{name}", 0.0) + sum(values)
-                sums[f"_count/reward/{name}"] = sums.get(f"_count/reward/{name}", 0.0) + len(values)
+            merge_sums(sums, rollout_sums(rewards, completions, parts, tok.eos_token_id))
             if i == 0:
                 self._samples = list(zip(prompts, texts, total))[:k * 2]
         return StepBatch(out), sums

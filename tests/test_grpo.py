@@ -121,3 +121,23 @@ def test_correctness_reward_needs_references_with_answers(tmp_path, capsys):
     assert re.search(rf"Data set {re.escape(str(data))} \(train\), row \d+: the correctness reward needs a "
                      rf"reference reply with a final answer", err), err
     assert flags.EMBEDDED_DATA["grpo"].name == "problems"
+
+
+def test_rollout_statistics_hand_worked():
+    """2 prompts x 2 completions, eos id 2: rewards [[1, 0], [1, 1]] -> one group of two with
+    zero std; lengths 3, 1, 2, 4 (mean 2.5, min 1, max 4); the second and fourth completions
+    end without eos (truncated 2 of 4). Merging adds sums and keeps min and max."""
+    from module import merge_sums, rollout_sums
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    completions = [[5, 6, 2], [7], [8, 2], [9, 9, 9, 9]]
+    sums = rollout_sums(rewards, completions, {"correctness": [1.0, 0.0, 1.0, 1.0]}, eos_id=2)
+    assert sums["_reward_sum"] == 3 and sums["_reward_sq"] == 3 and sums["_reward_n"] == 4
+    assert sums["frac_reward_zero_std"] == 1 and sums["_count/frac_reward_zero_std"] == 2
+    assert sums["completion_length"] == 10 and sums["completion_truncated"] == 2
+    assert (sums["_min/completion_length"], sums["_max/completion_length"]) == (1, 4)
+    assert sums["reward/correctness"] == 3 and sums["_count/reward/correctness"] == 4
+    total = dict(sums)
+    merge_sums(total, rollout_sums(torch.tensor([[0.0, 0.0]]), [[1, 2, 3, 4, 5, 6], [2]],
+                                   {"correctness": [0.0, 0.0]}, eos_id=2))
+    assert total["_reward_n"] == 6 and total["completion_length"] == 17
+    assert (total["_min/completion_length"], total["_max/completion_length"]) == (1, 6)
