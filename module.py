@@ -2,7 +2,9 @@
 
     training_step: for each micro-batch of the step: forward -> loss fn (from the registry)
                    -> backward; then clip, optimizer step, scheduler step, log.
-    SFT batches: token log-probs -> masked cross-entropy. Preference batches (DPO): chosen
+    SFT batches: token log-probs (logprobs.py: the LM head only at supervised positions, in
+    chunks; packed rows keep attention within each sequence) -> masked cross-entropy.
+    Preference batches (DPO): chosen
     and rejected in one forward -> summed completion log-probs -> DPO loss against the
     reference log-probs (cached with the data, or a live frozen reference). Preference
     batches (bt): chosen and rejected in one forward of the reward model -> one reward per
@@ -31,8 +33,9 @@ from rapidfuzz.distance import Levenshtein
 
 from collate_functions import PreferenceBatch, SFTBatch, StepBatch
 from generation import generate_replies
+import logprobs
 from losses import LOSSES
-from losses.dpo import IGNORE_INDEX, sequence_logps
+from losses.dpo import IGNORE_INDEX
 from models import load_model, load_trained
 from reward_model import sequence_rewards
 
@@ -132,14 +135,20 @@ class PostTrainingModule(L.LightningModule):
             return self._sft_verifier(batch, normalizer)
         return self._sft(batch, normalizer)
 
+    def _token_nll(self, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T-1) NLL of each supervised next token (0 elsewhere) and the (B, T-1) bool mask."""
+        attention_mask = None if batch.position_ids is not None else batch.attention_mask   # packed rows
+        logps = logprobs.token_logps(self.model, batch.input_ids, attention_mask, batch.labels,
+                                     batch.position_ids)
+        return -logps, batch.labels[:, 1:] != IGNORE_INDEX
+
     def _sft(self, batch: SFTBatch, normalizer=None):
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
-        out = self.loss_fn(logits, batch.labels, normalizer)
+        out = self.loss_fn(*self._token_nll(batch), normalizer)
         return out.loss, {"loss": out.nll_sum, "count": out.num_tokens}
 
     def _sft_verifier(self, batch: SFTBatch, normalizer=None):
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
-        out = self.loss_fn(logits, batch.labels, batch.is_generate, self.hparams.lambda_, normalizer)
+        nll, mask = self._token_nll(batch)
+        out = self.loss_fn(nll, mask, batch.generate_mask, self.hparams.lambda_, normalizer)
         return out.loss, {"loss_verify": out.nll_verify, "_count/loss_verify": out.tokens_verify,
                           "loss_correct": out.nll_correct, "_count/loss_correct": out.tokens_correct,
                           "count": out.tokens_verify + out.tokens_correct}
@@ -151,12 +160,10 @@ class PostTrainingModule(L.LightningModule):
             return batch.ref_logps.to(self.device)
         if not self._reference:
             raise RuntimeError("DPO needs reference log-probs: precompute them or pass a reference model")
-        logits = self._reference[0](input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return sequence_logps(logits, batch.labels)
+        return logprobs.sequence_logps(self._reference[0], batch.input_ids, batch.attention_mask, batch.labels)
 
     def _dpo(self, batch: PreferenceBatch, normalizer=None):
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (2B, T, V)
-        logps = sequence_logps(logits, batch.labels)                                                # (2B,)
+        logps = logprobs.sequence_logps(self.model, batch.input_ids, batch.attention_mask, batch.labels)   # (2B,)
         ref = self.reference_logps(batch)
         B = batch.count
         chosen_tokens = (batch.labels[:B, 1:] != IGNORE_INDEX).sum(dim=-1)                   # (B,)

@@ -96,8 +96,8 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
     """DPO's cached mode: the starting policy is the reference, so score every pair with it
     once, before any update, and store the log-probs in the rows (reused every epoch)."""
     import torch
+    import logprobs
     from collate_functions import concatenate_pairs
-    from losses.dpo import sequence_logps
 
     was_training = model.training
     model.eval()
@@ -107,8 +107,8 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
             for i in range(0, len(rows), batch_size):
                 chunk = rows[i:i + batch_size]
                 batch = concatenate_pairs(chunk, pad_id)
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                logps = sequence_logps(logits, batch.labels).tolist()
+                logps = logprobs.sequence_logps(model, batch.input_ids, batch.attention_mask,
+                                                batch.labels).tolist()
                 for j, row in enumerate(chunk):
                     row["ref_chosen_logps"], row["ref_rejected_logps"] = logps[j], logps[len(chunk) + j]
     model.train(was_training)
