@@ -114,6 +114,30 @@ def uses_chunked_head(model) -> bool:
     return _CHUNKED_OK[model]
 
 
+_PACKING_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> bool
+
+
+def supports_packing(model) -> bool:
+    """Whether packed rows (position_ids restarting, attention_mask None) keep attention within
+    each sequence in this model: checked once per model, in eval mode, by comparing two
+    4-token sequences run packed in one row with the same two run as separate rows."""
+    if model not in _PACKING_OK:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                device = next(model.parameters()).device
+                vocab = model.get_input_embeddings().weight.shape[0]
+                ids = (torch.arange(8, device=device) * 7 + 3) % vocab
+                apart = model(input_ids=ids.view(2, 4), use_cache=False).logits.float()
+                together = model(input_ids=ids.view(1, 8), position_ids=torch.arange(4, device=device).repeat(1, 2),
+                                 use_cache=False).logits.float()
+            _PACKING_OK[model] = torch.allclose(apart.reshape(1, 8, -1), together, rtol=1e-4, atol=1e-4)
+        finally:
+            model.train(was_training)
+    return _PACKING_OK[model]
+
+
 def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Log-probability of each next labelled token.

@@ -137,7 +137,12 @@ class PostTrainingModule(L.LightningModule):
 
     def _token_nll(self, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T-1) NLL of each supervised next token (0 elsewhere) and the (B, T-1) bool mask."""
-        attention_mask = None if batch.position_ids is not None else batch.attention_mask   # packed rows
+        attention_mask = batch.attention_mask
+        if batch.position_ids is not None:       # packed rows: the positions say where each sequence starts
+            attention_mask = None
+            if not logprobs.supports_packing(self.model):
+                raise RuntimeError(f"{type(self.model).__name__} does not keep attention within packed "
+                                   f"sequences (its mask ignores position_ids); train with --no-packing.")
         logps = logprobs.token_logps(self.model, batch.input_ids, attention_mask, batch.labels,
                                      batch.position_ids)
         return -logps, batch.labels[:, 1:] != IGNORE_INDEX

@@ -55,6 +55,8 @@ def build_data(c: dict, tokenizer):
     loaders = {}
     # FP8 GEMMs need dimensions divisible by 16 (the seed's finding on H100): pad sequences to it.
     multiple = 16 if c["precision"] == "transformer-engine" else 1
+    # Packing keeps the examples of every micro-batch (so the loss is unchanged), not its layout.
+    pack = {"pack_capacity": c["max_length"]} if c.get("packing") and not pairs else {}
     for split, ds in (("train", train), ("test", test)):
         if ds is None:
             continue
@@ -77,11 +79,11 @@ def build_data(c: dict, tokenizer):
             generator = torch.Generator().manual_seed(c["seed"])
             loaders[split] = torch.utils.data.DataLoader(
                 rows, batch_size=c["batch_size"] * c["accumulate_grad_batches"], shuffle=True,
-                generator=generator, collate_fn=collator(tokenizer.pad_token_id, c["batch_size"], multiple))
+                generator=generator, collate_fn=collator(tokenizer.pad_token_id, c["batch_size"], multiple, **pack))
         else:
             loaders[split] = torch.utils.data.DataLoader(
                 rows, batch_size=c["batch_size"], shuffle=False,
-                collate_fn=collator(tokenizer.pad_token_id, pad_to_multiple_of=multiple))
+                collate_fn=collator(tokenizer.pad_token_id, pad_to_multiple_of=multiple, **pack))
     wanted = max(c["val_generations"], c["win_rate_prompts"] if c["calculate_win_rate"] else 0)
     eval_prompts = [prompt_and_reference(r) for r in list(test)[:wanted]]
     verifier_rows = []
