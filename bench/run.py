@@ -25,7 +25,10 @@ Our side runs PostTrainingModule.compute -> backward -> clip -> AdamW in a plain
 Trainer around it adds a few ms a step); TRL's side is its Trainer.train().
 
 Before timing, each TRL configuration's first batch is scored by TRL's compute_loss and by our
-module on the same tensors; the two must agree to 1e-4 (the "loss check" column).
+module on the same tensors; the two must agree to 1e-4 (the "loss check" column). For DPO
+both take TRL's reference log-probs: TRL 1.16's reference model (re-loaded from the policy's
+folder) scores a little apart from the policy on equal weights, where ours and TRL's policy pass
+agree with a float64 log-softmax; the JSON records that gap (trl_reference_max_abs_error).
 
 Figures: median step time after the warm-up steps; supervised tokens/s (SFT: labelled
 tokens; DPO: completion tokens of both replies; BT: none) and total tokens/s (non-padding
@@ -56,11 +59,8 @@ CONFIGS = {"sft": ("ours", "ours-padded", "trl-default", "trl-best"), "dpo": ("o
 
 
 def trl_available() -> bool:
-    try:
-        import trl  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    import importlib.util
+    return importlib.util.find_spec("trl") is not None
 
 
 def build_model(args, folder: str) -> None:
@@ -181,12 +181,11 @@ def trl_batch_to_ours(workload: str, batch: dict):
 
 
 def run_trl(workload: str, variant: str, args, folder: str) -> dict:
-    import copy
-
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
 
+    import logprobs
     import trl
     from models import load_causal_lm, load_reward_model, load_tokenizer
     from module import PostTrainingModule
@@ -232,12 +231,23 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
     # Loss check: TRL's loss and ours on TRL's first batch, the same tensors and weights.
     batch = next(iter(trainer.get_train_dataloader()))
     config = our_config(workload, args, packing=False)
-    reference = copy.deepcopy(trainer.model) if workload == "dpo" and not best else None
-    ours = PostTrainingModule(config, model=trainer.model, tokenizer=tokenizer, reference=reference)
+    ours = PostTrainingModule(config, model=trainer.model, tokenizer=tokenizer)
+    our_batch = trl_batch_to_ours(workload, batch)
+    reference_error = None
     with torch.no_grad():
+        if workload == "dpo" and not best:
+            # TRL 1.16 re-loads the reference from the policy's folder, and that copy scores the completions
+            # up to ~1e-2 nats a sequence apart from the policy on equal weights (the policy agrees with a
+            # float64 log-softmax), so its step-0 loss is not ln 2. Both losses take TRL's reference
+            # log-probs; the gap between them and the policy's own is recorded.
+            trl_ref = torch.cat(trainer.compute_ref_log_probs(trainer.ref_model, dict(batch))).float()
+            policy = logprobs.sequence_logps(trainer.model, our_batch.input_ids, our_batch.attention_mask,
+                                             our_batch.labels)
+            reference_error = float((trl_ref - policy).abs().max())
+            our_batch.ref_logps = trl_ref
         trl_loss = float(trainer.compute_loss(trainer.model, dict(batch)))
-        our_loss = float(ours.compute(trl_batch_to_ours(workload, batch))[0])
-    del ours, reference
+        our_loss = float(ours.compute(our_batch)[0])
+    del ours
 
     times, supervised, total, start = [], [], [], [0.0]
     real_compute_loss = trainer.compute_loss
@@ -267,7 +277,7 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"times": times, "supervised": supervised, "total": total, "losses": losses,
-            "loss_check": {"trl": trl_loss, "ours": our_loss}}
+            "loss_check": {"trl": trl_loss, "ours": our_loss, "trl_reference_max_abs_error": reference_error}}
 
 
 def worker(spec: dict) -> dict:
