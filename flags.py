@@ -74,6 +74,9 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--gradient-clip-val", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
     add("--max-nonfinite-steps", type=int, default=3,
         help="a step whose loss or gradient is not finite is skipped and counted; this many in a row stop the run")
+    add("--activation-checkpointing", action=flag, default=False,
+        help="recompute each decoder layer's activations in the backward pass instead of keeping them "
+             "(transformers' activation checkpointing): less memory, about one more forward of compute a step")
     add("--max-length", type=int, default=1024, help="truncate tokenized conversations to this many tokens")
     add("--packing", action=flag, default=True,
         help="sft, sft_verifier: pack each micro-batch's conversations into rows of up to --max-length tokens "

@@ -88,6 +88,13 @@ class PostTrainingModule(L.LightningModule):
         self.save_hyperparameters(config)
         self.model = model if model is not None else load_model(
             config["training_type"], config["model_name"], tokenizer, config.get("trust_remote_code", False))
+        if config.get("activation_checkpointing"):
+            if not getattr(self.model, "supports_gradient_checkpointing", False):
+                from flags import ConfigError
+                raise ConfigError(f"--activation-checkpointing: {type(self.model).__name__} does not support "
+                                  f"activation checkpointing in transformers.")
+            # Non-reentrant: correct with inputs that need no gradient and with the no-grad probes of logprobs.py.
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.tokenizer = tokenizer
         self.val_prompts = val_prompts or []
         self.loss_fn = LOSSES[config["training_type"]]
