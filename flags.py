@@ -78,10 +78,11 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         help="recompute each decoder layer's activations in the backward pass instead of keeping them "
              "(transformers' activation checkpointing): less memory, about one more forward of compute a step")
     add("--max-length", type=int, default=1024, help="truncate tokenized conversations to this many tokens")
-    add("--packing", action=flag, default=True,
+    add("--packing", action=flag, default=False,
         help="sft, sft_verifier: pack each micro-batch's conversations into rows of up to --max-length tokens "
              "(first-fit decreasing; position_ids restart at each one and attention stays within it), "
-             "instead of one padded row each; same loss and gradients, less padding")
+             "instead of one padded row each; same loss and gradients, less padding (off by default: not "
+             "faster on bench/run.py's CPU run, see README)")
     add("--precision", choices=PRECISIONS, default="32-true", help="Lightning precision")
     add("--beta", type=float, default=0.1, help="DPO beta (the seed used 1.0 and 2.0)")
     add("--rpo-alpha", type=float, default=0.0,

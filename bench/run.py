@@ -16,8 +16,8 @@ the same order, batch size, max length, AdamW (constant --lr, no weight decay, g
 clipped to 1.0), and run --warmup + --steps optimizer steps.
 
 Configurations, each in its own subprocess (so each peak RSS is its own):
-  ours          train.py's defaults (--packing for sft, precomputed reference log-probs for dpo)
-  ours-padded   sft with --no-packing
+  ours          train.py's defaults (for dpo: precomputed reference log-probs)
+  ours-packed   sft with --packing
   trl-default   TRL's default config
   trl-best      TRL's fastest: sft packing=True + padding_free=True; dpo precompute_ref_log_probs=True
                 (bt has no such option: trl-default only)
@@ -54,7 +54,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 HH_RLHF = os.path.join(REPO, "..", "shared", "data", "hh-rlhf", "harmless-base-test-part1.jsonl.gz")
 WORKLOADS = ("sft", "dpo", "bt")
-CONFIGS = {"sft": ("ours", "ours-padded", "trl-default", "trl-best"), "dpo": ("ours", "trl-default", "trl-best"),
+CONFIGS = {"sft": ("ours", "ours-packed", "trl-default", "trl-best"), "dpo": ("ours", "trl-default", "trl-best"),
            "bt": ("ours", "trl-default")}
 
 
@@ -131,7 +131,7 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
     tokenizer = load_tokenizer(os.path.join(REPO, "embedded", "model"))
     steps = args.warmup + args.steps
     rows = tokenized_rows(workload, tokenizer, args.max_length, steps * args.batch_size)
-    config = our_config(workload, args, packing=variant == "ours")
+    config = our_config(workload, args, packing=variant == "ours-packed")
     model = (load_reward_model(os.path.join(folder, "rm"), tokenizer.pad_token_id) if workload == "bt"
              else load_causal_lm(os.path.join(folder, "lm")))
     module = PostTrainingModule(config, model=model, tokenizer=tokenizer)

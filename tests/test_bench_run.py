@@ -25,14 +25,14 @@ def run_bench(tmp_path, sides):
 def test_our_side_tiny(tmp_path):
     result, stdout = run_bench(tmp_path, "ours")
     rows = {(r["workload"], r["config"]): r for r in result["rows"]}
-    assert set(rows) == {("sft", "ours"), ("sft", "ours-padded"), ("dpo", "ours"), ("bt", "ours")}
+    assert set(rows) == {("sft", "ours"), ("sft", "ours-packed"), ("dpo", "ours"), ("bt", "ours")}
     for (workload, _), r in rows.items():
         assert r["steps_timed"] == 1 and r["total_tokens_per_s"] > 0 and r["peak_rss_mib"] > 0
         assert 0 < r["flops_fraction_of_peak"]
         assert (r["supervised_tokens_per_s"] is None) == (workload == "bt")
         assert r["first_loss"] > 0
     # Packing changes the layout, not the examples: the same first-step loss.
-    assert abs(rows[("sft", "ours")]["first_loss"] - rows[("sft", "ours-padded")]["first_loss"]) < 1e-5
+    assert abs(rows[("sft", "ours")]["first_loss"] - rows[("sft", "ours-packed")]["first_loss"]) < 1e-5
     # A random-init model: DPO starts at ln 2, BT near it.
     assert abs(rows[("dpo", "ours")]["first_loss"] - 0.693147) < 1e-4
     assert "| sft | ours |" in stdout and result["matmul_peak_gflops"] > 0
