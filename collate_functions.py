@@ -91,19 +91,33 @@ def tokenize_sft_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], int
 
 @dataclass
 class SFTBatch:
-    """A right-padded batch for next-token training.
+    """A right-padded batch for next-token training, one conversation a row, or packed.
 
     input_ids:      (B, T) long, padded with the tokenizer's pad id.
     attention_mask: (B, T) long, 1 on real tokens, 0 on padding.
     labels:         (B, T) long, the token id on supervised positions, -100 elsewhere.
                     labels[b, t] is the target of position t itself; the loss shifts.
-    is_generate:    (B,) bool for sft_verifier rows (True: a generation row, D_correct;
-                    False: a verification row, D_verify), else None.
+    is_generate:    for sft_verifier rows (True: a generation row, D_correct; False: a
+                    verification row, D_verify): (B,) bool, or (B, T) bool per token when
+                    packed; else None.
+    position_ids:   (B, T) long for packed rows (pack_sft): several conversations a row, the
+                    positions restarting at 0 at each one (and at the padding), which is
+                    how the model keeps attention within a conversation; None when unpacked.
     """
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     is_generate: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+
+    @property
+    def generate_mask(self) -> torch.Tensor:
+        """(B, T-1) bool: the next-token positions that belong to generation rows."""
+        if self.is_generate is None:
+            return torch.zeros_like(self.labels[:, 1:], dtype=torch.bool)
+        if self.is_generate.dim() == 2:
+            return self.is_generate[:, 1:]
+        return self.is_generate[:, None].expand(-1, self.labels.shape[1] - 1)
 
     @property
     def num_tokens(self) -> int:
@@ -117,7 +131,7 @@ class SFTBatch:
         if self.is_generate is None:
             return self.num_tokens
         supervised = self.labels[:, 1:] != IGNORE_INDEX
-        generate = int(supervised[self.is_generate].sum())
+        generate = int((supervised & self.generate_mask).sum())
         return int(supervised.sum()) - generate, generate
 
 
@@ -155,20 +169,82 @@ def pad_sft(examples: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> S
     return SFTBatch(input_ids, attention_mask, labels, is_generate)
 
 
-class SFTCollator:
-    """DataLoader collate_fn: tokenized examples -> SFTBatch (validation) or StepBatch (training)."""
+def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into bins whose lengths sum to at most `capacity` (each length must
+    fit alone): longest first, each into the first bin with room. Bins in order of opening."""
+    bins, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+    return bins
 
-    def __init__(self, pad_id: int, micro_batch_size: int | None = None, pad_to_multiple_of: int = 1):
+
+def pack_sft(examples: list[dict], pad_id: int, capacity: int, pad_to_multiple_of: int = 1) -> SFTBatch:
+    """Padding-free layout of the same examples: conversations concatenated into rows of at
+    most `capacity` tokens (first-fit decreasing), position_ids restarting at 0 at each
+    conversation, rows right-padded to the longest (the padding its own run of positions,
+    with no label). The first token of a conversation is never a target, as unpacked."""
+    bins = first_fit_decreasing([len(e["input_ids"]) for e in examples], capacity)
+    rows = []
+    for members in bins:
+        ids, labels, positions, generate = [], [], [], []
+        for i in members:
+            e = examples[i]
+            n = len(e["input_ids"])
+            ids += e["input_ids"]
+            labels += [IGNORE_INDEX] + list(e["labels"][1:])
+            positions += range(n)
+            generate += [e.get("is_generate", False)] * n
+        rows.append((ids, labels, positions, generate))
+    longest = max(len(r[0]) for r in rows)
+    T = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    B = len(rows)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, T), dtype=torch.long)
+    label_ids = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.arange(T).repeat(B, 1)
+    is_generate = torch.zeros((B, T), dtype=torch.bool)
+    for b, (ids, labels, positions, generate) in enumerate(rows):
+        n = len(ids)
+        input_ids[b, :n] = torch.tensor(ids)
+        attention_mask[b, :n] = 1
+        label_ids[b, :n] = torch.tensor(labels)
+        position_ids[b, :n] = torch.tensor(positions)
+        position_ids[b, n:] = torch.arange(T - n)
+        is_generate[b, :n] = torch.tensor(generate)
+    return SFTBatch(input_ids, attention_mask, label_ids,
+                    is_generate if "is_generate" in examples[0] else None, position_ids)
+
+
+class SFTCollator:
+    """DataLoader collate_fn: tokenized examples -> SFTBatch (validation) or StepBatch
+    (training: micro-batches of `micro_batch_size` examples). With `pack_capacity` each
+    micro-batch's examples are packed into rows of at most that many tokens (pack_sft)."""
+
+    def __init__(self, pad_id: int, micro_batch_size: int | None = None, pad_to_multiple_of: int = 1,
+                 pack_capacity: int | None = None):
         self.pad_id = pad_id
         self.micro_batch_size = micro_batch_size
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.pack_capacity = pack_capacity
+
+    def batch(self, examples: list[dict]) -> SFTBatch:
+        if self.pack_capacity:
+            return pack_sft(examples, self.pad_id, self.pack_capacity, self.pad_to_multiple_of)
+        return pad_sft(examples, self.pad_id, self.pad_to_multiple_of)
 
     def __call__(self, examples: list[dict]):
         if self.micro_batch_size is None:
-            return pad_sft(examples, self.pad_id, self.pad_to_multiple_of)
+            return self.batch(examples)
         chunks = [examples[i:i + self.micro_batch_size]
                   for i in range(0, len(examples), self.micro_batch_size)]
-        return StepBatch([pad_sft(c, self.pad_id, self.pad_to_multiple_of) for c in chunks])
+        return StepBatch([self.batch(c) for c in chunks])
 
 
 def tokenize_preference_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], dict]:

@@ -2,7 +2,9 @@
 
     training_step: for each micro-batch of the step: forward -> loss fn (from the registry)
                    -> backward; then clip, optimizer step, scheduler step, log.
-    SFT batches: token log-probs -> masked cross-entropy. Preference batches (DPO): chosen
+    SFT batches: token log-probs (logprobs.py: the LM head only at supervised positions, in
+    chunks; packed rows keep attention within each sequence) -> masked cross-entropy.
+    Preference batches (DPO): chosen
     and rejected in one forward -> summed completion log-probs -> DPO loss against the
     reference log-probs (cached with the data, or a live frozen reference). Preference
     batches (bt): chosen and rejected in one forward of the reward model -> one reward per
@@ -32,11 +34,12 @@ import lightning as L
 import torch
 from rapidfuzz.distance import Levenshtein
 
+import logprobs
 from collate_functions import PreferenceBatch, PromptBatch, RolloutBatch, SFTBatch, StepBatch, rollout_batch
 from generation import generate_completions, generate_replies, sample_token_ids
 from losses import LOSSES
-from losses.dpo import IGNORE_INDEX, sequence_logps
-from losses.grpo import completion_token_logps, group_advantages
+from losses.dpo import IGNORE_INDEX
+from losses.grpo import group_advantages
 from losses.length_penalty import length_penalty_surrogate
 from models import load_model, load_trained
 from reward_model import sequence_rewards
@@ -123,6 +126,13 @@ class PostTrainingModule(L.LightningModule):
         self.save_hyperparameters(config)
         self.model = model if model is not None else load_model(
             config["training_type"], config["model_name"], tokenizer, config.get("trust_remote_code", False))
+        if config.get("activation_checkpointing"):
+            if not getattr(self.model, "supports_gradient_checkpointing", False):
+                from flags import ConfigError
+                raise ConfigError(f"--activation-checkpointing: {type(self.model).__name__} does not support "
+                                  f"activation checkpointing in transformers.")
+            # Non-reentrant: correct with inputs that need no gradient and with the no-grad probes of logprobs.py.
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.tokenizer = tokenizer
         self.val_prompts = val_prompts or []
         self.loss_fn = LOSSES[config["training_type"]]
@@ -178,14 +188,25 @@ class PostTrainingModule(L.LightningModule):
             return self._sft_verifier(batch, normalizer)
         return self._sft(batch, normalizer)
 
+    def _token_nll(self, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T-1) NLL of each supervised next token (0 elsewhere) and the (B, T-1) bool mask."""
+        attention_mask = batch.attention_mask
+        if batch.position_ids is not None:       # packed rows: the positions say where each sequence starts
+            attention_mask = None
+            if not logprobs.supports_packing(self.model):
+                raise RuntimeError(f"{type(self.model).__name__} does not keep attention within packed "
+                                   f"sequences (its mask ignores position_ids); train with --no-packing.")
+        logps = logprobs.token_logps(self.model, batch.input_ids, attention_mask, batch.labels,
+                                     batch.position_ids)
+        return -logps, batch.labels[:, 1:] != IGNORE_INDEX
+
     def _sft(self, batch: SFTBatch, normalizer=None):
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
-        out = self.loss_fn(logits, batch.labels, normalizer)
+        out = self.loss_fn(*self._token_nll(batch), normalizer)
         return out.loss, {"loss": out.nll_sum, "count": out.num_tokens}
 
     def _sft_verifier(self, batch: SFTBatch, normalizer=None):
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
-        out = self.loss_fn(logits, batch.labels, batch.is_generate, self.hparams.lambda_, normalizer)
+        nll, mask = self._token_nll(batch)
+        out = self.loss_fn(nll, mask, batch.generate_mask, self.hparams.lambda_, normalizer)
         return out.loss, {"loss_verify": out.nll_verify, "_count/loss_verify": out.tokens_verify,
                           "loss_correct": out.nll_correct, "_count/loss_correct": out.tokens_correct,
                           "count": out.tokens_verify + out.tokens_correct}
@@ -197,12 +218,10 @@ class PostTrainingModule(L.LightningModule):
             return batch.ref_logps.to(self.device)
         if not self._reference:
             raise RuntimeError("DPO needs reference log-probs: precompute them or pass a reference model")
-        logits = self._reference[0](input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return sequence_logps(logits, batch.labels)
+        return logprobs.sequence_logps(self._reference[0], batch.input_ids, batch.attention_mask, batch.labels)
 
     def _dpo(self, batch: PreferenceBatch, normalizer=None):
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (2B, T, V)
-        logps = sequence_logps(logits, batch.labels)                                                # (2B,)
+        logps = logprobs.sequence_logps(self.model, batch.input_ids, batch.attention_mask, batch.labels)   # (2B,)
         ref = self.reference_logps(batch)
         B = batch.count
         chosen_tokens = (batch.labels[:B, 1:] != IGNORE_INDEX).sum(dim=-1)                   # (B,)
@@ -231,8 +250,9 @@ class PostTrainingModule(L.LightningModule):
 
     # --------------------------------------------------------------------- grpo
     def _policy_token_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits   # (N, T, V)
-        return completion_token_logps(logits, batch.labels)                                      # (N, T-1) x2
+        """(N, T-1) log-probs of the completion tokens (0 elsewhere) and their (N, T-1) mask."""
+        logps = logprobs.token_logps(model, batch.input_ids, batch.attention_mask, batch.labels)
+        return logps, batch.labels[:, 1:] != IGNORE_INDEX
 
     def _grpo(self, batch: RolloutBatch, normalizer=None):
         hp = self.hparams
@@ -331,9 +351,8 @@ class PostTrainingModule(L.LightningModule):
                                   temperature=hp.temperature, top_p=hp.top_p, seed=seed)
         samples = [g[0] for g in groups]
         sampled = rollout_batch(prompt_ids, samples, torch.zeros(len(samples)), self.tokenizer.pad_token_id)
-        logits = self.model(input_ids=sampled.input_ids.to(self.device),
-                            attention_mask=sampled.attention_mask.to(self.device)).logits
-        logps = sequence_logps(logits, sampled.labels.to(self.device))                   # (B,)
+        logps = logprobs.sequence_logps(self.model, sampled.input_ids.to(self.device),
+                                        sampled.attention_mask.to(self.device), sampled.labels.to(self.device))  # (B,)
         out = length_penalty_surrogate(logps, torch.tensor([len(c) for c in samples], dtype=torch.float32,
                                                            device=self.device),
                                        torch.tensor(ref_lengths, dtype=torch.float32, device=self.device),

@@ -57,6 +57,8 @@ def build_data(c: dict, tokenizer):
     loaders = {}
     # FP8 GEMMs need dimensions divisible by 16 (the seed's finding on H100): pad sequences to it.
     multiple = 16 if c["precision"] == "transformer-engine" else 1
+    # Packing keeps the examples of every micro-batch (so the loss is unchanged), not its layout.
+    pack = {"pack_capacity": c["max_length"]} if c.get("packing") and not pairs else {}
     for split, ds in (("train", train), ("test", test)):
         if ds is None:
             continue
@@ -87,11 +89,11 @@ def build_data(c: dict, tokenizer):
             generator = torch.Generator().manual_seed(c["seed"])
             loaders[split] = torch.utils.data.DataLoader(
                 rows, batch_size=c["batch_size"] * c["accumulate_grad_batches"], shuffle=True,
-                generator=generator, collate_fn=collator(tokenizer.pad_token_id, c["batch_size"], multiple))
+                generator=generator, collate_fn=collator(tokenizer.pad_token_id, c["batch_size"], multiple, **pack))
         else:
             loaders[split] = torch.utils.data.DataLoader(
                 rows, batch_size=c["batch_size"], shuffle=False,
-                collate_fn=collator(tokenizer.pad_token_id, pad_to_multiple_of=multiple))
+                collate_fn=collator(tokenizer.pad_token_id, pad_to_multiple_of=multiple, **pack))
     wanted = max(c["val_generations"], c["win_rate_prompts"] if c["calculate_win_rate"] else 0)
     eval_prompts = [prompt_and_reference(r) for r in list(test)[:wanted]]
     verifier_rows = []
@@ -106,8 +108,8 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
     """DPO's cached mode: the starting policy is the reference, so score every pair with it
     once, before any update, and store the log-probs in the rows (reused every epoch)."""
     import torch
+    import logprobs
     from collate_functions import concatenate_pairs
-    from losses.dpo import sequence_logps
 
     was_training = model.training
     model.eval()
@@ -117,8 +119,8 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
             for i in range(0, len(rows), batch_size):
                 chunk = rows[i:i + batch_size]
                 batch = concatenate_pairs(chunk, pad_id)
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                logps = sequence_logps(logits, batch.labels).tolist()
+                logps = logprobs.sequence_logps(model, batch.input_ids, batch.attention_mask,
+                                                batch.labels).tolist()
                 for j, row in enumerate(chunk):
                     row["ref_chosen_logps"], row["ref_rejected_logps"] = logps[j], logps[len(chunk) + j]
     model.train(was_training)

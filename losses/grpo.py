@@ -87,12 +87,3 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Te
     clipped = (clipped_term < unclipped) & mask
     return GRPOLossOutput(per_token, kl.detach() * mask, clipped)
 
-
-def completion_token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T, V) logits, (N, T) labels (-100 off the completion) -> (N, T-1) float32 log-prob of
-    each next token (0 where masked) and the (N, T-1) bool mask. logits[:, t] scores labels[:, t + 1]."""
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != -100
-    logps = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)
-    picked = torch.gather(logps, 2, shift_labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
-    return picked * mask, mask

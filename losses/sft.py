@@ -51,7 +51,13 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor,
     Returns:
         SFTLossOutput. A batch with no supervised token gives loss 0 (never NaN).
     """
-    nll, mask = token_nll(logits, labels)
+    return sft_loss_from_nll(*token_nll(logits, labels), normalizer)
+
+
+def sft_loss_from_nll(nll: torch.Tensor, mask: torch.Tensor,
+                      normalizer: float | torch.Tensor | None = None) -> SFTLossOutput:
+    """The same loss from per-token NLL, as logprobs.token_logps gives it (negated) without
+    the full logits: nll (B, T-1), 0 where mask (B, T-1) bool is False."""
     nll_sum = nll.sum()
     num_tokens = mask.sum()
     denom = num_tokens if normalizer is None else normalizer

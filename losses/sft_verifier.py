@@ -44,8 +44,16 @@ def sft_verifier_loss(logits: torch.Tensor, labels: torch.Tensor, is_generate: t
             batch's own counts.
     """
     nll, mask = token_nll(logits, labels)                              # (B, T-1) each
-    generate = is_generate[:, None].to(mask.device) & mask
-    verify = ~is_generate[:, None].to(mask.device) & mask
+    return sft_verifier_loss_from_nll(nll, mask, is_generate[:, None].to(mask.device) & mask, lam, normalizers)
+
+
+def sft_verifier_loss_from_nll(nll: torch.Tensor, mask: torch.Tensor, generate: torch.Tensor, lam: float,
+                               normalizers: torch.Tensor | None = None) -> SFTVerifierLossOutput:
+    """The same loss from per-token NLL (logprobs.token_logps, negated): nll (B, T-1), 0 where
+    mask (B, T-1) bool is False; generate (B, T-1) bool marks the supervised tokens of
+    generation rows (per token, so packed rows may mix both tasks)."""
+    generate = generate & mask
+    verify = ~generate & mask
     sums = torch.stack([(nll * verify).sum(), (nll * generate).sum()])  # (2,)
     counts = torch.stack([verify.sum(), generate.sum()])               # (2,)
     denom = counts if normalizers is None else torch.as_tensor(normalizers, device=sums.device)

@@ -106,6 +106,7 @@ def test_learning_grpo_raises_held_out_accuracy_over_its_sft_start(sft_start, tm
      "--reward-weights has 1 value(s) for 2"),
     (["--training-type", "grpo", "--clip-range", "0"], "--clip-range positive"),
     (["--training-type", "dpo", "--length-penalty", "0.001"], "--length-penalty only applies to --training-type sft"),
+    (["--length-penalty", "0.001", "--packing"], "--length-penalty does not work with --packing yet"),
 ])
 def test_flags_refused_with_one_sentence(argv, message, capsys):
     assert train.main(argv) == 2

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from losses.grpo import completion_token_logps, group_advantages, grpo_loss
+from losses.grpo import group_advantages, grpo_loss
 
 
 def test_advantages_hand_worked():
@@ -100,12 +100,3 @@ def test_kl_is_zero_when_policy_is_reference_and_ratio_one_is_plain_reinforce():
     torch.testing.assert_close(logps.grad, torch.tensor([[0.0, -0.7, -0.7]]))
     assert out.per_token[0, 0].item() == 0 and not out.clipped.any()
 
-
-def test_completion_token_logps_masks_prompt_tokens():
-    """Two positions of vocabulary 2; labels [-100, 1, 0]: logits[:, 0] scores token 1, logits[:, 1] token 0."""
-    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, 5.0]]])
-    logps, mask = completion_token_logps(logits, torch.tensor([[-100, 1, 0]]))
-    torch.testing.assert_close(logps, torch.tensor([[math.log(0.5), math.log(0.75)]]))
-    assert mask.tolist() == [[True, True]]
-    logps, mask = completion_token_logps(logits, torch.tensor([[5, -100, 0]]))
-    assert mask.tolist() == [[False, True]] and logps[0, 0].item() == 0

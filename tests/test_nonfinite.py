@@ -15,8 +15,8 @@ def nan_on_training_calls(monkeypatch, bad_calls: set):
     without gradients and is not counted) return a NaN loss."""
     real, calls = losses.LOSSES["sft"], [0]
 
-    def loss(logits, labels, normalizer=None):
-        out = real(logits, labels, normalizer)
+    def loss(nll, mask, normalizer=None):
+        out = real(nll, mask, normalizer)
         if torch.is_grad_enabled():
             if calls[0] in bad_calls:
                 out.loss = out.loss * float("nan")

@@ -1,0 +1,48 @@
+"""bench/run.py on a tiny configuration: our side's figures for every workload, and with TRL
+installed (bench/requirements.txt; CI does not install it) TRL's side and the first-batch
+loss check, which the script itself enforces (to 1e-4) before it times anything."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import HH_RLHF, REPO
+
+TINY = ["--steps", "1", "--warmup", "1", "--batch-size", "2", "--max-length", "64", "--hidden", "64",
+        "--layers", "1", "--vocab", "2048", "--threads", "1"]
+
+
+def run_bench(tmp_path, sides):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), *TINY, "--sides", sides, "--json", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+@pytest.mark.skipif(not HH_RLHF.exists(), reason="needs the hh-rlhf slice in ../shared/data")
+def test_our_side_tiny(tmp_path):
+    result, stdout = run_bench(tmp_path, "ours")
+    rows = {(r["workload"], r["config"]): r for r in result["rows"]}
+    assert set(rows) == {("sft", "ours"), ("sft", "ours-packed"), ("dpo", "ours"), ("bt", "ours")}
+    for (workload, _), r in rows.items():
+        assert r["steps_timed"] == 1 and r["total_tokens_per_s"] > 0 and r["peak_rss_mib"] > 0
+        assert 0 < r["flops_fraction_of_peak"]
+        assert (r["supervised_tokens_per_s"] is None) == (workload == "bt")
+        assert r["first_loss"] > 0
+    # Packing changes the layout, not the examples: the same first-step loss.
+    assert abs(rows[("sft", "ours")]["first_loss"] - rows[("sft", "ours-packed")]["first_loss"]) < 1e-5
+    # A random-init model: DPO starts at ln 2, BT near it.
+    assert abs(rows[("dpo", "ours")]["first_loss"] - 0.693147) < 1e-4
+    assert "| sft | ours |" in stdout and result["matmul_peak_gflops"] > 0
+
+
+@pytest.mark.skipif(not HH_RLHF.exists(), reason="needs the hh-rlhf slice in ../shared/data")
+def test_trl_side_and_loss_check_tiny(tmp_path):
+    pytest.importorskip("trl", reason="TRL is not installed (pip install -r bench/requirements.txt)")
+    result, _ = run_bench(tmp_path, "trl")
+    checks = [r["loss_check"] for r in result["rows"]]
+    assert len(checks) == 5 and all(c is not None for c in checks)
+    for c in checks:
+        assert abs(c["trl"] - c["ours"]) <= 1e-4 * max(1.0, abs(c["trl"]))
