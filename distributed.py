@@ -44,6 +44,9 @@ def lightning_parts(c: dict, schedule):
                 self._reported_step = trainer.global_step
                 super().on_train_epoch_end(trainer, pl_module)
 
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            schedule.begin(trainer)
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if schedule.due(trainer, batch_idx):
                 if schedule.validation_follows(trainer):

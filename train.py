@@ -149,8 +149,8 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                   check_val_every_n_epoch=None if every_n_steps else c["check_val_every_n_epoch"],
                   num_sanity_val_steps=c["num_sanity_val_steps"], log_every_n_steps=c["log_every_n_steps"],
                   logger=logger, default_root_dir=out, enable_model_summary=c["verbose"])
-    # First among the callbacks (Lightning runs ModelCheckpoint's hooks last), so a checkpoint
-    # written after batch k records k batches trained.
+    # Before every checkpoint writer (Lightning runs ModelCheckpoint's hooks last, and Ray's
+    # report callback is put last below), so a checkpoint written after batch k records k batches.
     extra = [data_position()]
     if os.environ.get(FAULT_ENV):
         extra.append(fault_injection(os.environ[FAULT_ENV]))
@@ -163,7 +163,7 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
         import distributed
         strategy, plugins, report = distributed.lightning_parts(c, CheckpointSchedule(c))
         return L.Trainer(devices="auto", strategy=strategy, plugins=plugins, enable_checkpointing=False,
-                         callbacks=[report, ProgressBar(), *extra], **common)
+                         callbacks=[ProgressBar(), *extra, report], **common)
     checkpoint = step_checkpoint(CheckpointSchedule(c), dirpath=storage.join(out, "checkpoints"),
                                  filename="epoch={epoch}-step={step}", auto_insert_metric_name=False,
                                  every_n_epochs=c["checkpoint_frequency"], save_top_k=c["ckpt_to_keep"],
@@ -191,10 +191,16 @@ class CheckpointSchedule:
     def __init__(self, c: dict):
         self.every = c["checkpoint_every_n_steps"]
         self.at_epoch_end = False       # a step checkpoint fell on the epoch's last batch
+        self._before = None             # global_step when the batch started
+
+    def begin(self, trainer) -> None:
+        self._before = trainer.global_step
 
     def due(self, trainer, batch_idx: int) -> bool:
         step = trainer.global_step
-        wanted = bool(self.every) and step % self.every == 0
+        # A batch makes --num-iterations optimizer steps with grpo: due when it passes a multiple.
+        before = step - 1 if self._before is None else self._before
+        wanted = bool(self.every) and step // self.every > before // self.every
         stopping = 0 < trainer.max_steps <= step
         if batch_idx + 1 >= trainer.num_training_batches:
             self.at_epoch_end = self.at_epoch_end or wanted
@@ -222,7 +228,10 @@ def _step_checkpoint_class():
         again at the epoch's end (ModelCheckpoint skips a global step already saved)."""
 
         def __init__(self, schedule: CheckpointSchedule, **kwargs):
-            super().__init__(**kwargs)
+            # At the epoch's end, after its validation, whether or not one ran: ModelCheckpoint's
+            # default with --val-check-interval waits for a validation end, and an epoch ending
+            # between validations (the run's last one included) was never saved.
+            super().__init__(save_on_train_epoch_end=True, **kwargs)
             self.schedule = schedule
             self._after_validation = False
 
@@ -231,6 +240,9 @@ def _step_checkpoint_class():
                 candidates = self._monitor_candidates(trainer)
                 self._save_topk_checkpoint(trainer, candidates)
                 self._save_last_checkpoint(trainer, candidates)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.schedule.begin(trainer)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if self.schedule.due(trainer, batch_idx):

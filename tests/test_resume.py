@@ -64,9 +64,16 @@ def assert_same_weights(a: dict, b: dict) -> None:
         torch.testing.assert_close(b["state_dict"][name], value, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", list(TYPES))
-def test_resumed_run_ends_at_the_weights_of_the_uninterrupted_run(kind, tmp_path, monkeypatch):
-    assert train.main(argv(kind, tmp_path, "straight")) == 0
+VARIANTS = [(kind, []) for kind in TYPES] + [
+    # Accumulation, and validation every 3 steps: the checkpoints at steps 3 and 6 wait for it.
+    ("sft", ["--batch-size", "2", "--accumulate-grad-batches", "2", "--val-check-interval", "3"])]
+
+
+@pytest.mark.parametrize("kind,extra", VARIANTS, ids=[k + ("-accumulate-validate" if e else "") for k, e in VARIANTS])
+def test_resumed_run_ends_at_the_weights_of_the_uninterrupted_run(kind, extra, tmp_path, monkeypatch):
+    def argv_(name):
+        return [*argv(kind, tmp_path, name), *extra]
+    assert train.main(argv_("straight")) == 0
     straight = last(tmp_path / "straight")
     assert straight["global_step"] == 8
 
@@ -75,7 +82,7 @@ def test_resumed_run_ends_at_the_weights_of_the_uninterrupted_run(kind, tmp_path
     monkeypatch.setattr(os, "_exit", exit_)
     monkeypatch.setenv(train.FAULT_ENV, f"7:0:{tmp_path / 'killed-once'}")
     with pytest.raises(Killed):
-        train.main(argv(kind, tmp_path, "stopped"))
+        train.main(argv_("stopped"))
     saved = last(tmp_path / "stopped")
     assert saved["global_step"] == 6 and saved["epoch"] == 1
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2}]
