@@ -398,3 +398,47 @@ def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], 
     padded = pad_sft(rows, pad_id)
     return RolloutBatch(padded.input_ids, padded.attention_mask, padded.labels, advantages,
                         sequence_count=sequence_count)
+
+
+# ------------------------------------------------------------------ training order
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """The order of the training rows: DistributedSampler's permutation drawn from
+    (seed, epoch) alone, each of `num_replicas` workers taking every num_replicas-th row,
+    so a resumed run draws the same order. It starts at the first row of the epoch not yet
+    trained: `trained` counts the epoch's trained batches (ResumableLoader.batch_trained),
+    is reset by set_epoch to a new epoch, and restored from a checkpoint. Its length stays
+    the whole epoch's, as Lightning expects of a resumed loader."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.batch_size = batch_size
+        self.trained = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.trained = 0
+        super().set_epoch(epoch)
+
+    def __iter__(self):
+        # A generator: the permutation and the start are read at the first batch, after set_epoch.
+        indices = list(super().__iter__())
+        yield from indices[self.trained * self.batch_size:]
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """The training DataLoader, with the state Lightning saves in every checkpoint and
+    restores before a resumed epoch (the fit loop's "combined_loader" entry): the epoch and
+    the number of its batches trained. The count advances when a batch has been trained
+    (train.py's DataPosition callback), not when it is fetched."""
+
+    def __init__(self, dataset, sampler: ResumableSampler, collate_fn):
+        super().__init__(dataset, batch_size=sampler.batch_size, sampler=sampler, collate_fn=collate_fn)
+
+    def batch_trained(self) -> None:
+        self.sampler.trained += 1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self.sampler.trained}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.epoch, self.sampler.trained = int(state["epoch"]), int(state["batches"])

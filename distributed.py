@@ -22,23 +22,48 @@ CHECKPOINT_FILE = "checkpoint.ckpt"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "S3_ENDPOINT", "AWS_DEFAULT_REGION", "TRAINER_FAULT_INJECT")          # the file name RayTrainReportCallback writes
 
 
-def lightning_parts(c: dict):
-    """(strategy, plugins, checkpoint-report callback) for a Lightning Trainer in a Ray worker."""
+def lightning_parts(c: dict, schedule):
+    """(strategy, plugins, checkpoint-report callback) for a Lightning Trainer in a Ray worker;
+    `schedule` (train.CheckpointSchedule) says when a checkpoint is due inside an epoch."""
     from ray.train.lightning import (RayDDPStrategy, RayFSDPStrategy, RayLightningEnvironment,
                                      RayTrainReportCallback)
 
     class ReportEveryN(RayTrainReportCallback):
-        """Report metrics and a checkpoint to Ray every `every` epochs and at the last epoch."""
+        """Report metrics and a checkpoint to Ray every `every` epochs, at the last epoch, and
+        inside epochs as `schedule` says (RayTrainReportCallback's epoch-end report, called
+        there too); a step is reported once."""
 
         def __init__(self, every: int):
             super().__init__()
             self.every = every
+            self._reported_step = None
+            self._after_validation = False
+
+        def _report(self, trainer, pl_module) -> None:
+            if self._reported_step != trainer.global_step:
+                self._reported_step = trainer.global_step
+                super().on_train_epoch_end(trainer, pl_module)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            schedule.begin(trainer)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if schedule.due(trainer, batch_idx):
+                if schedule.validation_follows(trainer):
+                    self._after_validation = True
+                else:
+                    self._report(trainer, pl_module)
+
+        def on_validation_end(self, trainer, pl_module):
+            if self._after_validation and not trainer.sanity_checking:
+                self._after_validation = False
+                self._report(trainer, pl_module)
 
         def on_train_epoch_end(self, trainer, pl_module):
             epoch = trainer.current_epoch + 1
             last = epoch >= trainer.max_epochs or (0 < trainer.max_steps <= trainer.global_step)
-            if epoch % self.every == 0 or last:
-                super().on_train_epoch_end(trainer, pl_module)
+            if schedule.take_epoch_end() or epoch % self.every == 0 or last:
+                self._report(trainer, pl_module)
 
     name = c["strategy"]
     if name in ("auto", "ddp"):
@@ -128,9 +153,10 @@ def _raise_user_error(error: Exception) -> None:
 
     from collate_functions import TemplateError
     from custom_dataset import DataError
+    from flags import ConfigError
     from models import ModelLoadError
     from module import NonFiniteLossError
-    for cls in (DataError, ModelLoadError, NonFiniteLossError, TemplateError):
+    for cls in (ConfigError, DataError, ModelLoadError, NonFiniteLossError, TemplateError):
         found = re.search(rf"\b{cls.__name__}: (.+)", str(error))
         if found:
             raise cls(found.group(1).strip()) from None

@@ -184,9 +184,15 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
              "while --resume-from-checkpoint continues from the last")
     add("--log-every-n-steps", type=int, default=10, help="log training metrics every N steps")
     add("--checkpoint-frequency", type=int, default=1, help="save a checkpoint every N epochs")
+    add("--checkpoint-every-n-steps", type=int, default=None,
+        help="also save a checkpoint every N optimizer steps, inside epochs; a resumed run continues from "
+             "that point of the epoch (same data order, optimizer, scheduler and RNG states)")
     add("--ckpt-to-keep", type=int, default=2, help="keep the N most recent checkpoints (plus last.ckpt)")
     add("--resume-from-checkpoint", type=str, default=None,
         help="a .ckpt file, or a run folder (its checkpoints/last.ckpt), to continue or to test")
+    add("--force-resume", action=flag, default=False,
+        help="resume even though the training data's fingerprint differs from the one the checkpoint "
+             "recorded (the data order then no longer matches the interrupted run's)")
 
     group("hardware and distribution")
     add("--use-gpu", action=flag, default=False, help="train on one CUDA GPU (per worker with --use-ray)")
@@ -222,7 +228,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[dict, set]:
             raise ConfigError(f"Checkpoint {ckpt} is a {saved['training_type']} checkpoint; it cannot resume a "
                               f"{config['training_type']} run (start a new run from it with --model-name {ckpt}).")
         for key, value in saved.items():
-            if key in config and key not in given and key not in ("mode", "resume_from_checkpoint"):
+            if key in config and key not in given and key not in ("mode", "resume_from_checkpoint", "force_resume"):
                 config[key] = value
     return config, given
 
@@ -402,6 +408,10 @@ def validate(config: dict, given: set) -> None:
     for name in ("train_percentile", "test_percentile"):
         if c[name] is not None and not 0 < c[name] <= 100:
             raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 100] (got {c[name]}).")
+    if c["checkpoint_every_n_steps"] is not None and c["checkpoint_every_n_steps"] < 1:
+        raise ConfigError(f"--checkpoint-every-n-steps must be at least 1 (got {c['checkpoint_every_n_steps']}).")
+    if c["force_resume"] and not (c["resume_from_checkpoint"] and c["mode"] == "train"):
+        raise ConfigError("--force-resume only applies when resuming training with --resume-from-checkpoint.")
     if c["max_length"] < 2:
         raise ConfigError(f"--max-length must be at least 2 (got {c['max_length']}).")
     if c["lr"] <= 0:

@@ -59,6 +59,31 @@ def warmup_linear_decay(step: int, total_steps: int, warmup_steps: int) -> float
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
+def rng_states() -> dict:
+    """This process's random number generators' states, in types a weights-only load accepts."""
+    import random
+
+    import numpy as np
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 @dataclass
 class WinRateSetup:
     """What --calculate-win-rate needs: evaluation prompts with their reference replies (for
@@ -121,7 +146,7 @@ class PostTrainingModule(L.LightningModule):
     def __init__(self, config: dict, model=None, tokenizer=None,
                  val_prompts: list[tuple[list[dict], str]] | None = None, reference=None,
                  win_rate: WinRateSetup | None = None, verifier_rows: list[tuple[str, str]] | None = None,
-                 rewards=None):
+                 rewards=None, metadata: dict | None = None):
         super().__init__()
         self.save_hyperparameters(config)
         self.model = model if model is not None else load_model(
@@ -146,6 +171,9 @@ class PostTrainingModule(L.LightningModule):
         self._nonfinite_streak = self._nonfinite_total = 0       # skipped steps: in a row, in all
         self.rewards = rewards
         self._samples = None        # a few (prompt, completion, reward) of the last rollout, for TensorBoard
+        self.metadata = metadata or {}      # code version and data fingerprint, written into every checkpoint
+        self._rng_to_restore = None
+        self._resumed = False
 
     # ------------------------------------------------------------------ helpers
     def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -166,6 +194,45 @@ class PostTrainingModule(L.LightningModule):
         if self.hparams.roundoff is not None:
             value = round(value, self.hparams.roundoff)
         self.log(name, value, **kwargs)
+
+    # ------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Beside Lightning's state (weights, optimizer, scheduler, loops and the training
+        loader's position): the run's metadata, the skipped-step counters, and every worker's
+        RNG states (torch, CUDA, Python, NumPy), so a resumed run draws what this one would have."""
+        checkpoint["run_metadata"] = {**self.metadata, "training_type": self.hparams.training_type}
+        checkpoint["nonfinite_steps"] = {"streak": self._nonfinite_streak, "total": self._nonfinite_total}
+        states = rng_states()
+        if self.trainer.world_size > 1:     # every worker saves (Lightning calls this hook on all ranks)
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, states)
+            checkpoint["rng_states"] = gathered
+        else:
+            checkpoint["rng_states"] = [states]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        counts = checkpoint.get("nonfinite_steps", {})
+        self._nonfinite_streak, self._nonfinite_total = counts.get("streak", 0), counts.get("total", 0)
+        states = checkpoint.get("rng_states") or [None]
+        # Applied when training starts (after Lightning's restore, which may draw numbers).
+        self._rng_to_restore = states[self.global_rank] if self.global_rank < len(states) else states[0]
+        self._resumed = True
+
+    def on_train_start(self) -> None:
+        if not self._resumed:
+            return
+        self._resumed = False
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+        # The optimizer restored the learning rate of the saved step under the saved run's
+        # schedule; the schedule of this run (its length may differ: a larger --max-steps)
+        # decides it from here on. Unchanged when the schedule is the same.
+        sched = self.lr_schedulers()
+        lrs = [base * rule(sched.last_epoch) for base, rule in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, lr in zip(sched.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        sched._last_lr = lrs
 
     def on_fit_start(self) -> None:
         for ref in self._reference:

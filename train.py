@@ -36,8 +36,8 @@ def build_data(c: dict, tokenizer):
     generations (edit distance, win rate), the counts logged at step 0, and for sft_verifier
     the (verification prompt, "Yes"/"No") pairs of the first --verifier-eval-rows verify rows."""
     import torch
-    from collate_functions import (PreferenceCollator, PromptCollator, SFTCollator, tokenize_preference_rows,
-                                   tokenize_prompt_rows, tokenize_sft_rows)
+    from collate_functions import (PreferenceCollator, PromptCollator, ResumableLoader, ResumableSampler, SFTCollator,
+                                   tokenize_preference_rows, tokenize_prompt_rows, tokenize_sft_rows)
     from custom_dataset import PREFERENCE_TYPES, CustomDataset, DataError, prompt_and_reference
     from judges import final_answer
     from reward_model import trim_pairs_to_reply_end
@@ -86,10 +86,13 @@ def build_data(c: dict, tokenizer):
         for reason, n in dropped.items():
             counts[f"data/{split}_dropped_{reason}"] = n
         if split == "train":
-            generator = torch.Generator().manual_seed(c["seed"])
-            loaders[split] = torch.utils.data.DataLoader(
-                rows, batch_size=c["batch_size"] * c["accumulate_grad_batches"], shuffle=True,
-                generator=generator, collate_fn=collator(tokenizer.pad_token_id, c["batch_size"], multiple, **pack))
+            # One item = one optimizer step. The order is a function of (seed, epoch), and the
+            # loader's position in the epoch travels with every checkpoint (exact resume).
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            sampler = ResumableSampler(rows, c["batch_size"] * c["accumulate_grad_batches"], c["seed"],
+                                       num_replicas=torch.distributed.get_world_size() if distributed else 1,
+                                       rank=torch.distributed.get_rank() if distributed else 0)
+            loaders[split] = ResumableLoader(rows, sampler, collator(tokenizer.pad_token_id, c["batch_size"], multiple, **pack))
         else:
             loaders[split] = torch.utils.data.DataLoader(
                 rows, batch_size=c["batch_size"], shuffle=False,
@@ -148,7 +151,11 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                   check_val_every_n_epoch=None if every_n_steps else c["check_val_every_n_epoch"],
                   num_sanity_val_steps=c["num_sanity_val_steps"], log_every_n_steps=c["log_every_n_steps"],
                   logger=logger, default_root_dir=out, enable_model_summary=c["verbose"])
-    extra = [fault_injection(os.environ[FAULT_ENV])] if os.environ.get(FAULT_ENV) else []
+    # Before every checkpoint writer (Lightning runs ModelCheckpoint's hooks last, and Ray's
+    # report callback is put last below), so a checkpoint written after batch k records k batches.
+    extra = [data_position()]
+    if os.environ.get(FAULT_ENV):
+        extra.append(fault_injection(os.environ[FAULT_ENV]))
     if c["early_stopping_patience"]:
         from lightning.pytorch.callbacks import EarlyStopping
         # check_finite: a NaN metric stops the run rather than being "no improvement".
@@ -156,12 +163,13 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                                    check_on_train_epoch_end=False, strict=True, check_finite=True, verbose=False))
     if ray_worker:
         import distributed
-        strategy, plugins, report = distributed.lightning_parts(c)
+        strategy, plugins, report = distributed.lightning_parts(c, CheckpointSchedule(c))
         return L.Trainer(devices="auto", strategy=strategy, plugins=plugins, enable_checkpointing=False,
-                         callbacks=[report, ProgressBar(), *extra], **common)
-    checkpoint = ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="epoch={epoch}-step={step}",
-                                 auto_insert_metric_name=False, every_n_epochs=c["checkpoint_frequency"],
-                                 save_top_k=c["ckpt_to_keep"], monitor="step", mode="max", save_last=True,
+                         callbacks=[ProgressBar(), *extra, report], **common)
+    checkpoint = step_checkpoint(CheckpointSchedule(c), dirpath=storage.join(out, "checkpoints"),
+                                 filename="epoch={epoch}-step={step}", auto_insert_metric_name=False,
+                                 every_n_epochs=c["checkpoint_frequency"], save_top_k=c["ckpt_to_keep"],
+                                 monitor="step", mode="max", save_last=True,
                                  # A resumed run re-reaching a step a killed run had saved replaces
                                  # that file (atomically) rather than adding an untracked "-v1" copy.
                                  enable_version_counter=False)
@@ -173,6 +181,124 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                                      enable_version_counter=False, auto_insert_metric_name=False))
     return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar(), *extra], plugins=[storage.checkpoint_io()],
                      **common)
+
+
+class CheckpointSchedule:
+    """When a checkpoint is due inside an epoch: every --checkpoint-every-n-steps optimizer
+    steps, and at the step where --max-steps stops a run mid-epoch (so that checkpoint says
+    "mid-epoch" and a resumed run with a larger --max-steps continues the epoch, rather than
+    one written at the cut-short epoch's end, which marks the epoch done). At an epoch's last
+    batch a due checkpoint waits for the epoch's end (after its validation)."""
+
+    def __init__(self, c: dict):
+        self.every = c["checkpoint_every_n_steps"]
+        self.at_epoch_end = False       # a step checkpoint fell on the epoch's last batch
+        self._before = None             # global_step when the batch started
+
+    def begin(self, trainer) -> None:
+        self._before = trainer.global_step
+
+    def due(self, trainer, batch_idx: int) -> bool:
+        step = trainer.global_step
+        # A batch makes --num-iterations optimizer steps with grpo: due when it passes a multiple.
+        before = step - 1 if self._before is None else self._before
+        wanted = bool(self.every) and step // self.every > before // self.every
+        stopping = 0 < trainer.max_steps <= step
+        if batch_idx + 1 >= trainer.num_training_batches:
+            self.at_epoch_end = self.at_epoch_end or wanted
+            return False
+        return wanted or stopping
+
+    def validation_follows(self, trainer) -> bool:
+        """Lightning validates after this batch (--val-check-interval counts batches across epochs)."""
+        every = trainer.val_check_batch
+        return (trainer.check_val_every_n_epoch is None and isinstance(every, int) and every > 0
+                and (trainer.fit_loop.total_batch_idx + 1) % every == 0)
+
+    def take_epoch_end(self) -> bool:
+        due, self.at_epoch_end = self.at_epoch_end, False
+        return due
+
+
+def _step_checkpoint_class():
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class StepCheckpoint(ModelCheckpoint):
+        """ModelCheckpoint (every --checkpoint-frequency epochs, plus last.ckpt) that also saves
+        inside epochs as CheckpointSchedule says. Uses ModelCheckpoint's own save methods, so
+        top-k pruning, last.ckpt and the crash-safe writer apply; a step saved once is not saved
+        again at the epoch's end (ModelCheckpoint skips a global step already saved)."""
+
+        def __init__(self, schedule: CheckpointSchedule, **kwargs):
+            # At the epoch's end, after its validation, whether or not one ran: ModelCheckpoint's
+            # default with --val-check-interval waits for a validation end, and an epoch ending
+            # between validations (the run's last one included) was never saved.
+            super().__init__(save_on_train_epoch_end=True, **kwargs)
+            self.schedule = schedule
+            self._after_validation = False
+
+        def _save_now(self, trainer) -> None:
+            if not self._should_skip_saving_checkpoint(trainer):
+                candidates = self._monitor_candidates(trainer)
+                self._save_topk_checkpoint(trainer, candidates)
+                self._save_last_checkpoint(trainer, candidates)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.schedule.begin(trainer)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self.schedule.due(trainer, batch_idx):
+                if self.schedule.validation_follows(trainer):
+                    self._after_validation = True      # so the checkpoint holds that validation's state
+                else:
+                    self._save_now(trainer)
+
+        def on_validation_end(self, trainer, pl_module):
+            super().on_validation_end(trainer, pl_module)
+            if self._after_validation and not trainer.sanity_checking:
+                self._after_validation = False
+                self._save_now(trainer)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            super().on_train_epoch_end(trainer, pl_module)
+            if self.schedule.take_epoch_end():
+                self._save_now(trainer)
+    return StepCheckpoint
+
+
+def step_checkpoint(schedule: CheckpointSchedule, **kwargs):
+    return _step_checkpoint_class()(schedule, **kwargs)
+
+
+def _data_position_class():
+    import lightning as L
+
+    class DataPosition(L.Callback):
+        """The training loader's position in the epoch (collate_functions.ResumableLoader):
+        advanced once a batch is trained, not when it is fetched; restored from the checkpoint
+        before the resumed epoch's first batch. Lightning saves the loader's state itself (the fit
+        loop's "combined_loader"), but restores it only when its train loader is set up after the
+        checkpoint is loaded, and configure_optimizers (estimated_stepping_batches) sets it up before."""
+
+        def __init__(self):
+            self._state = None
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+            self._state = states[0] if states else None
+
+        def on_train_start(self, trainer, pl_module):
+            if self._state is not None:
+                trainer.train_dataloader.load_state_dict(self._state)
+                self._state = None
+
+        def on_train_batch_end(self, trainer, *args):
+            trainer.train_dataloader.batch_trained()
+    return DataPosition
+
+
+def data_position():
+    return _data_position_class()()
 
 
 def fault_injection(spec: str):
@@ -241,6 +367,8 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
     L.seed_everything(c["seed"], workers=True, verbose=False)
     tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"])
     loaders, eval_prompts, counts, verifier_rows = build_data(c, tokenizer)
+    metadata = {"code_version": code_version(),
+                "data_fingerprint": data_fingerprint(loaders["train"].dataset) if "train" in loaders else None}
     # A bt run from a causal LM gets a new score head: drawn here, right after seeding.
     model = load_model(c["training_type"], c["model_name"], tokenizer, c["trust_remote_code"])
     reference = None
@@ -262,12 +390,14 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
         [(p, r) for p, r in eval_prompts[:c["val_generations"]] if r is not None]
     module = PostTrainingModule(c, model=model, tokenizer=tokenizer, val_prompts=val_prompts, reference=reference,
                                 win_rate=win_rate_setup(c, eval_prompts[:c["win_rate_prompts"]]),
-                                verifier_rows=verifier_rows, rewards=rewards)
+                                verifier_rows=verifier_rows, rewards=rewards, metadata=metadata)
     trainer = build_trainer(c, out, ray_worker)
     ckpt_path = c["resume_from_checkpoint"]
     if ray_worker:
         import distributed
         trainer, ckpt_path = distributed.prepare(trainer, ckpt_path)
+    if ckpt_path and c["mode"] == "train":
+        check_resume(ckpt_path, metadata, c["force_resume"])     # before anything in the run folder changes
     if c["mode"] == "test":
         trainer.test(module, dataloaders=loaders["test"], ckpt_path=ckpt_path, verbose=False)
         return {k: round(v, c["roundoff"]) if c["roundoff"] is not None else v
@@ -286,6 +416,50 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
     if best and best[0].best_model_score is not None:
         metrics["best_score"] = float(best[0].best_model_score)
     return metrics
+
+
+def code_version() -> str:
+    """The git commit of this checkout, or "unknown" (no git, or not a checkout: a Ray job's working dir)."""
+    import subprocess
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def data_fingerprint(rows: list[dict]) -> str:
+    """SHA-256 of the training rows as trained on (after filtering and tokenization), in their order."""
+    import hashlib
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def check_resume(ckpt: str, metadata: dict, force: bool) -> None:
+    """Refuse to continue a checkpoint on training data other than its own (its data order and
+    position would mean nothing), unless --force-resume; checkpoints written before the
+    metadata existed are resumed as they are."""
+    import torch
+    if storage.is_url(ckpt):
+        with storage.filesystem(ckpt).open(ckpt, "rb") as f:
+            saved = torch.load(f, map_location="cpu", weights_only=True)
+    else:       # memory-mapped: the weights are not read
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    saved = saved.get("run_metadata", {})
+    before, now = saved.get("data_fingerprint"), metadata["data_fingerprint"]
+    if before and before != now:
+        if not force:
+            raise ConfigError(f"Checkpoint {ckpt} was trained on different data (fingerprint {before[:12]}, now "
+                              f"{now[:12]}: another data set, filter or tokenization); resume anyway with --force-resume.")
+        log.warning("resuming %s on different training data (fingerprint %s, now %s): --force-resume",
+                    ckpt, before[:12], now[:12])
+    if saved.get("code_version", metadata["code_version"]) != metadata["code_version"]:
+        log.info("checkpoint %s was written by code version %s; this is %s", ckpt, saved["code_version"],
+                 metadata["code_version"])
 
 
 def win_rate_setup(c: dict, prompts: list[tuple[list[dict], str]]):

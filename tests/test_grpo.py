@@ -59,11 +59,13 @@ def test_grpo_logs_rollouts_and_resumes(sft_start, tmp_path):
     assert samples and "| prompt | completion | reward |" in samples[0]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
-    # A run stopped by --max-steps has its epoch closed (mid-epoch resume is not exact yet):
-    # continue into a second epoch.
+    # A run stopped by --max-steps mid-epoch is saved there: a larger --max-steps continues the
+    # epoch at its third batch (2 optimizer steps a batch).
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 2}]
     assert train.main(["--resume-from-checkpoint", str(run), "--max-steps", "6", "--max-epochs", "2"]) == 0
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 6
+    assert ckpt["global_step"] == 6 and ckpt["epoch"] == 0
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 3}]
 
 
 def test_grpo_with_a_reward_model(sft_start, tmp_path):

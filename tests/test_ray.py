@@ -151,6 +151,33 @@ def test_killed_worker_is_restarted_from_the_last_checkpoint(ray_cluster, tmp_pa
     assert ckpt["global_step"] == 16 and ckpt["epoch"] == 3
 
 
+def test_run_killed_mid_epoch_resumes_exactly(ray_cluster, tmp_path, monkeypatch):
+    """With --checkpoint-every-n-steps 3, rank 1 dies at step 7 of 8 (4 steps an epoch) and the
+    run fails (--max-failures 0); --resume-from-checkpoint continues both workers from the
+    step-6 checkpoint, each at its shard's batch 2 of epoch 1, and the run ends at the weights
+    of the same run left alone (to 1e-6). (Ray's own restart, --max-failures, also restores the
+    latest checkpoint it registered; a checkpoint reported just before the crash may not be
+    registered yet, and the restart then starts from the one before.)"""
+    common = dict(storage_path=tmp_path, num_workers=2, batch_size=4, train_dataset_length=32, test_dataset_length=8,
+                  max_epochs=2, val_generations=0, num_sanity_val_steps=0, lr=1e-3, checkpoint_every_n_steps=3)
+    assert run_ray(name="straight", **common) == 0
+    marker = tmp_path / "fault-happened"
+    monkeypatch.setenv("TRAINER_FAULT_INJECT", f"7:1:{marker}")
+    with pytest.raises(Exception):
+        run_ray(name="fault", **common)
+    assert marker.exists()
+    stopped, _ = latest_weights(tmp_path / "fault")
+    assert stopped["global_step"] == 6
+    assert stopped["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2}]
+    monkeypatch.delenv("TRAINER_FAULT_INJECT")
+    assert run_ray(resume_from_checkpoint=tmp_path / "fault") == 0
+    straight, _ = latest_weights(tmp_path / "straight")
+    resumed, _ = latest_weights(tmp_path / "fault")
+    assert straight["global_step"] == resumed["global_step"] == 8
+    for name, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, rtol=0, atol=1e-6)
+
+
 def test_grpo_on_two_workers(ray_cluster, tmp_path):
     """grpo under Ray: each worker samples and scores completions for its shard of the prompts;
     the rollout statistics and the greedy validation reward are reduced over both workers."""

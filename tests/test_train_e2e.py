@@ -80,7 +80,7 @@ def test_resume_continues_at_saved_step_then_mode_test(sft_run, capsys):
     code = train.main(["--mode", "test", "--resume-from-checkpoint", str(sft_run / "checkpoints" / "last.ckpt")])
     assert code == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(metrics) == {"test/loss", "test/perplexity", "test/edit_distance"}
+    assert set(metrics) == {"test/loss", "test/perplexity", "test/edit_distance", "test/reply_length"}
     # Same weights, same 32 held-out rows: the test loss is the last validation loss.
     assert abs(metrics["test/loss"] - last_val) < 1e-5
 
