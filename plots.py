@@ -29,6 +29,7 @@ FIGURES = {
     "val_win_rate": ("Win rate against the reference model", "win rate", ("val/win_rate",)),
     "rewards_margins": ("DPO reward margins", "reward(chosen) - reward(rejected)",
                         ("train/rewards/margins", "val/rewards/margins")),
+    "reward": ("GRPO reward (train: sampled; val: greedy)", "mean reward", ("train/reward", "val/reward")),
 }
 
 

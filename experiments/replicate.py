@@ -50,9 +50,11 @@ from flags import EMBEDDED_DATA, EMBEDDED_MODEL  # noqa: E402
 # stage in a few minutes for CI (its numbers only show that everything ran).
 SETTINGS = {
     "default": dict(sft_steps=100, lp_every=5, dpo_steps=250, grpo_steps=100, genrm_steps=375, judge_steps=100,
+                    curve_prompts=64, verifier_rows=16,
                     eval_problems=200, verify_problems=50, best_of=4, best_of_problems=50, k_min=4, k_max=16,
                     k_step=4, max_new_tokens=128),
     "small": dict(sft_steps=30, lp_every=10, dpo_steps=8, grpo_steps=2, genrm_steps=8, judge_steps=8,
+                  curve_prompts=4, verifier_rows=2,
                   eval_problems=8, verify_problems=2, best_of=2, best_of_problems=2, k_min=2, k_max=4, k_step=2,
                   max_new_tokens=64),
 }
@@ -85,6 +87,8 @@ def stage_commands(a, s: dict, out: str) -> dict[str, list[str]]:
     common = ["--storage-path", out, "--seed", str(a.seed), "--val-generations", "0", "--num-sanity-val-steps", "0",
               *shlex.split(a.train_args)]
     run = lambda name: storage.join(out, name)  # noqa: E731
+    # Curves for the figures (the seed's win rate and verifier score); greedy, so training is unchanged.
+    win_rate_curve = ["--calculate-win-rate", "--judge", "correctness", "--win-rate-prompts", str(s["curve_prompts"])]
     sft = ["--training-type", "sft", "--model-name", a.model_name, "--dataset-name", a.sft_dataset,
            "--lr", "1e-3", "--max-steps", str(s["sft_steps"])]
     commands = {
@@ -92,13 +96,13 @@ def stage_commands(a, s: dict, out: str) -> dict[str, list[str]]:
         "sft_lp": sft + ["--name", "sft_lp", "--length-penalty", "0.001", "--length-penalty-every", str(s["lp_every"]),
                          "--max-new-tokens", str(s["max_new_tokens"])],
         "dpo": ["--training-type", "dpo", "--model-name", run("sft"), "--dataset-name", a.prefs_dataset, "--name", "dpo",
-                "--beta", "0.1", "--lr", "1e-4", "--max-steps", str(s["dpo_steps"])],
+                "--beta", "0.1", "--lr", "1e-4", "--max-steps", str(s["dpo_steps"]), *win_rate_curve],
         "grpo": ["--training-type", "grpo", "--model-name", run("sft"), "--dataset-name", a.problems_dataset,
                  "--name", "grpo", "--batch-size", "4", "--num-generations", "8", "--lr", "1e-4", "--warmup-ratio", "0",
-                 "--max-steps", str(s["grpo_steps"]), "--max-new-tokens", str(s["max_new_tokens"])],
+                 "--max-steps", str(s["grpo_steps"]), "--max-new-tokens", str(s["max_new_tokens"]), *win_rate_curve],
         "genrm": ["--training-type", "sft_verifier", "--model-name", run("dpo"), "--dataset-name", a.problems_dataset,
                   "--name", "genrm", "--lambda", "0.1", "--lr", "1e-3", "--max-steps", str(s["genrm_steps"]),
-                  "--verifier-eval-rows", "0"],
+                  "--verifier-eval-rows", str(s["verifier_rows"])],
     }
     if a.judge is None:
         commands["judge"] = ["--training-type", "bt", "--model-name", a.model_name, "--dataset-name",

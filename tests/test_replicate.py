@@ -43,8 +43,12 @@ def test_every_stage_ran_and_every_metric_is_finite(small):
 
 
 def test_figures_table_and_commands_are_written(small):
-    for stage in ("sft", "dpo", "grpo", "genrm"):
-        assert (small / "figures" / stage / "loss.png").exists() or any((small / "figures" / stage).glob("*.png"))
+    figures = {stage: sorted(p.name for p in (small / "figures" / stage).glob("*.png"))
+               for stage in ("sft", "sft_lp", "dpo", "grpo", "genrm", "judge")}
+    assert "train_loss.png" in figures["sft"] and "val_loss.png" in figures["judge"]
+    assert {"val_win_rate.png", "rewards_margins.png"} <= set(figures["dpo"])
+    assert {"val_win_rate.png", "reward.png"} <= set(figures["grpo"])
+    assert "val_verifier_score.png" in figures["genrm"]
     table = (small / "results.md").read_text()
     assert "| model | accuracy | win_vs_base_rm |" in table
     assert all(f"| {row} |" in table for row in replicate.ROWS)
