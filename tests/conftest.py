@@ -14,6 +14,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 EMBEDDED_MODEL = REPO / "embedded" / "model"
 HH_RLHF = SHARED_DATA / "hh-rlhf" / "harmless-base-test-part1.jsonl.gz"
 
+# TensorBoard's S3 reader takes S3_ENDPOINT once, when its module is first imported, and keeps
+# it for the process: imported here, before any test's moto server sets it, it leaves the
+# endpoint to boto3, which reads each test's AWS_ENDPOINT_URL when it makes a client.
+import tensorboard.compat.tensorflow_stub.io.gfile  # noqa: E402,F401
+
 # Keep tests off the network and quiet; they only ever load local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
