@@ -68,7 +68,12 @@ def s3_server(monkeypatch):
     import urllib.request
     urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
     boto3.client("s3").create_bucket(Bucket="test-bucket")
+    # fsspec keeps one S3FileSystem per set of arguments for the process, and an instance made
+    # in an earlier test would still point at that test's (stopped) server.
+    import s3fs
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         yield endpoint
     finally:
+        s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
