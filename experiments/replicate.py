@@ -49,7 +49,7 @@ from flags import EMBEDDED_DATA, EMBEDDED_MODEL  # noqa: E402
 # Steps per stage and evaluation sizes. "default" is the laptop setting; "small" runs every
 # stage in a few minutes for CI (its numbers only show that everything ran).
 SETTINGS = {
-    "default": dict(sft_steps=100, lp_every=5, dpo_steps=250, grpo_steps=100, genrm_steps=375, judge_steps=100,
+    "default": dict(sft_steps=200, lp_every=10, dpo_steps=250, grpo_steps=100, genrm_steps=375, judge_steps=100,
                     curve_prompts=64, verifier_rows=16,
                     eval_problems=200, verify_problems=50, best_of=4, best_of_problems=50, k_min=4, k_max=16,
                     k_step=4, max_new_tokens=128),
@@ -107,7 +107,9 @@ def stage_commands(a, s: dict, out: str) -> dict[str, list[str]]:
     if a.judge is None:
         commands["judge"] = ["--training-type", "bt", "--model-name", a.model_name, "--dataset-name",
                              storage.join(out, "judge-data"), "--name", "judge", "--lr", "2e-4", "--batch-size", "16",
-                             "--max-steps", str(s["judge_steps"])]
+                             "--max-steps", str(s["judge_steps"]),
+                             # 180 training pairs are 12 steps an epoch: epochs must not stop it first.
+                             "--max-epochs", "1000"]
     return {name: [*args, *common] for name, args in commands.items()}
 
 
