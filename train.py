@@ -18,6 +18,7 @@ A flag or value whose feature has not landed yet fails with a sentence saying so
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -153,7 +154,7 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                   logger=logger, default_root_dir=out, enable_model_summary=c["verbose"])
     # Before every checkpoint writer (Lightning runs ModelCheckpoint's hooks last, and Ray's
     # report callback is put last below), so a checkpoint written after batch k records k batches.
-    extra = [data_position()]
+    extra = [data_position(), storage_retries()]
     if os.environ.get(FAULT_ENV):
         extra.append(fault_injection(os.environ[FAULT_ENV]))
     if c["early_stopping_patience"]:
@@ -301,6 +302,22 @@ def data_position():
     return _data_position_class()()
 
 
+def storage_retries():
+    """At the end of training, the number of transient storage errors retried (each was logged
+    as it happened): one log line, and the scalar storage/retries where the curves are. At
+    on_train_end every checkpoint is written and the logger is still open."""
+    import lightning as L
+
+    class StorageRetries(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            if storage.retry_count:
+                log.warning("storage: %d transient errors of the remote store were retried in this process",
+                            storage.retry_count)
+                if trainer.logger is not None:
+                    trainer.logger.log_metrics({"storage/retries": storage.retry_count}, step=trainer.global_step)
+    return StorageRetries()
+
+
 def fault_injection(spec: str):
     """Test harness: TRAINER_FAULT_INJECT="STEP:RANK:MARKER" kills the process of worker RANK
     (os._exit, as a crash would) once global_step reaches STEP, unless the file MARKER exists;
@@ -364,6 +381,8 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
     from module import PostTrainingModule
 
     out = run_dir(c)
+    if ray_worker:      # main() did it in this process otherwise
+        storage.configure_retries(c["s3_retries"], c["s3_retry_delay"])
     L.seed_everything(c["seed"], workers=True, verbose=False)
     tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"])
     loaders, eval_prompts, counts, verifier_rows = build_data(c, tokenizer)
@@ -445,8 +464,7 @@ def check_resume(ckpt: str, metadata: dict, force: bool) -> None:
     metadata existed are resumed as they are."""
     import torch
     if storage.is_url(ckpt):
-        with storage.filesystem(ckpt).open(ckpt, "rb") as f:
-            saved = torch.load(f, map_location="cpu", weights_only=True)
+        saved = torch.load(io.BytesIO(storage.read_bytes(ckpt)), map_location="cpu", weights_only=True)
     else:       # memory-mapped: the weights are not read
         saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     saved = saved.get("run_metadata", {})
@@ -508,8 +526,10 @@ def main(argv: list[str] | None = None) -> int:
         config, given = parse_config(argv)
         configure_logging(config["verbose"])
         validate(config, given)
+        storage.configure_retries(config["s3_retries"], config["s3_retry_delay"])
         run(resolve(config))
-    except (ConfigError, DataError, JudgeError, ModelLoadError, NonFiniteLossError, RewardError, TemplateError) as e:
+    except (ConfigError, DataError, JudgeError, ModelLoadError, NonFiniteLossError, RewardError, TemplateError,
+            storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
