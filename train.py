@@ -135,7 +135,6 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
     (Ray's strategy and environment; checkpoints reported to Ray, which keeps and restores them)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     class ProgressBar(TQDMProgressBar):
         def get_metrics(self, trainer, pl_module):
@@ -143,7 +142,7 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
             metrics.pop("v_num", None)      # the logger's version is always "tensorboard"
             return metrics
 
-    logger = TensorBoardLogger(save_dir=out, name="", version="tensorboard", default_hp_metric=False)
+    logger = tensorboard_logger(out)
     every_n_steps = c["val_check_interval"]
     common = dict(accelerator="gpu" if c["use_gpu"] else "cpu", precision=c["precision"],
                   max_epochs=c["max_epochs"], max_steps=c["max_steps"],
@@ -182,6 +181,29 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                                      enable_version_counter=False, auto_insert_metric_name=False))
     return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar(), *extra], plugins=[storage.checkpoint_io()],
                      **common)
+
+
+def tensorboard_logger(out: str):
+    """Lightning's TensorBoardLogger writing to <out>/tensorboard, with its flushes to a remote
+    store retried (storage.retrying). TensorBoard's S3 layer keeps the events in a local
+    temporary file and re-uploads all of it at each flush, so a failed flush can simply be
+    repeated and the event object on S3 is always whole. Lightning flushes after every logged
+    step (logger.save), in the training loop's thread, where a retry can wait; the writer's own
+    timed flush runs in its background thread, where one failure would end the thread and every
+    later write, so for URLs it is put off (flush_secs of a year)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    class RetryingTensorBoardLogger(TensorBoardLogger):
+        def save(self):
+            storage.retrying("Writing TensorBoard events to", self.log_dir, super().save)
+
+        def finalize(self, status):
+            if self._experiment is not None:     # the last flush, retried; closing flushes once more
+                storage.retrying("Writing TensorBoard events to", self.log_dir, self._experiment.flush)
+            super().finalize(status)
+
+    remote = {"flush_secs": 365 * 24 * 3600} if storage.is_url(out) else {}
+    return RetryingTensorBoardLogger(save_dir=out, name="", version="tensorboard", default_hp_metric=False, **remote)
 
 
 class CheckpointSchedule:

@@ -220,5 +220,44 @@ def test_training_survives_the_s3_server_restarting_during_a_checkpoint_upload(s
             assert storage.checkpoint_io().load_checkpoint(f"{run}/checkpoints/{name}")["global_step"] == step
         assert read_scalars(f"{run}/tensorboard")["storage/retries"] == [(4, 1.0)]
     finally:
+        storage.configure_retries(5, 1.0)
+        for server in restarted:
+            server.stop()
+
+
+def test_tensorboard_flushes_are_retried_across_a_server_restart(s3_server, request, monkeypatch, caplog):
+    """TensorBoard's own S3 layer (boto3) writes the events; the trainer's logger retries its
+    flushes. The moto server is stopped before a flush and restarted at the first backoff: the
+    flush's first attempt fails (after botocore's own retries), the second uploads every event."""
+    from moto.server import ThreadedMotoServer
+
+    port = int(s3_server.rsplit(":", 1)[1])
+    restarted, waits = [], []
+
+    def restart_then_sleep(seconds):
+        waits.append(seconds)
+        if not restarted:
+            restarted.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
+            restarted[0].start()
+    monkeypatch.setattr(storage, "time", types.SimpleNamespace(sleep=restart_then_sleep))
+    storage.configure_retries(3, 0.5)
+    caplog.set_level(logging.WARNING, logger="storage")
+    run = "s3://test-bucket/runs/tb"
+    logger = train.tensorboard_logger(run)
+    try:
+        logger.log_metrics({"train/loss": 2.0}, step=0)
+        logger.save()
+        request.node.moto_server.stop()
+        logger.log_metrics({"train/loss": 1.0}, step=1)
+        logger.save()
+        logger.log_metrics({"train/loss": 0.5}, step=2)
+        logger.finalize("success")
+        assert waits == [0.5] and storage.retry_count == 1
+        lines = [r.getMessage() for r in caplog.records if r.name == "storage"]
+        assert len(lines) == 1 and lines[0].startswith(f"Writing TensorBoard events to {run}/tensorboard failed "
+                                                       f"(attempt 1/3): Could not connect to the endpoint URL")
+        assert read_scalars(f"{run}/tensorboard")["train/loss"] == [(0, 2.0), (1, 1.0), (2, 0.5)]
+    finally:
+        storage.configure_retries(5, 1.0)
         for server in restarted:
             server.stop()
