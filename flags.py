@@ -261,7 +261,7 @@ def find_checkpoint(path: str, best: bool = False) -> str:
                 ckpt = storage.join(ckpt, "last.ckpt")
         found = storage.exists(ckpt)
     except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
-        raise ConfigError(f"Checkpoint {path} cannot be reached: {str(e).splitlines()[0]}.") from None
+        raise ConfigError(f"Checkpoint {path} cannot be reached: {str(e).splitlines()[0].rstrip('.')}.") from None
     if not found:
         raise ConfigError(f"Checkpoint {path} does not exist "
                           f"(give a .ckpt file or a run folder holding checkpoints/last.ckpt).")

@@ -367,7 +367,7 @@ def run(c: dict) -> dict:
     try:
         existing = c["mode"] == "train" and not c["resume_from_checkpoint"] and has_checkpoints(out)
     except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
-        raise ConfigError(f"Run folder {out} cannot be reached: {str(e).strip().splitlines()[0]}.") from None
+        raise ConfigError(f"Run folder {out} cannot be reached: {str(e).strip().splitlines()[0].rstrip('.')}.") from None
     if existing:
         raise ConfigError(f"Run folder {out} already holds checkpoints; continue it with "
                           f"--resume-from-checkpoint {out} or choose another --name.")
