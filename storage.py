@@ -70,8 +70,8 @@ RETRY_MAX_DELAY = 30.0      # an outage longer than a few minutes is not transie
 retry_count = 0             # transient errors retried in this process, reported at a run's end
 
 # Error codes S3 (and S3-compatible stores) answer when the request may succeed later.
-TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                   "InternalError", "ServiceUnavailable", "503"}
+TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                   "ServiceUnavailable", "503"}
 
 
 def configure_retries(attempts: int, delay: float) -> None:
@@ -217,7 +217,8 @@ def checkpoint_io():
     are removed after the next successful save into the same folder.
 
     Test hook: TRAINER_CKPT_WRITE_HOOK="N:MARKER" makes the N-th checkpoint write of the process
-    stop half-way (the first half on disk), create the file MARKER and wait to be killed."""
+    stop half-way (locally the first half on disk; on S3 before the upload, which is one
+    request), create the file MARKER and wait to be killed."""
     import io
 
     import torch
