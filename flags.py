@@ -190,6 +190,11 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--ckpt-to-keep", type=int, default=2, help="keep the N most recent checkpoints (plus last.ckpt)")
     add("--resume-from-checkpoint", type=str, default=None,
         help="a .ckpt file, or a run folder (its checkpoints/last.ckpt), to continue or to test")
+    add("--s3-retries", type=int, default=5,
+        help="attempts at each read or write of a remote (s3://) run folder that fails with a transient error "
+             "(connection refused or reset, timeout, HTTP 5xx, throttling) before the run stops")
+    add("--s3-retry-delay", type=float, default=1.0,
+        help="seconds before the second attempt; doubled after each failed attempt, at most 30 s")
     add("--force-resume", action=flag, default=False,
         help="resume even though the training data's fingerprint differs from the one the checkpoint "
              "recorded (the data order then no longer matches the interrupted run's)")
@@ -256,7 +261,7 @@ def find_checkpoint(path: str, best: bool = False) -> str:
                 ckpt = storage.join(ckpt, "last.ckpt")
         found = storage.exists(ckpt)
     except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
-        raise ConfigError(f"Checkpoint {path} cannot be reached: {str(e).splitlines()[0]}.") from None
+        raise ConfigError(f"Checkpoint {path} cannot be reached: {str(e).splitlines()[0].rstrip('.')}.") from None
     if not found:
         raise ConfigError(f"Checkpoint {path} does not exist "
                           f"(give a .ckpt file or a run folder holding checkpoints/last.ckpt).")
@@ -344,6 +349,9 @@ def validate(config: dict, given: set) -> None:
                           "use --strategy ddp there.")
     if "state_dict_type" in given and c["strategy"] != "fsdp":
         raise ConfigError("--state-dict-type only applies to --strategy fsdp.")
+    if c["s3_retries"] < 1 or c["s3_retry_delay"] < 0:
+        raise ConfigError("--s3-retries must be at least 1 (one attempt, no retry) and --s3-retry-delay "
+                          "at least 0 seconds.")
     if c["use_ray"] and c["mode"] == "test":
         raise ConfigError("--mode test runs in one process; drop --use-ray.")
     if c["precision"] == "transformer-engine":

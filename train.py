@@ -18,6 +18,7 @@ A flag or value whose feature has not landed yet fails with a sentence saying so
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -134,7 +135,6 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
     (Ray's strategy and environment; checkpoints reported to Ray, which keeps and restores them)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     class ProgressBar(TQDMProgressBar):
         def get_metrics(self, trainer, pl_module):
@@ -142,7 +142,7 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
             metrics.pop("v_num", None)      # the logger's version is always "tensorboard"
             return metrics
 
-    logger = TensorBoardLogger(save_dir=out, name="", version="tensorboard", default_hp_metric=False)
+    logger = tensorboard_logger(out)
     every_n_steps = c["val_check_interval"]
     common = dict(accelerator="gpu" if c["use_gpu"] else "cpu", precision=c["precision"],
                   max_epochs=c["max_epochs"], max_steps=c["max_steps"],
@@ -153,7 +153,7 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                   logger=logger, default_root_dir=out, enable_model_summary=c["verbose"])
     # Before every checkpoint writer (Lightning runs ModelCheckpoint's hooks last, and Ray's
     # report callback is put last below), so a checkpoint written after batch k records k batches.
-    extra = [data_position()]
+    extra = [data_position(), storage_retries()]
     if os.environ.get(FAULT_ENV):
         extra.append(fault_injection(os.environ[FAULT_ENV]))
     if c["early_stopping_patience"]:
@@ -181,6 +181,29 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                                      enable_version_counter=False, auto_insert_metric_name=False))
     return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar(), *extra], plugins=[storage.checkpoint_io()],
                      **common)
+
+
+def tensorboard_logger(out: str):
+    """Lightning's TensorBoardLogger writing to <out>/tensorboard, with its flushes to a remote
+    store retried (storage.retrying). TensorBoard's S3 layer keeps the events in a local
+    temporary file and re-uploads all of it at each flush, so a failed flush can simply be
+    repeated and the event object on S3 is always whole. Lightning flushes after every logged
+    step (logger.save), in the training loop's thread, where a retry can wait; the writer's own
+    timed flush runs in its background thread, where one failure would end the thread and every
+    later write, so for URLs it is put off (flush_secs of a year)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    class RetryingTensorBoardLogger(TensorBoardLogger):
+        def save(self):
+            storage.retrying("Writing TensorBoard events to", self.log_dir, super().save)
+
+        def finalize(self, status):
+            if self._experiment is not None:     # the last flush, retried; closing flushes once more
+                storage.retrying("Writing TensorBoard events to", self.log_dir, self._experiment.flush)
+            super().finalize(status)
+
+    remote = {"flush_secs": 365 * 24 * 3600} if storage.is_url(out) else {}
+    return RetryingTensorBoardLogger(save_dir=out, name="", version="tensorboard", default_hp_metric=False, **remote)
 
 
 class CheckpointSchedule:
@@ -301,6 +324,22 @@ def data_position():
     return _data_position_class()()
 
 
+def storage_retries():
+    """At the end of training, the number of transient storage errors retried (each was logged
+    as it happened): one log line, and the scalar storage/retries where the curves are. At
+    on_train_end every checkpoint is written and the logger is still open."""
+    import lightning as L
+
+    class StorageRetries(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            if storage.retry_count:
+                log.warning("storage: %d transient errors of the remote store were retried in this process",
+                            storage.retry_count)
+                if trainer.logger is not None:
+                    trainer.logger.log_metrics({"storage/retries": storage.retry_count}, step=trainer.global_step)
+    return StorageRetries()
+
+
 def fault_injection(spec: str):
     """Test harness: TRAINER_FAULT_INJECT="STEP:RANK:MARKER" kills the process of worker RANK
     (os._exit, as a crash would) once global_step reaches STEP, unless the file MARKER exists;
@@ -328,7 +367,7 @@ def run(c: dict) -> dict:
     try:
         existing = c["mode"] == "train" and not c["resume_from_checkpoint"] and has_checkpoints(out)
     except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
-        raise ConfigError(f"Run folder {out} cannot be reached: {str(e).strip().splitlines()[0]}.") from None
+        raise ConfigError(f"Run folder {out} cannot be reached: {str(e).strip().splitlines()[0].rstrip('.')}.") from None
     if existing:
         raise ConfigError(f"Run folder {out} already holds checkpoints; continue it with "
                           f"--resume-from-checkpoint {out} or choose another --name.")
@@ -364,6 +403,8 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
     from module import PostTrainingModule
 
     out = run_dir(c)
+    if ray_worker:      # main() did it in this process otherwise
+        storage.configure_retries(c["s3_retries"], c["s3_retry_delay"])
     L.seed_everything(c["seed"], workers=True, verbose=False)
     tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"])
     loaders, eval_prompts, counts, verifier_rows = build_data(c, tokenizer)
@@ -445,8 +486,7 @@ def check_resume(ckpt: str, metadata: dict, force: bool) -> None:
     metadata existed are resumed as they are."""
     import torch
     if storage.is_url(ckpt):
-        with storage.filesystem(ckpt).open(ckpt, "rb") as f:
-            saved = torch.load(f, map_location="cpu", weights_only=True)
+        saved = torch.load(io.BytesIO(storage.read_bytes(ckpt)), map_location="cpu", weights_only=True)
     else:       # memory-mapped: the weights are not read
         saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     saved = saved.get("run_metadata", {})
@@ -508,8 +548,10 @@ def main(argv: list[str] | None = None) -> int:
         config, given = parse_config(argv)
         configure_logging(config["verbose"])
         validate(config, given)
+        storage.configure_retries(config["s3_retries"], config["s3_retry_delay"])
         run(resolve(config))
-    except (ConfigError, DataError, JudgeError, ModelLoadError, NonFiniteLossError, RewardError, TemplateError) as e:
+    except (ConfigError, DataError, JudgeError, ModelLoadError, NonFiniteLossError, RewardError, TemplateError,
+            storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

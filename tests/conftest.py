@@ -48,9 +48,10 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def s3_server(monkeypatch):
+def s3_server(monkeypatch, request):
     """A real S3 endpoint: moto's server on a free loopback port, dummy credentials set only
-    for this test, one bucket "test-bucket". Yields the endpoint URL; stops the server."""
+    for this test, one bucket "test-bucket". Yields the endpoint URL; stops the server, which
+    a test may stop earlier itself (request.node.moto_server; stopping twice is harmless)."""
     import logging
 
     import boto3
@@ -59,6 +60,7 @@ def s3_server(monkeypatch):
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    request.node.moto_server = server
     endpoint = f"http://127.0.0.1:{port}"
     for key, value in {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
