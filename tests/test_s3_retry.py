@@ -169,13 +169,9 @@ def test_a_failed_s3_write_leaves_the_old_object(s3_server):
     assert get_object("last.ckpt") == b"old complete bytes"
 
 
-def test_training_survives_the_s3_server_restarting_during_a_checkpoint_upload(s3_server, request, monkeypatch,
-                                                                              caplog, capsys):
-    """The moto server is stopped as the run starts its 2nd checkpoint upload (epoch 0's
-    last.ckpt) and restarted on the same port when storage backs off for the first time
-    (moto's in-process backend keeps the bucket across the restart); the upload's first
-    attempt fails (after s3fs's and botocore's own quick retries), the second succeeds, and
-    the run goes on to write its later checkpoints to the restarted server."""
+def restart_server_at_first_backoff(s3_server, monkeypatch):
+    """Make storage's backoff, instead of sleeping, record its waits and start a new moto
+    server on the stopped one's port at the first of them; returns (servers started, waits)."""
     from moto.server import ThreadedMotoServer
 
     port = int(s3_server.rsplit(":", 1)[1])
@@ -187,6 +183,17 @@ def test_training_survives_the_s3_server_restarting_during_a_checkpoint_upload(s
             restarted.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
             restarted[0].start()
     monkeypatch.setattr(storage, "time", types.SimpleNamespace(sleep=restart_then_sleep))
+    return restarted, waits
+
+
+def test_training_survives_the_s3_server_restarting_during_a_checkpoint_upload(s3_server, request, monkeypatch,
+                                                                              caplog, capsys):
+    """The moto server is stopped as the run starts its 2nd checkpoint upload (epoch 0's
+    last.ckpt) and restarted on the same port when storage backs off for the first time
+    (moto's in-process backend keeps the bucket across the restart); the upload's first
+    attempt fails (after s3fs's and botocore's own quick retries), the second succeeds, and
+    the run goes on to write its later checkpoints to the restarted server."""
+    restarted, waits = restart_server_at_first_backoff(s3_server, monkeypatch)
 
     real_write, checkpoint_writes = storage.write_bytes_atomic, []
 
@@ -229,17 +236,7 @@ def test_tensorboard_flushes_are_retried_across_a_server_restart(s3_server, requ
     """TensorBoard's own S3 layer (boto3) writes the events; the trainer's logger retries its
     flushes. The moto server is stopped before a flush and restarted at the first backoff: the
     flush's first attempt fails (after botocore's own retries), the second uploads every event."""
-    from moto.server import ThreadedMotoServer
-
-    port = int(s3_server.rsplit(":", 1)[1])
-    restarted, waits = [], []
-
-    def restart_then_sleep(seconds):
-        waits.append(seconds)
-        if not restarted:
-            restarted.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
-            restarted[0].start()
-    monkeypatch.setattr(storage, "time", types.SimpleNamespace(sleep=restart_then_sleep))
+    restarted, waits = restart_server_at_first_backoff(s3_server, monkeypatch)
     storage.configure_retries(3, 0.5)
     caplog.set_level(logging.WARNING, logger="storage")
     run = "s3://test-bucket/runs/tb"
