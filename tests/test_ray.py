@@ -137,7 +137,7 @@ def test_killed_worker_is_restarted_from_the_last_checkpoint(ray_cluster, tmp_pa
     """Rank 1 dies (os._exit) at step 6, mid-epoch 2; Ray restarts the workers from the epoch-1
     checkpoint (step 4) and the run ends at step 12 as planned: 2 steps lost, less than an epoch."""
     marker = tmp_path / "fault-happened"
-    monkeypatch.setenv("TRAINER_FAULT_INJECT", f"6:1:{marker}")
+    monkeypatch.setenv("TRAINER_FAULT_INJECT", f"6:1:exit:{marker}")
     code = run_ray(storage_path=tmp_path, name="fault", num_workers=2, batch_size=4, train_dataset_length=32,
                    test_dataset_length=8, max_epochs=3, val_generations=0, num_sanity_val_steps=0,
                    max_failures=1, lr=1e-3)
@@ -162,7 +162,7 @@ def test_run_killed_mid_epoch_resumes_exactly(ray_cluster, tmp_path, monkeypatch
                   max_epochs=2, val_generations=0, num_sanity_val_steps=0, lr=1e-3, checkpoint_every_n_steps=3)
     assert run_ray(name="straight", **common) == 0
     marker = tmp_path / "fault-happened"
-    monkeypatch.setenv("TRAINER_FAULT_INJECT", f"7:1:{marker}")
+    monkeypatch.setenv("TRAINER_FAULT_INJECT", f"7:1:exit:{marker}")
     with pytest.raises(Exception):
         run_ray(name="fault", **common)
     assert marker.exists()
