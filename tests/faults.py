@@ -6,12 +6,10 @@ MARKER ("fault at step S") first, and the run that continues (resumed by hand, o
 by Ray) appends "resumed at step R". The steps lost are S - R: the steps trained again."""
 import re
 
-import train
 
-
-def fault(step: int, mode: str, marker, rank: int = 0) -> dict:
-    """The environment variable that injects the fault."""
-    return {train.FAULT_ENV: f"{step}:{rank}:{mode}:{marker}"}
+def fault(step: int, mode: str, marker, rank: int = 0) -> str:
+    """The value of train.FAULT_ENV that injects the fault."""
+    return f"{step}:{rank}:{mode}:{marker}"
 
 
 def fault_and_resume_steps(marker) -> tuple[int, list[int]]:

@@ -37,7 +37,7 @@ SCENARIOS = [("kill", 5, -signal.SIGKILL, 1), ("raise", 6, 1, 0)]
 def test_fault_then_resume_ends_at_the_uninterrupted_weights(mode, step, status, lost, straight, tmp_path,
                                                              monkeypatch, record_property):
     marker = tmp_path / "fault-happened"
-    env = {**os.environ, **fault(step, mode, marker), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, train.FAULT_ENV: fault(step, mode, marker), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "train.py", *argv("sft", tmp_path, "faulted")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == status, proc.stderr[-3000:]
@@ -47,7 +47,7 @@ def test_fault_then_resume_ends_at_the_uninterrupted_weights(mode, step, status,
     assert stopped["global_step"] == step - lost and stopped["global_step"] < 8
 
     # The resumed run, in this process with the variable still set: the marker keeps it from firing again.
-    monkeypatch.setenv(train.FAULT_ENV, fault(step, mode, marker)[train.FAULT_ENV])
+    monkeypatch.setenv(train.FAULT_ENV, fault(step, mode, marker))
     assert train.main(["--resume-from-checkpoint", str(tmp_path / "faulted")]) == 0
     assert_same_weights(straight, last(tmp_path / "faulted"))
     n = steps_lost(marker)

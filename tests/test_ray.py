@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import flags
 import train
 from conftest import REPO, free_port, read_scalars
-from faults import fault, fault_and_resume_steps
+from faults import fault, fault_and_resume_steps, steps_lost
 
 # The CLI of the Ray this interpreter imports (a virtual environment need not be on PATH).
 RAY = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() else shutil.which("ray")
@@ -139,7 +139,7 @@ def test_killed_worker_is_restarted_from_the_last_checkpoint(ray_cluster, tmp_pa
     epoch's end); Ray restarts the workers from the epoch-1 checkpoint (step 4) and the run ends
     at step 12 as planned: 2 steps lost, less than the checkpoint interval."""
     marker = tmp_path / "fault-happened"
-    monkeypatch.setenv(train.FAULT_ENV, fault(6, "kill", marker, rank=1)[train.FAULT_ENV])
+    monkeypatch.setenv(train.FAULT_ENV, fault(6, "kill", marker, rank=1))
     code = run_ray(storage_path=tmp_path, name="fault", num_workers=2, batch_size=4, train_dataset_length=32,
                    test_dataset_length=8, max_epochs=3, val_generations=0, num_sanity_val_steps=0,
                    max_failures=1, lr=1e-3)
@@ -158,30 +158,33 @@ def test_killed_worker_is_restarted_from_the_last_checkpoint(ray_cluster, tmp_pa
     assert ckpt["global_step"] == 16 and ckpt["epoch"] == 3
 
 
-def test_run_killed_mid_epoch_resumes_exactly(ray_cluster, tmp_path, monkeypatch):
-    """With --checkpoint-every-n-steps 3, rank 1 dies at step 7 of 8 (4 steps an epoch) and the
-    run fails (--max-failures 0); --resume-from-checkpoint continues both workers from the
-    step-6 checkpoint, each at its shard's batch 2 of epoch 1, and the run ends at the weights
-    of the same run left alone (to 1e-6). (Ray's own restart, --max-failures, is checked for the
+def test_run_killed_mid_epoch_resumes_exactly(ray_cluster, tmp_path, monkeypatch, record_property):
+    """With --checkpoint-every-n-steps 3, rank 1 is SIGKILLed after step 7 of 8 (4 steps an
+    epoch) and the run fails (--max-failures 0); --resume-from-checkpoint continues both
+    workers from the step-6 checkpoint, each at its shard's batch 2 of epoch 1, and the run
+    ends at the weights of the same run left alone (to 1e-6): 1 step lost. (Ray's own restart, --max-failures, is checked for the
     other training types below.)"""
     common = dict(storage_path=tmp_path, num_workers=2, batch_size=4, train_dataset_length=32, test_dataset_length=8,
                   max_epochs=2, val_generations=0, num_sanity_val_steps=0, lr=1e-3, checkpoint_every_n_steps=3)
     assert run_ray(name="straight", **common) == 0
     marker = tmp_path / "fault-happened"
-    monkeypatch.setenv("TRAINER_FAULT_INJECT", f"7:1:exit:{marker}")
+    monkeypatch.setenv(train.FAULT_ENV, fault(7, "kill", marker, rank=1))
     with pytest.raises(Exception):
         run_ray(name="fault", **common)
     assert marker.exists()
     stopped, _ = latest_weights(tmp_path / "fault")
     assert stopped["global_step"] == 6
     assert stopped["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2}]
-    monkeypatch.delenv("TRAINER_FAULT_INJECT")
+    # The variable stays set: the marker keeps the fault from firing again, and the resumed
+    # run's rank 1 records where it starts.
     assert run_ray(resume_from_checkpoint=tmp_path / "fault") == 0
     straight, _ = latest_weights(tmp_path / "straight")
     resumed, _ = latest_weights(tmp_path / "fault")
     assert straight["global_step"] == resumed["global_step"] == 8
     for name, value in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][name], value, rtol=0, atol=1e-6)
+    record_property("steps_lost", steps_lost(marker))
+    assert steps_lost(marker) == 1
 
 
 # test_resume's runs over 2 workers, each taking half of its batch (4 steps an epoch, 2 epochs,
@@ -212,7 +215,7 @@ def test_worker_fault_is_restarted_by_ray_and_resumes_exactly(kind, ray_cluster,
             ray.shutdown()
     assert run("straight") == 0
     marker = tmp_path / "fault-happened"
-    monkeypatch.setenv(train.FAULT_ENV, fault(step, mode, marker, rank=1)[train.FAULT_ENV])
+    monkeypatch.setenv(train.FAULT_ENV, fault(step, mode, marker, rank=1))
     assert run("fault", "--max-failures", "1") == 0
     straight, _ = latest_weights(tmp_path / "straight")
     resumed, _ = latest_weights(tmp_path / "fault")
