@@ -190,8 +190,9 @@ def test_run_killed_mid_epoch_resumes_exactly(ray_cluster, tmp_path, monkeypatch
 # test_resume's runs over 2 workers, each taking half of its batch (4 steps an epoch, 2 epochs,
 # checkpoints at steps 3, 4, 6 and 8), the fault (mode, rank 1 stops after step S) and the step
 # the restart begins at (S's own checkpoint counts: the fault comes after it).
-# grpo is left out: its test reward ("distinct") is registered only in the test process.
-RAY_FAULTS = {"dpo": ("kill", 7, 6), "bt": ("raise", 5, 4), "sft_verifier": ("kill", 6, 6)}
+# grpo's test reward ("distinct") is registered only in the test process: under Ray a bt reward
+# model trained here for 2 steps scores the completions, which also depends on what was sampled.
+RAY_FAULTS = {"dpo": ("kill", 7, 6), "bt": ("raise", 5, 4), "sft_verifier": ("kill", 6, 6), "grpo": ("raise", 7, 6)}
 
 
 @pytest.mark.parametrize("kind", RAY_FAULTS)
@@ -206,11 +207,16 @@ def test_worker_fault_is_restarted_by_ray_and_resumes_exactly(kind, ray_cluster,
     import test_resume
     mode, step, restart = RAY_FAULTS[kind]
     half = str(int(test_resume.TYPES[kind][test_resume.TYPES[kind].index("--batch-size") + 1]) // 2)
+    rewards = []
+    if kind == "grpo":
+        assert train.main(["--training-type", "bt", "--storage-path", str(tmp_path), "--name", "rm", "--max-steps",
+                           "2", "--batch-size", "4", *test_resume.TINY[:-2]]) == 0
+        rewards = ["--reward-model", str(tmp_path / "rm"), "--reward-funcs", "correctness"]
 
     def run(name, *extra):
         try:
             return train.main(["--use-ray", "--num-workers", "2", *test_resume.argv(kind, tmp_path, name),
-                               "--batch-size", half, *extra])
+                               "--batch-size", half, *rewards, *extra])
         finally:
             ray.shutdown()
     assert run("straight") == 0
@@ -221,6 +227,9 @@ def test_worker_fault_is_restarted_by_ray_and_resumes_exactly(kind, ray_cluster,
     resumed, _ = latest_weights(tmp_path / "fault")
     assert straight["global_step"] == resumed["global_step"] == 8
     test_resume.assert_same_weights(straight, resumed)
+    if kind == "grpo":      # every group's completions got different rewards: each step did update
+        assert all(v == 0 for _, v in read_scalars(str(tmp_path / "straight" / "tensorboard"))[
+            "train/frac_reward_zero_std"])
     fault_step, starts = fault_and_resume_steps(marker)
     lost = fault_step - starts[0]
     record_property("steps_lost", lost)
