@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+import models
 import train
 from conftest import REPO
 from faults import fault, steps_lost
@@ -54,3 +55,20 @@ def test_fault_then_resume_ends_at_the_uninterrupted_weights(mode, step, status,
     record_property("steps_lost", n)
     print(f"{mode} at step {step}: {n} steps lost (checkpoint every {EVERY})")
     assert n == lost <= EVERY
+
+
+def test_an_export_finishing_second_leaves_the_first_in_place(tmp_path):
+    """The 2 workers of a Ray run export a --model-name or --reward-model run folder into the
+    cache at once: the one that finishes second keeps the first one's folder, which the other
+    may be loading already, and drops its own (replacing it failed the grpo run of test_ray.py)."""
+    folder, mine = tmp_path / "exported", tmp_path / ".exported-2"
+    for path, text in ((folder, "first"), (mine, "second")):
+        path.mkdir()
+        (path / "config.json").write_text(text)
+    inode = folder.stat().st_ino
+    models.publish(str(mine), str(folder))
+    assert (folder / "config.json").read_text() == "first" and folder.stat().st_ino == inode
+    assert not mine.exists()
+    mine.mkdir()
+    models.publish(str(mine), str(tmp_path / "new"))
+    assert (tmp_path / "new").is_dir() and not mine.exists()
