@@ -18,8 +18,8 @@ import tempfile
 import storage
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-CHECKPOINT_FILE = "checkpoint.ckpt"
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "S3_ENDPOINT", "AWS_DEFAULT_REGION", "TRAINER_FAULT_INJECT")          # the file name RayTrainReportCallback writes
+CHECKPOINT_FILE = "checkpoint.ckpt"          # the file name RayTrainReportCallback writes
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "S3_ENDPOINT", "AWS_DEFAULT_REGION", "TRAINER_FAULT_INJECT")
 
 
 def lightning_parts(c: dict, schedule):

@@ -162,8 +162,8 @@ def test_run_killed_mid_epoch_resumes_exactly(ray_cluster, tmp_path, monkeypatch
     """With --checkpoint-every-n-steps 3, rank 1 is SIGKILLed after step 7 of 8 (4 steps an
     epoch) and the run fails (--max-failures 0); --resume-from-checkpoint continues both
     workers from the step-6 checkpoint, each at its shard's batch 2 of epoch 1, and the run
-    ends at the weights of the same run left alone (to 1e-6): 1 step lost. (Ray's own restart, --max-failures, is checked for the
-    other training types below.)"""
+    ends at the weights of the same run left alone (to 1e-6): 1 step lost. (Ray's own restart,
+    --max-failures, is checked for the other training types below.)"""
     common = dict(storage_path=tmp_path, num_workers=2, batch_size=4, train_dataset_length=32, test_dataset_length=8,
                   max_epochs=2, val_generations=0, num_sanity_val_steps=0, lr=1e-3, checkpoint_every_n_steps=3)
     assert run_ray(name="straight", **common) == 0
