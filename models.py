@@ -46,8 +46,8 @@ def pretrained_path(name_or_path: str) -> str:
     folder = os.path.join(CACHE, "exported", hashlib.sha256(key.encode()).hexdigest()[:16])
     if not os.path.isdir(folder):
         # The workers of a Ray run export the same checkpoint at once: each writes its own folder
-        # and the first to rename it into place wins (export alone would replace a folder that
-        # another worker is loading, which failed a 2-worker run scored by a reward model).
+        # and the first to rename it into place wins (export alone would replace, deleting it
+        # first, a folder that another worker may be loading).
         mine = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}-{os.getpid()}")
         export(ckpt, mine)
         publish(mine, folder)

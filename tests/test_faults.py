@@ -60,7 +60,7 @@ def test_fault_then_resume_ends_at_the_uninterrupted_weights(mode, step, status,
 def test_an_export_finishing_second_leaves_the_first_in_place(tmp_path):
     """The 2 workers of a Ray run export a --model-name or --reward-model run folder into the
     cache at once: the one that finishes second keeps the first one's folder, which the other
-    may be loading already, and drops its own (replacing it failed the grpo run of test_ray.py)."""
+    may be loading already, and drops its own."""
     folder, mine = tmp_path / "exported", tmp_path / ".exported-2"
     for path, text in ((folder, "first"), (mine, "second")):
         path.mkdir()
