@@ -44,9 +44,25 @@ def pretrained_path(name_or_path: str) -> str:
     info = storage.filesystem(ckpt).info(ckpt)
     key = json.dumps([storage.absolute(ckpt), info.get("size"), str(info.get("mtime") or info.get("LastModified"))])
     folder = os.path.join(CACHE, "exported", hashlib.sha256(key.encode()).hexdigest()[:16])
-    if not os.path.isdir(folder):       # export writes a temporary folder and renames it: never half there
-        export(ckpt, folder)
+    if not os.path.isdir(folder):
+        # The workers of a Ray run export the same checkpoint at once: each writes its own folder
+        # and the first to rename it into place wins (export alone would replace, deleting it
+        # first, a folder that another worker may be loading).
+        mine = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}-{os.getpid()}")
+        export(ckpt, mine)
+        publish(mine, folder)
     return folder
+
+
+def publish(mine: str, folder: str) -> None:
+    """Rename the folder `mine` to `folder` unless `folder` exists, in which case `mine` is removed."""
+    import shutil
+    try:
+        os.rename(mine, folder)     # fails if folder exists and is not empty: never replaces it
+    except OSError:
+        if not os.path.isdir(folder):
+            raise
+        shutil.rmtree(mine, ignore_errors=True)
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):

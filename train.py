@@ -340,19 +340,48 @@ def storage_retries():
     return StorageRetries()
 
 
+class FaultInjected(RuntimeError):
+    """The exception TRAINER_FAULT_INJECT's "raise" mode throws."""
+
+
+FAULT_MODES = ("exit", "kill", "raise")
+
+
 def fault_injection(spec: str):
-    """Test harness: TRAINER_FAULT_INJECT="STEP:RANK:MARKER" kills the process of worker RANK
-    (os._exit, as a crash would) once global_step reaches STEP, unless the file MARKER exists;
-    it creates MARKER first, so a restarted run goes on. Used to check that a run resumes."""
+    """Test hook: TRAINER_FAULT_INJECT="STEP:RANK:MODE:MARKER" stops worker RANK once STEP
+    optimizer steps are done, after everything step STEP writes (its checkpoint, and at an
+    epoch's end that epoch's validation and checkpoint), before the next batch starts. MODE:
+    "exit" calls os._exit(1) as a crash would, "kill" sends the process SIGKILL, "raise" raises
+    FaultInjected. It fires only while the file MARKER does not exist, and writes it first
+    ("fault at step S"), so the resumed or Ray-restarted run goes on; that run's worker RANK
+    appends "resumed at step R" at its start, so a test can count the steps lost, S - R.
+    A STEP at or after the run's last step never fires."""
+    import signal
+
     import lightning as L
 
-    step, rank, marker = spec.split(":", 2)
+    step, rank, mode, marker = spec.split(":", 3)
+    if mode not in FAULT_MODES:
+        raise ValueError(f"{FAULT_ENV} mode must be one of {', '.join(FAULT_MODES)} (got {mode!r}).")
 
     class FaultInjection(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
+        def on_train_start(self, trainer, pl_module):
+            # Runs after a checkpoint is restored, so global_step is where the run continues.
+            if trainer.global_rank == int(rank) and os.path.exists(marker):
+                with open(marker, "a") as f:
+                    f.write(f"resumed at step {trainer.global_step}\n")
+
+        # The batch *start* hook: Lightning runs ModelCheckpoint's and Ray's report hooks after
+        # this callback's at a batch's end, so firing there would pre-empt step STEP's checkpoint.
+        def on_train_batch_start(self, trainer, *args):
             if trainer.global_step >= int(step) and trainer.global_rank == int(rank) and not os.path.exists(marker):
-                open(marker, "w").close()
-                os._exit(1)
+                with open(marker, "w") as f:
+                    f.write(f"fault at step {trainer.global_step}\n")
+                if mode == "exit":
+                    os._exit(1)
+                if mode == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise FaultInjected(f"{FAULT_ENV}: fault injected at step {trainer.global_step}")
     return FaultInjection()
 
 

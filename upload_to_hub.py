@@ -123,6 +123,10 @@ def export(ckpt_path: str, output_dir: str, training_type: str | None = None) ->
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         model.config.name_or_path = _shown_name(config["model_name"])
+        # Every process writes a whole folder: inside a process group (a Ray Train worker)
+        # transformers writes weights and config on rank 0 only, and the other workers' exports
+        # of a --model-name or --reward-model run folder had neither.
+        model.should_save_on_this_rank = lambda is_main_process: is_main_process
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:

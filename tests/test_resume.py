@@ -80,7 +80,7 @@ def test_resumed_run_ends_at_the_weights_of_the_uninterrupted_run(kind, extra, t
     def exit_(code):
         raise Killed(code)
     monkeypatch.setattr(os, "_exit", exit_)
-    monkeypatch.setenv(train.FAULT_ENV, f"7:0:{tmp_path / 'killed-once'}")
+    monkeypatch.setenv(train.FAULT_ENV, f"7:0:exit:{tmp_path / 'killed-once'}")
     with pytest.raises(Killed):
         train.main(argv_("stopped"))
     saved = last(tmp_path / "stopped")
@@ -101,7 +101,7 @@ def test_killed_process_resumes_exactly(tmp_path):
     """The same with a real crash: the fault injection's os._exit ends a train.py process at step 7."""
     assert train.main(argv("sft", tmp_path, "straight")) == 0
     marker = tmp_path / "killed-once"
-    env = {**os.environ, train.FAULT_ENV: f"7:0:{marker}", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, train.FAULT_ENV: f"7:0:exit:{marker}", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "train.py", *argv("sft", tmp_path, "crashed")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and marker.exists(), proc.stderr[-3000:]

@@ -124,3 +124,13 @@ def test_wrong_training_type_is_one_sentence(trained, tmp_path, capsys):
                                "--training-type", "dpo"]) == 2
     assert "is a sft checkpoint, not dpo" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_export_in_a_worker_of_rank_1_writes_the_whole_folder(trained, tmp_path, monkeypatch):
+    """A Ray worker of rank 1 (a process group is initialized there) exports a run folder it
+    starts from: the weights and config are written too, not only on rank 0."""
+    from transformers.distributed import mixin
+    monkeypatch.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+    monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
+    upload_to_hub.export(str(trained), str(tmp_path / "hf"))
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(tmp_path / "hf"))
