@@ -360,8 +360,8 @@ def validate(config: dict, given: set) -> None:
             raise ConfigError(f"--{name.rstrip('_').replace('_', '-')} only applies to --training-type sft_verifier.")
     if c["verifier_eval_rows"] < 0 or c["verifier_k"] < 1:
         raise ConfigError("--verifier-eval-rows must not be negative and --verifier-k must be at least 1.")
-    if "packing" in given and c["training_type"] not in ("sft", "sft_verifier"):
-        raise ConfigError("--packing only applies to --training-type sft and sft_verifier.")
+    if "packing" in given and c["training_type"] not in ("sft", "sft_verifier", "dpo", "bt"):
+        raise ConfigError("--packing only applies to --training-type sft, sft_verifier, dpo and bt.")
     if c["packing"] and c["length_penalty"] > 0:
         raise ConfigError("--length-penalty does not work with --packing yet (it samples a reply for each row's "
                           "prompt, and a packed row holds several conversations); drop one of them.")

@@ -255,17 +255,27 @@ class PostTrainingModule(L.LightningModule):
             return self._sft_verifier(batch, normalizer)
         return self._sft(batch, normalizer)
 
+    def _attention_mask(self, model, batch) -> torch.Tensor | None:
+        """The batch's attention mask, or None for packed rows (SFTBatch or PreferenceBatch with
+        position_ids): their positions say where each sequence starts, once the model is known
+        to keep attention within each one."""
+        if batch.position_ids is None:
+            return batch.attention_mask
+        if not logprobs.supports_packing(model):
+            raise RuntimeError(f"{type(model).__name__} does not keep attention within packed "
+                               f"sequences (its mask ignores position_ids); train with --no-packing.")
+        return None
+
     def _token_nll(self, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T-1) NLL of each supervised next token (0 elsewhere) and the (B, T-1) bool mask."""
-        attention_mask = batch.attention_mask
-        if batch.position_ids is not None:       # packed rows: the positions say where each sequence starts
-            attention_mask = None
-            if not logprobs.supports_packing(self.model):
-                raise RuntimeError(f"{type(self.model).__name__} does not keep attention within packed "
-                                   f"sequences (its mask ignores position_ids); train with --no-packing.")
-        logps = logprobs.token_logps(self.model, batch.input_ids, attention_mask, batch.labels,
-                                     batch.position_ids)
+        logps = logprobs.token_logps(self.model, batch.input_ids, self._attention_mask(self.model, batch),
+                                     batch.labels, batch.position_ids)
         return -logps, batch.labels[:, 1:] != IGNORE_INDEX
+
+    def sequence_logps(self, model, batch: PreferenceBatch) -> torch.Tensor:
+        """(2B,) summed completion log-probs of the batch's sequences (packed or not) under `model`."""
+        return batch.per_sequence(logprobs.token_logps(model, batch.input_ids, self._attention_mask(model, batch),
+                                                       batch.labels, batch.position_ids))
 
     def _sft(self, batch: SFTBatch, normalizer=None):
         out = self.loss_fn(*self._token_nll(batch), normalizer)
@@ -285,13 +295,13 @@ class PostTrainingModule(L.LightningModule):
             return batch.ref_logps.to(self.device)
         if not self._reference:
             raise RuntimeError("DPO needs reference log-probs: precompute them or pass a reference model")
-        return logprobs.sequence_logps(self._reference[0], batch.input_ids, batch.attention_mask, batch.labels)
+        return self.sequence_logps(self._reference[0], batch)
 
     def _dpo(self, batch: PreferenceBatch, normalizer=None):
-        logps = logprobs.sequence_logps(self.model, batch.input_ids, batch.attention_mask, batch.labels)   # (2B,)
+        logps = self.sequence_logps(self.model, batch)                                        # (2B,)
         ref = self.reference_logps(batch)
         B = batch.count
-        chosen_tokens = (batch.labels[:B, 1:] != IGNORE_INDEX).sum(dim=-1)                   # (B,)
+        chosen_tokens = batch.per_sequence(batch.labels[:, 1:] != IGNORE_INDEX)[:B]           # (B,)
         out = self.loss_fn(logps[:B], logps[B:], ref[:B], ref[B:], self.hparams.beta, self.hparams.rpo_alpha,
                            chosen_tokens)
         denom = torch.as_tensor(B if normalizer is None else normalizer, dtype=torch.float32)
@@ -305,7 +315,9 @@ class PostTrainingModule(L.LightningModule):
         return out.losses.sum() / denom.clamp(min=1), sums
 
     def _bt(self, batch: PreferenceBatch, normalizer=None):
-        rewards = sequence_rewards(self.model, batch.input_ids, batch.attention_mask)     # (2B,)
+        mask = self._attention_mask(self.model, batch)
+        last = batch.packed_last_tokens() if mask is None else None
+        rewards = sequence_rewards(self.model, batch.input_ids, mask, batch.position_ids, last)   # (2B,)
         B = batch.count
         out = self.loss_fn(rewards[:B], rewards[B:], self.hparams.center_rewards_coefficient)
         denom = torch.as_tensor(B if normalizer is None else normalizer, dtype=torch.float32)
