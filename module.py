@@ -59,6 +59,14 @@ def warmup_linear_decay(step: int, total_steps: int, warmup_steps: int) -> float
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
+def adamw(params, lr: float, weight_decay: float, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW, betas (0.9, 0.999). Fused (one kernel over all parameters, CPU and CUDA): the same
+    update to float rounding, in an eighth of the time of the default multi-tensor loop on CPU,
+    which with a 152k-token vocabulary was ~10% of a reward-model step (README, Performance).
+    Left unfused under FSDP, whose sharded parameters it is not checked with here."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), fused=fused)
+
+
 def rng_states() -> dict:
     """This process's random number generators' states, in types a weights-only load accepts."""
     import random
@@ -565,8 +573,7 @@ class PostTrainingModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                                betas=(0.9, 0.999))
+        opt = adamw(self.model.parameters(), hp.lr, hp.weight_decay, fused=hp.strategy != "fsdp")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if self.hparams.training_type == "grpo" and self.trainer.max_steps == -1:
             total *= self.hparams.num_iterations        # --num-iterations updates on every rollout batch

@@ -13,16 +13,19 @@ does the full-vocabulary work of a real Qwen2.5 model. Both sides get the same t
 labels (tokenised once by collate_functions.py, given to TRL pre-tokenised; its DPOTrainer's
 dataset preparation is skipped for that, as it has no pre-tokenised path), the same rows in
 the same order, batch size, max length, AdamW (constant --lr, no weight decay, gradient norm
-clipped to 1.0), and run --warmup + --steps optimizer steps.
+clipped to 1.0), fp32 on both sides, and run --warmup + --steps optimizer steps.
 
 Configurations, each in its own subprocess (so each peak RSS is its own):
   ours          train.py's defaults (for dpo: precomputed reference log-probs)
-  ours-packed   sft with --packing
-  trl-default   TRL's default config
-  trl-best      TRL's fastest: sft packing=True + padding_free=True; dpo precompute_ref_log_probs=True
-                (bt has no such option: trl-default only)
-Our side runs PostTrainingModule.compute -> backward -> clip -> AdamW in a plain loop (Lightning's
-Trainer around it adds a few ms a step); TRL's side is its Trainer.train().
+  ours-packed   the same with --packing
+  trl-default   TRL's default config, but fp32: TRL 1.16's configs default to bf16=True, which
+                on CPU is bf16 autocast (half the matmul work on a CPU with AVX512-BF16), so
+                bf16=False keeps both sides on the same arithmetic
+  trl-best      TRL's fastest: activation checkpointing off (its configs turn it on), and sft
+                packing=True + padding_free=True, dpo precompute_ref_log_probs=True
+Our side runs PostTrainingModule.compute -> backward -> clip -> AdamW (module.adamw, as train.py
+configures it) in a plain loop (Lightning's Trainer around it adds a few ms a step); TRL's side is
+its Trainer.train().
 
 Before timing, each TRL configuration's first batch is scored by TRL's compute_loss and by our
 module on the same tensors; the two must agree to 1e-4 (the "loss check" column). For DPO
@@ -54,8 +57,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 HH_RLHF = os.path.join(REPO, "..", "shared", "data", "hh-rlhf", "harmless-base-test-part1.jsonl.gz")
 WORKLOADS = ("sft", "dpo", "bt")
-CONFIGS = {"sft": ("ours", "ours-packed", "trl-default", "trl-best"), "dpo": ("ours", "trl-default", "trl-best"),
-           "bt": ("ours", "trl-default")}
+CONFIGS = {w: ("ours", "ours-packed", "trl-default", "trl-best") for w in ("sft", "dpo", "bt")}
 
 
 def trl_available() -> bool:
@@ -107,8 +109,7 @@ def our_config(workload: str, args, packing: bool) -> dict:
     from flags import parse_config
     argv = ["--training-type", workload, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size),
             "--lr", str(args.lr), "--seed", str(args.seed)]
-    if workload == "sft":
-        argv.append("--packing" if packing else "--no-packing")
+    argv.append("--packing" if packing else "--no-packing")
     return parse_config(argv)[0]
 
 
@@ -126,7 +127,7 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
 
     from collate_functions import PreferenceCollator, SFTCollator
     from models import load_causal_lm, load_reward_model, load_tokenizer
-    from module import PostTrainingModule
+    from module import PostTrainingModule, adamw
     from train import precompute_reference_logps
     tokenizer = load_tokenizer(os.path.join(REPO, "embedded", "model"))
     steps = args.warmup + args.steps
@@ -138,9 +139,9 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
     if workload == "dpo":
         precompute_reference_logps(model, {"train": type("Rows", (), {"dataset": rows})()}, args.batch_size,
                                    tokenizer.pad_token_id)
-    pack = {"pack_capacity": args.max_length} if workload == "sft" and config["packing"] else {}
+    pack = {"pack_capacity": args.max_length} if config["packing"] else {}
     collator = (SFTCollator if workload == "sft" else PreferenceCollator)(tokenizer.pad_token_id, args.batch_size, **pack)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    opt = adamw(model.parameters(), args.lr, 0.0)
     model.train()
     times, supervised, total, losses = [], [], [], []
     for i in range(steps):
@@ -193,12 +194,12 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
     steps = args.warmup + args.steps
     best = variant == "trl-best"
     # Packed rows hold more conversations each: give every configuration enough rows.
-    rows = tokenized_rows(workload, tokenizer, args.max_length, steps * args.batch_size * (4 if best else 1))
+    rows = tokenized_rows(workload, tokenizer, args.max_length, steps * args.batch_size * (4 if best and workload == "sft" else 1))
     common = dict(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=args.batch_size,
                   max_steps=steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
                   weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", report_to="none", save_strategy="no",
                   logging_steps=1, use_cpu=True, dataloader_num_workers=0, seed=args.seed, max_length=args.max_length,
-                  disable_tqdm=True)
+                  disable_tqdm=True, bf16=False, activation_checkpointing=not best)
     if workload == "sft":
         data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
         model = load_causal_lm(os.path.join(folder, "lm"))

@@ -153,3 +153,16 @@ def test_sanity_train_validates_on_the_training_rows(tokenizer):
     assert len(loaders["test"].dataset) == 5
     train_ids = {tuple(r["input_ids"]) for r in loaders["train"].dataset}
     assert not any(tuple(r["input_ids"]) in train_ids for r in loaders["test"].dataset)
+
+
+def test_adamw_is_fused_and_takes_the_hand_worked_first_step():
+    """module.adamw's first step, lr 0.1, weight decay 0.5: decoupled decay p * (1 - 0.1 * 0.5),
+    then Adam's bias-corrected m / sqrt(v) = g / |g| on the first step, so each weight moves
+    by -0.1 * sign(g) (0 where g = 0): [1, -2, 0.5] -> [0.95 - 0.1, -1.9 + 0.1, 0.475]."""
+    from module import adamw
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    p.grad = torch.tensor([0.3, -0.01, 0.0])
+    opt = adamw([p], lr=0.1, weight_decay=0.5)
+    assert opt.defaults["fused"] is True
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.tensor([0.85, -1.8, 0.475]), rtol=0, atol=1e-6)
