@@ -190,10 +190,15 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 
 def pack_sft(examples: list[dict], pad_id: int, capacity: int, pad_to_multiple_of: int = 1) -> SFTBatch:
     """Padding-free layout of the same examples: conversations concatenated into rows of at
-    most `capacity` tokens (first-fit decreasing), position_ids restarting at 0 at each
-    conversation, rows right-padded to the longest (the padding its own run of positions,
-    with no label). The first token of a conversation is never a target, as unpacked."""
-    bins = first_fit_decreasing([len(e["input_ids"]) for e in examples], capacity)
+    most `capacity` tokens, and no longer than the longest example (first-fit decreasing),
+    position_ids restarting at 0 at each conversation, rows right-padded to the longest row
+    (the padding its own run of positions, with no label). The first token of a conversation
+    is never a target, as unpacked."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    # Rows no longer than the padded layout's: attention runs over a whole row under a
+    # block-diagonal mask (SDPA, CPU), its cost quadratic in the row's length, so longer rows
+    # would trade padding for attention work; these never hold more positions nor longer rows.
+    bins = first_fit_decreasing(lengths, min(capacity, max(lengths)))
     rows = []
     for members in bins:
         ids, labels, positions, generate, index = [], [], [], [], []

@@ -16,7 +16,7 @@ the same order, batch size, max length, AdamW (constant --lr, no weight decay, g
 clipped to 1.0), fp32 on both sides, and run --warmup + --steps optimizer steps.
 
 Configurations, each in its own subprocess (so each peak RSS is its own):
-  ours          train.py's defaults (for dpo: precomputed reference log-probs)
+  ours          train.py's defaults (for dpo: precomputed reference log-probs) with --no-packing
   ours-packed   the same with --packing
   trl-default   TRL's default config, but fp32: TRL 1.16's configs default to bf16=True, which
                 on CPU is bf16 autocast (half the matmul work on a CPU with AVX512-BF16), so
@@ -395,16 +395,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ratios(table: list[dict]) -> dict:
-    """Ours / TRL total tokens/s: our default against TRL's default and TRL's best, per workload."""
+    """Ours / TRL total tokens/s: ours unpacked and packed against TRL's default and TRL's best, per workload."""
     out = {}
     for workload in WORKLOADS:
         rows = {r["config"]: r for r in table if r["workload"] == workload}
-        if "ours" not in rows:
-            continue
-        for trl_config in ("trl-default", "trl-best"):
-            if trl_config in rows:
-                out[f"{workload}: ours / {trl_config}"] = (rows["ours"]["total_tokens_per_s"]
-                                                          / rows[trl_config]["total_tokens_per_s"])
+        for our_config in ("ours", "ours-packed"):
+            for trl_config in ("trl-default", "trl-best"):
+                if our_config in rows and trl_config in rows:
+                    out[f"{workload}: {our_config} / {trl_config}"] = (rows[our_config]["total_tokens_per_s"]
+                                                                      / rows[trl_config]["total_tokens_per_s"])
     return out
 
 

@@ -17,16 +17,20 @@ def test_first_fit_decreasing_hand_worked():
 
 
 def test_pack_sft_layout():
-    examples = [{"input_ids": [11, 12, 13], "labels": [11, -100, 13]}, {"input_ids": [21, 22], "labels": [21, 22]}]
+    """Lengths 5, 3, 2: rows are at most the longest example (5) long, so 3 and 2 share one."""
+    examples = [{"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, 4, 5]},
+                {"input_ids": [11, 12, 13], "labels": [11, -100, 13]}, {"input_ids": [21, 22], "labels": [21, 22]}]
     batch = pack_sft(examples, pad_id=0, capacity=6)
-    assert batch.input_ids.tolist() == [[11, 12, 13, 21, 22]]
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5], [11, 12, 13, 21, 22]]
     # Each conversation's first token is never a target (it is not one unpacked either).
-    assert batch.labels.tolist() == [[-100, -100, 13, -100, 22]]
-    assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1]]
-    two_rows = pack_sft(examples, pad_id=0, capacity=4)
-    assert two_rows.input_ids.tolist() == [[11, 12, 13], [21, 22, 0]]
-    assert two_rows.position_ids.tolist() == [[0, 1, 2], [0, 1, 0]]      # the padding its own run
-    assert two_rows.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch.labels.tolist() == [[-100, 2, 3, 4, 5], [-100, -100, 13, -100, 22]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert batch.sequence_index.tolist() == [[0, 0, 0, 0, 0], [1, 1, 1, 2, 2]]
+    three_rows = pack_sft(examples, pad_id=0, capacity=4)       # 5 tokens fit nowhere: its own row
+    assert three_rows.input_ids.tolist() == [[1, 2, 3, 4, 5], [11, 12, 13, 0, 0], [21, 22, 0, 0, 0]]
+    assert three_rows.position_ids.tolist()[2] == [0, 1, 0, 1, 2]      # the padding its own run
+    assert three_rows.attention_mask.tolist()[2] == [1, 1, 0, 0, 0]
+    assert three_rows.sequence_index.tolist()[2] == [2, 2, -1, -1, -1]
 
 
 def step_with(module, collator, rows):
@@ -56,14 +60,24 @@ def assert_same_step(plain, packed):
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
 
 
+def varied(rows: list[dict]) -> list[dict]:
+    """12 rows that packing shrinks (it makes rows no longer than the micro-batch's longest
+    sequence): each micro-batch of 6 holds one of the longest rows and five of the shortest,
+    about half its length."""
+    def length(r):
+        return len(r["input_ids"]) if "input_ids" in r else max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"]))
+    rows = sorted(rows, key=length)
+    return [rows[-1], *rows[:5], rows[-2], *rows[5:10]]
+
+
 @pytest.mark.parametrize("training_type", ["sft", "sft_verifier"])
 def test_packed_step_equals_unpacked_step(tokenizer, training_type):
     from module import PostTrainingModule
-    config, _ = flags.parse_config(["--training-type", training_type, "--train-dataset-length", "12",
+    config, _ = flags.parse_config(["--training-type", training_type, "--train-dataset-length", "60",
                                     "--batch-size", "6", "--accumulate-grad-batches", "2", "--max-length", "256"])
     config = flags.resolve(config)
     loaders, _, _, _ = train.build_data(config, tokenizer)
-    rows = list(loaders["train"].dataset)[:12]
+    rows = varied(list(loaders["train"].dataset))
     module = PostTrainingModule(config, tokenizer=tokenizer)
     step = lambda collator: step_with(module, collator, rows)    # noqa: E731
     plain, plain_loss, plain_sums, plain_grads = step(SFTCollator(tokenizer.pad_token_id, micro_batch_size=6))
@@ -89,38 +103,37 @@ def test_packing_flag_not_for_grpo():
 
 PAIRS = [{"chosen_input_ids": [11, 12, 13], "chosen_labels": [-100, 12, 13],
           "rejected_input_ids": [11, 14], "rejected_labels": [-100, 14]},
-         {"chosen_input_ids": [21, 22, 23, 24], "chosen_labels": [-100, -100, 23, 24],
-          "rejected_input_ids": [21, 25, 26], "rejected_labels": [-100, 25, 26]}]
+         {"chosen_input_ids": [21, 22, 23, 24, 25], "chosen_labels": [-100, -100, 23, 24, 25],
+          "rejected_input_ids": [21, 26], "rejected_labels": [-100, 26]}]
 
 
 def test_packed_pairs_layout():
-    """Sequences 0, 1 chosen (3 and 4 tokens), 2, 3 rejected (2 and 3 tokens); capacity 7.
-    First-fit decreasing: 1 (4) opens row A (room 3), 0 (3) fills A, 3 (3) opens B (room 4),
-    2 (2) joins B; B is padded to 7 with one pad token."""
-    batch = concatenate_pairs(PAIRS, pad_id=0, pack_capacity=7)
-    assert batch.input_ids.tolist() == [[21, 22, 23, 24, 11, 12, 13], [21, 25, 26, 11, 14, 0, 0]]
-    assert batch.sequence_index.tolist() == [[1, 1, 1, 1, 0, 0, 0], [3, 3, 3, 2, 2, -1, -1]]
-    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2], [0, 1, 2, 0, 1, 0, 1]]
+    """Sequences 0, 1 chosen (3 and 5 tokens), 2, 3 rejected (2 and 2); rows of at most 5.
+    First-fit decreasing: 1 (5) fills row A, 0 (3) opens B (room 2), 2 (2) fills B, 3 (2)
+    opens C, padded to 5."""
+    batch = concatenate_pairs(PAIRS, pad_id=0, pack_capacity=512)
+    assert batch.input_ids.tolist() == [[21, 22, 23, 24, 25], [11, 12, 13, 11, 14], [21, 26, 0, 0, 0]]
+    assert batch.sequence_index.tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 2, 2], [3, 3, -1, -1, -1]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
     assert batch.count == 2 and batch.sequences == 4
     rows, columns = batch.packed_last_tokens()
-    assert rows.tolist() == [0, 0, 1, 1] and columns.tolist() == [6, 3, 4, 2]
+    assert rows.tolist() == [1, 0, 1, 2] and columns.tolist() == [2, 4, 4, 1]
     # per_sequence adds entry [r, t] to sequence_index[r, t + 1], the sequence of the token it
     # predicts: all ones count each sequence's tokens, but the first of a row's first sequence.
-    ones = torch.ones(2, 6)
-    assert batch.per_sequence(ones).tolist() == [3.0, 3.0, 2.0, 2.0]
-    labelled = batch.per_sequence((batch.labels[:, 1:] != -100).float())
-    assert labelled.tolist() == [2.0, 2.0, 1.0, 2.0]      # the completion tokens of each sequence
+    assert batch.per_sequence(torch.ones(3, 4)).tolist() == [2.0, 4.0, 2.0, 1.0]
+    labelled = batch.per_sequence(batch.labels[:, 1:] != -100)
+    assert labelled.tolist() == [2, 3, 1, 1]          # the completion tokens of each sequence
 
 
 def preference_setup(tokenizer, training_type, extra=()):
     from models import load_causal_lm
     from module import PostTrainingModule
-    config, _ = flags.parse_config(["--training-type", training_type, "--train-dataset-length", "12",
+    config, _ = flags.parse_config(["--training-type", training_type, "--train-dataset-length", "60",
                                     "--batch-size", "6", "--accumulate-grad-batches", "2", "--max-length", "256",
                                     *extra])
     config = flags.resolve(config)
     loaders, _, _, _ = train.build_data(config, tokenizer)
-    rows = list(loaders["train"].dataset)[:12]
+    rows = varied(list(loaders["train"].dataset))
     reference = None
     if training_type == "dpo":
         # A live reference unlike the policy, so the loss is away from ln 2 and the margins matter.
@@ -143,6 +156,8 @@ def test_packed_preference_step_equals_unpacked_step(tokenizer, training_type, e
     packed = step_with(module, PreferenceCollator(tokenizer.pad_token_id, micro_batch_size=6, pack_capacity=256), rows)
     assert packed[0].micro_batches[0].position_ids is not None
     assert len(packed[0].micro_batches[0].input_ids) < 12           # 12 sequences in fewer rows
+    assert (sum(mb.input_ids.numel() for mb in packed[0].micro_batches)
+            < sum(mb.input_ids.numel() for mb in plain[0].micro_batches))
     assert packed[0].count == plain[0].count == 12
     assert abs(plain[1]) > 0.1 and max(g.abs().max() for g in plain[3].values()) > 0
     assert_same_step(plain, packed)
