@@ -58,7 +58,7 @@ def build_data(c: dict, tokenizer):
     # FP8 GEMMs need dimensions divisible by 16 (the seed's finding on H100): pad sequences to it.
     multiple = 16 if c["precision"] == "transformer-engine" else 1
     # Packing keeps the examples of every micro-batch (so the loss is unchanged), not its layout.
-    pack = {"pack_capacity": c["max_length"]} if c.get("packing") and c["training_type"] != "grpo" else {}
+    pack = {"pack_capacity": c["max_length"]} if c.get("packing") else {}
     for split, ds in (("train", train), ("test", test)):
         if ds is None:
             continue

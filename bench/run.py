@@ -16,8 +16,8 @@ the same order, batch size, max length, AdamW (constant --lr, no weight decay, g
 clipped to 1.0), fp32 on both sides, and run --warmup + --steps optimizer steps.
 
 Configurations, each in its own subprocess (so each peak RSS is its own):
-  ours          train.py's defaults (for dpo: precomputed reference log-probs) with --no-packing
-  ours-packed   the same with --packing
+  ours          train.py's defaults (for dpo: precomputed reference log-probs) but --no-packing
+  ours-packed   train.py's defaults (--packing is one)
   trl-default   TRL's default config, but fp32: TRL 1.16's configs default to bf16=True, which
                 on CPU is bf16 autocast (half the matmul work on a CPU with AVX512-BF16), so
                 bf16=False keeps both sides on the same arithmetic
@@ -143,10 +143,10 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
     collator = (SFTCollator if workload == "sft" else PreferenceCollator)(tokenizer.pad_token_id, args.batch_size, **pack)
     opt = adamw(model.parameters(), args.lr, 0.0)
     model.train()
-    times, supervised, total, losses = [], [], [], []
+    times, cpu_times, supervised, total, losses = [], [], [], [], []
     for i in range(steps):
         step = collator(rows[i * args.batch_size:(i + 1) * args.batch_size])
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         loss_value = 0.0
         for mb in step.micro_batches:
@@ -156,11 +156,13 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         sup, tot = (sum(c) for c in zip(*(counts_of(mb) for mb in step.micro_batches)))
         supervised.append(0 if workload == "bt" else sup)
         total.append(tot)
         losses.append(loss_value)
-    return {"times": times, "supervised": supervised, "total": total, "losses": losses, "loss_check": None}
+    return {"times": times, "cpu_times": cpu_times, "supervised": supervised, "total": total, "losses": losses,
+            "loss_check": None}
 
 
 def trl_batch_to_ours(workload: str, batch: dict):
@@ -250,7 +252,7 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
         our_loss = float(ours.compute(our_batch)[0])
     del ours
 
-    times, supervised, total, start = [], [], [], [0.0]
+    times, cpu_times, supervised, total, start = [], [], [], [], [0.0, 0.0]
     real_compute_loss = trainer.compute_loss
 
     def counting_compute_loss(model, inputs, *a, **k):
@@ -270,14 +272,15 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            start[0] = time.perf_counter()
+            start[:] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - start[0])
+            cpu_times.append(time.process_time() - start[1])
     trainer.add_callback(Timer())
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"times": times, "supervised": supervised, "total": total, "losses": losses,
+    return {"times": times, "cpu_times": cpu_times, "supervised": supervised, "total": total, "losses": losses,
             "loss_check": {"trl": trl_loss, "ours": our_loss, "trl_reference_max_abs_error": reference_error}}
 
 
@@ -315,6 +318,8 @@ def summarise(workload: str, variant: str, result: dict, args, peak: float) -> d
     check = result["loss_check"]
     return {"workload": workload, "config": variant, "steps_timed": len(times),
             "median_step_s": statistics.median(times) if times else float("nan"),
+            # CPU time of the process: with one thread, what the step costs whatever else the machine runs.
+            "median_step_cpu_s": statistics.median(result["cpu_times"][timed]) if times else float("nan"),
             "supervised_tokens_per_s": sum(sup) / seconds if workload != "bt" and seconds else None,
             "total_tokens_per_s": sum(tot) / seconds if seconds else float("nan"),
             "peak_rss_mib": result["peak_rss_mib"], "flops_fraction_of_peak": flops / seconds / peak if seconds else None,
@@ -412,13 +417,13 @@ def print_table(table: list[dict], args, peak: float) -> None:
         return "-" if value is None else format(value, spec)
     print(f"\nfp32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads); batch {args.batch_size}, "
           f"max length {args.max_length}, {args.warmup} warm-up + {args.steps} timed steps")
-    print("| workload | config | loss check (TRL / ours, batch 1) | median step (s) | supervised tok/s "
-          "| total tok/s | peak RSS (MiB) | model FLOPs / matmul peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| workload | config | loss check (TRL / ours, batch 1) | median step (s) | median step CPU (s) "
+          "| supervised tok/s | total tok/s | peak RSS (MiB) | model FLOPs / matmul peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in table:
         check = r["loss_check"]
         check_text = f"{check['trl']:.5f} / {check['ours']:.5f}" if check else "-"
-        print(f"| {r['workload']} | {r['config']} | {check_text} | {r['median_step_s']:.3f} | "
+        print(f"| {r['workload']} | {r['config']} | {check_text} | {r['median_step_s']:.3f} | {r['median_step_cpu_s']:.3f} | "
               f"{fmt(r['supervised_tokens_per_s'], '.0f')} | {r['total_tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | "
               f"{fmt(r['flops_fraction_of_peak'], '.1%')} |")
     for name, value in ratios(table).items():

@@ -6,7 +6,8 @@ import torch
 
 import flags
 import train
-from collate_functions import PreferenceCollator, SFTCollator, concatenate_pairs, first_fit_decreasing, pack_sft
+from collate_functions import (PreferenceCollator, SFTCollator, concatenate_pairs, first_fit_decreasing, pack_or_pad,
+                               pack_sft)
 from conftest import EMBEDDED_MODEL
 
 
@@ -31,6 +32,18 @@ def test_pack_sft_layout():
     assert three_rows.position_ids.tolist()[2] == [0, 1, 0, 1, 2]      # the padding its own run
     assert three_rows.attention_mask.tolist()[2] == [1, 1, 0, 0, 0]
     assert three_rows.sequence_index.tolist()[2] == [2, 2, -1, -1, -1]
+
+
+def test_pack_or_pad_packs_only_where_it_saves_rows():
+    """Lengths 5, 3, 2 pack into 2 rows: packed. Lengths 5, 3 would take 2 rows either way:
+    padded (no position_ids), the layout without the block mask's cost."""
+    examples = [{"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, 4, 5]},
+                {"input_ids": [11, 12, 13], "labels": [11, -100, 13]}, {"input_ids": [21, 22], "labels": [21, 22]}]
+    assert pack_or_pad(examples, 0, 512).input_ids.shape == (2, 5)
+    assert pack_or_pad(examples, 0, 512).position_ids is not None
+    two = pack_or_pad(examples[:2], 0, 512)
+    assert two.position_ids is None and two.input_ids.tolist() == [[1, 2, 3, 4, 5], [11, 12, 13, 0, 0]]
+    assert pack_or_pad(examples, 0, None).position_ids is None
 
 
 def step_with(module, collator, rows):
