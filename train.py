@@ -360,6 +360,8 @@ def has_checkpoints(out: str) -> bool:
 def fit(c: dict, ray_worker: bool = False) -> dict:
     """Build data, module and Trainer, then train (or test); the same code in every process."""
     import lightning as L
+
+    import logprobs
     from models import load_causal_lm, load_model, load_tokenizer
     from module import PostTrainingModule
 
@@ -371,6 +373,13 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
                 "data_fingerprint": data_fingerprint(loaders["train"].dataset) if "train" in loaders else None}
     # A bt run from a causal LM gets a new score head: drawn here, right after seeding.
     model = load_model(c["training_type"], c["model_name"], tokenizer, c["trust_remote_code"])
+    if c["packing"] and not logprobs.supports_packing(model):
+        # An encoder reward model attends both ways, across packed sequences; padded rows are exact.
+        log.warning("%s does not keep attention within packed sequences: training without --packing.",
+                    type(model).__name__)
+        c["packing"] = False
+        for loader in loaders.values():
+            loader.collate_fn.pack_capacity = None
     reference = None
     if c["training_type"] == "dpo":
         if c["precompute_ref_log_probs"]:
