@@ -67,6 +67,24 @@ def adamw(params, lr: float, weight_decay: float, fused: bool = True) -> torch.o
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), fused=fused)
 
 
+def attention_mask(model, batch) -> torch.Tensor | None:
+    """The batch's attention mask, or None for packed rows (SFTBatch or PreferenceBatch with
+    position_ids): their positions say where each sequence starts, once the model is known
+    to keep attention within each one."""
+    if batch.position_ids is None:
+        return batch.attention_mask
+    if not logprobs.supports_packing(model):
+        raise RuntimeError(f"{type(model).__name__} does not keep attention within packed "
+                           f"sequences (its mask ignores position_ids); train with --no-packing.")
+    return None
+
+
+def sequence_logps(model, batch: PreferenceBatch) -> torch.Tensor:
+    """(2B,) summed completion log-probs of the batch's sequences (packed or not) under `model`."""
+    return batch.per_sequence(logprobs.token_logps(model, batch.input_ids, attention_mask(model, batch),
+                                                   batch.labels, batch.position_ids))
+
+
 def rng_states() -> dict:
     """This process's random number generators' states, in types a weights-only load accepts."""
     import random
@@ -263,27 +281,11 @@ class PostTrainingModule(L.LightningModule):
             return self._sft_verifier(batch, normalizer)
         return self._sft(batch, normalizer)
 
-    def _attention_mask(self, model, batch) -> torch.Tensor | None:
-        """The batch's attention mask, or None for packed rows (SFTBatch or PreferenceBatch with
-        position_ids): their positions say where each sequence starts, once the model is known
-        to keep attention within each one."""
-        if batch.position_ids is None:
-            return batch.attention_mask
-        if not logprobs.supports_packing(model):
-            raise RuntimeError(f"{type(model).__name__} does not keep attention within packed "
-                               f"sequences (its mask ignores position_ids); train with --no-packing.")
-        return None
-
     def _token_nll(self, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T-1) NLL of each supervised next token (0 elsewhere) and the (B, T-1) bool mask."""
-        logps = logprobs.token_logps(self.model, batch.input_ids, self._attention_mask(self.model, batch),
+        logps = logprobs.token_logps(self.model, batch.input_ids, attention_mask(self.model, batch),
                                      batch.labels, batch.position_ids)
         return -logps, batch.labels[:, 1:] != IGNORE_INDEX
-
-    def sequence_logps(self, model, batch: PreferenceBatch) -> torch.Tensor:
-        """(2B,) summed completion log-probs of the batch's sequences (packed or not) under `model`."""
-        return batch.per_sequence(logprobs.token_logps(model, batch.input_ids, self._attention_mask(model, batch),
-                                                       batch.labels, batch.position_ids))
 
     def _sft(self, batch: SFTBatch, normalizer=None):
         out = self.loss_fn(*self._token_nll(batch), normalizer)
@@ -303,10 +305,10 @@ class PostTrainingModule(L.LightningModule):
             return batch.ref_logps.to(self.device)
         if not self._reference:
             raise RuntimeError("DPO needs reference log-probs: precompute them or pass a reference model")
-        return self.sequence_logps(self._reference[0], batch)
+        return sequence_logps(self._reference[0], batch)
 
     def _dpo(self, batch: PreferenceBatch, normalizer=None):
-        logps = self.sequence_logps(self.model, batch)                                        # (2B,)
+        logps = sequence_logps(self.model, batch)                                        # (2B,)
         ref = self.reference_logps(batch)
         B = batch.count
         chosen_tokens = batch.per_sequence(batch.labels[:, 1:] != IGNORE_INDEX)[:B]           # (B,)
@@ -323,7 +325,7 @@ class PostTrainingModule(L.LightningModule):
         return out.losses.sum() / denom.clamp(min=1), sums
 
     def _bt(self, batch: PreferenceBatch, normalizer=None):
-        mask = self._attention_mask(self.model, batch)
+        mask = attention_mask(self.model, batch)
         last = batch.packed_last_tokens() if mask is None else None
         rewards = sequence_rewards(self.model, batch.input_ids, mask, batch.position_ids, last)   # (2B,)
         B = batch.count

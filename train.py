@@ -107,12 +107,15 @@ def build_data(c: dict, tokenizer):
     return loaders, eval_prompts, counts, verifier_rows
 
 
-def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: int) -> None:
+def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: int,
+                               pack_capacity: int | None = None) -> None:
     """DPO's cached mode: the starting policy is the reference, so score every pair with it
-    once, before any update, and store the log-probs in the rows (reused every epoch)."""
+    once, before any update, and store the log-probs in the rows (reused every epoch). Laid
+    out as the validation loader lays them out (same chunks, packed or not), so at step 0 its
+    log-probs equal the policy's there to the bit."""
     import torch
-    import logprobs
     from collate_functions import concatenate_pairs
+    from module import sequence_logps
 
     was_training = model.training
     model.eval()
@@ -121,9 +124,7 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
             rows = loader.dataset
             for i in range(0, len(rows), batch_size):
                 chunk = rows[i:i + batch_size]
-                batch = concatenate_pairs(chunk, pad_id)
-                logps = logprobs.sequence_logps(model, batch.input_ids, batch.attention_mask,
-                                                batch.labels).tolist()
+                logps = sequence_logps(model, concatenate_pairs(chunk, pad_id, pack_capacity=pack_capacity)).tolist()
                 for j, row in enumerate(chunk):
                     row["ref_chosen_logps"], row["ref_rejected_logps"] = logps[j], logps[len(chunk) + j]
     model.train(was_training)
@@ -385,7 +386,8 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
         if c["precompute_ref_log_probs"]:
             # The policy was just loaded from the starting checkpoint (a resumed run loads its
             # trained weights later, inside fit), so here it is the reference.
-            precompute_reference_logps(model, loaders, c["batch_size"], tokenizer.pad_token_id)
+            precompute_reference_logps(model, loaders, c["batch_size"], tokenizer.pad_token_id,
+                                       c["max_length"] if c["packing"] else None)
         else:
             reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
     rewards = None

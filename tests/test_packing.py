@@ -180,6 +180,7 @@ def test_packed_preference_step_equals_unpacked_step(tokenizer, training_type, e
 def test_packed_sequences_do_not_see_each_other(tokenizer, training_type):
     """Change the tokens of the first sequence of a packed row that holds more: that sequence's
     log-prob (DPO) or reward (BT) changes, every other sequence's stays the same."""
+    from module import sequence_logps
     from reward_model import sequence_rewards
     module, rows = preference_setup(tokenizer, training_type)
     batch = concatenate_pairs(rows[:6], tokenizer.pad_token_id, pack_capacity=256)
@@ -187,7 +188,7 @@ def test_packed_sequences_do_not_see_each_other(tokenizer, training_type):
     def per_sequence(b):
         with torch.no_grad():
             if training_type == "dpo":
-                return module.sequence_logps(module.model, b)
+                return sequence_logps(module.model, b)
             return sequence_rewards(module.model, b.input_ids, None, b.position_ids, b.packed_last_tokens())
 
     row = next(r for r in range(len(batch.input_ids)) if len(set(batch.sequence_index[r].tolist()) - {-1}) > 1)
