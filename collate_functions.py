@@ -103,12 +103,15 @@ class SFTBatch:
     position_ids:   (B, T) long for packed rows (pack_sft): several conversations a row, the
                     positions restarting at 0 at each one (and at the padding), which is
                     how the model keeps attention within a conversation; None when unpacked.
+    sequence_index: (B, T) long for packed rows: the index (in the examples given to
+                    pack_sft) of the conversation each token belongs to, -1 on padding.
     """
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     is_generate: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
+    sequence_index: torch.Tensor | None = None
 
     @property
     def generate_mask(self) -> torch.Tensor:
@@ -187,13 +190,18 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 
 def pack_sft(examples: list[dict], pad_id: int, capacity: int, pad_to_multiple_of: int = 1) -> SFTBatch:
     """Padding-free layout of the same examples: conversations concatenated into rows of at
-    most `capacity` tokens (first-fit decreasing), position_ids restarting at 0 at each
-    conversation, rows right-padded to the longest (the padding its own run of positions,
-    with no label). The first token of a conversation is never a target, as unpacked."""
-    bins = first_fit_decreasing([len(e["input_ids"]) for e in examples], capacity)
+    most `capacity` tokens, and no longer than the longest example (first-fit decreasing),
+    position_ids restarting at 0 at each conversation, rows right-padded to the longest row
+    (the padding its own run of positions, with no label). The first token of a conversation
+    is never a target, as unpacked."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    # Rows no longer than the padded layout's: attention runs over a whole row under a
+    # block-diagonal mask (SDPA, CPU), its cost quadratic in the row's length, so longer rows
+    # would trade padding for attention work; these never hold more positions nor longer rows.
+    bins = first_fit_decreasing(lengths, min(capacity, max(lengths)))
     rows = []
     for members in bins:
-        ids, labels, positions, generate = [], [], [], []
+        ids, labels, positions, generate, index = [], [], [], [], []
         for i in members:
             e = examples[i]
             n = len(e["input_ids"])
@@ -201,7 +209,8 @@ def pack_sft(examples: list[dict], pad_id: int, capacity: int, pad_to_multiple_o
             labels += [IGNORE_INDEX] + list(e["labels"][1:])
             positions += range(n)
             generate += [e.get("is_generate", False)] * n
-        rows.append((ids, labels, positions, generate))
+            index += [i] * n
+        rows.append((ids, labels, positions, generate, index))
     longest = max(len(r[0]) for r in rows)
     T = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     B = len(rows)
@@ -210,7 +219,8 @@ def pack_sft(examples: list[dict], pad_id: int, capacity: int, pad_to_multiple_o
     label_ids = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.arange(T).repeat(B, 1)
     is_generate = torch.zeros((B, T), dtype=torch.bool)
-    for b, (ids, labels, positions, generate) in enumerate(rows):
+    sequence_index = torch.full((B, T), -1, dtype=torch.long)
+    for b, (ids, labels, positions, generate, index) in enumerate(rows):
         n = len(ids)
         input_ids[b, :n] = torch.tensor(ids)
         attention_mask[b, :n] = 1
@@ -218,14 +228,27 @@ def pack_sft(examples: list[dict], pad_id: int, capacity: int, pad_to_multiple_o
         position_ids[b, :n] = torch.tensor(positions)
         position_ids[b, n:] = torch.arange(T - n)
         is_generate[b, :n] = torch.tensor(generate)
+        sequence_index[b, :n] = torch.tensor(index)
     return SFTBatch(input_ids, attention_mask, label_ids,
-                    is_generate if "is_generate" in examples[0] else None, position_ids)
+                    is_generate if "is_generate" in examples[0] else None, position_ids, sequence_index)
+
+
+def pack_or_pad(examples: list[dict], pad_id: int, capacity: int | None, pad_to_multiple_of: int = 1) -> SFTBatch:
+    """pack_sft's layout where it saves rows, else pad_sft's (always, without a capacity).
+    Either gives the same loss; with as many rows packing saves no position, and its
+    block-diagonal mask costs a little more than the padding mask (5-10% of a CPU forward)."""
+    if capacity:
+        packed = pack_sft(examples, pad_id, capacity, pad_to_multiple_of)
+        if packed.input_ids.shape[0] < len(examples):
+            return packed
+    return pad_sft(examples, pad_id, pad_to_multiple_of)
 
 
 class SFTCollator:
     """DataLoader collate_fn: tokenized examples -> SFTBatch (validation) or StepBatch
     (training: micro-batches of `micro_batch_size` examples). With `pack_capacity` each
-    micro-batch's examples are packed into rows of at most that many tokens (pack_sft)."""
+    micro-batch's examples are packed into rows of at most that many tokens where that
+    saves rows (pack_or_pad)."""
 
     def __init__(self, pad_id: int, micro_batch_size: int | None = None, pad_to_multiple_of: int = 1,
                  pack_capacity: int | None = None):
@@ -235,9 +258,7 @@ class SFTCollator:
         self.pack_capacity = pack_capacity
 
     def batch(self, examples: list[dict]) -> SFTBatch:
-        if self.pack_capacity:
-            return pack_sft(examples, self.pad_id, self.pack_capacity, self.pad_to_multiple_of)
-        return pad_sft(examples, self.pad_id, self.pad_to_multiple_of)
+        return pack_or_pad(examples, self.pad_id, self.pack_capacity, self.pad_to_multiple_of)
 
     def __call__(self, examples: list[dict]):
         if self.micro_batch_size is None:
@@ -270,45 +291,84 @@ def tokenize_preference_rows(rows, tokenizer, max_length: int) -> tuple[list[dic
 
 @dataclass
 class PreferenceBatch:
-    """Chosen and rejected sequences of B pairs, concatenated for one forward pass.
+    """Chosen and rejected sequences of B pairs, concatenated for one forward pass: one
+    sequence a row, or packed (several sequences a row, as pack_sft lays them out).
 
-    input_ids:      (2B, T) long; rows 0..B-1 are the chosen sequences, B..2B-1 the rejected.
-    attention_mask: (2B, T) long.
-    labels:         (2B, T) long; completion tokens only, -100 elsewhere.
+    input_ids:      (R, T) long. Unpacked: R = 2B, rows 0..B-1 the chosen sequences, B..2B-1
+                    the rejected. Packed: R rows of up to the capacity, holding the 2B sequences.
+    attention_mask: (R, T) long.
+    labels:         (R, T) long; completion tokens only, -100 elsewhere (and at the first token
+                    of every packed sequence, which is never a target).
     ref_logps:      (2B,) float reference log-probs computed before training, or None when
                     the reference model runs live.
+    position_ids:   (R, T) long for packed rows, restarting at 0 at each sequence; else None.
+    sequence_index: (R, T) long for packed rows: which sequence (0..2B-1, chosen first as
+                    above) each token belongs to, -1 on padding; else None.
     """
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     ref_logps: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    sequence_index: torch.Tensor | None = None
+
+    @property
+    def sequences(self) -> int:
+        """2B: the chosen and rejected sequences (every one has tokens, so packed ones all appear)."""
+        if self.sequence_index is None:
+            return self.input_ids.shape[0]
+        return int(self.sequence_index.max()) + 1
 
     @property
     def count(self) -> int:
-        """Pairs: what the DPO loss is averaged over."""
-        return self.input_ids.shape[0] // 2
+        """Pairs: what the DPO and BT losses are averaged over."""
+        return self.sequences // 2
+
+    def per_sequence(self, values: torch.Tensor) -> torch.Tensor:
+        """(R, T-1) per-next-token values (as logprobs.token_logps gives) -> (2B,) sums over
+        each sequence. Packed: entry [r, t] goes to the sequence of token t+1, the token it
+        predicts; the entry predicting a sequence's first token from the sequence before is
+        unlabelled (0 in token_logps), so nothing crosses a boundary."""
+        if values.dtype == torch.bool:      # counts (of a mask), as .sum() gives them
+            values = values.long()
+        if self.sequence_index is None:
+            return values.sum(dim=-1)
+        index = self.sequence_index[:, 1:]
+        keep = index >= 0
+        out = torch.zeros(self.sequences, dtype=values.dtype, device=values.device)
+        return out.index_add(0, index[keep], values[keep])
+
+    def packed_last_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed rows: (rows, columns), each (2B,) long, of each sequence's last token (where
+        a reward model's score is read)."""
+        flat = self.sequence_index.flatten()
+        where = (flat >= 0).nonzero().squeeze(1)                   # flat positions of real tokens
+        last = torch.zeros(self.sequences, dtype=torch.long, device=flat.device)
+        last = last.scatter_reduce(0, flat[where], where, reduce="amax")
+        T = self.input_ids.shape[1]
+        return last // T, last % T
 
 
-def concatenate_pairs(examples: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> PreferenceBatch:
-    """The one place chosen and rejected are put side by side: [chosen..., rejected...]."""
+def concatenate_pairs(examples: list[dict], pad_id: int, pad_to_multiple_of: int = 1,
+                      pack_capacity: int | None = None) -> PreferenceBatch:
+    """The one place chosen and rejected are put side by side: [chosen..., rejected...], one
+    a row, or with `pack_capacity` packed into rows of at most that many tokens where that
+    saves rows (pack_or_pad)."""
     rows = [{"input_ids": e[f"{side}_input_ids"], "labels": e[f"{side}_labels"]}
             for side in ("chosen", "rejected") for e in examples]
-    padded = pad_sft(rows, pad_id, pad_to_multiple_of)
+    laid_out = pack_or_pad(rows, pad_id, pack_capacity, pad_to_multiple_of)
     ref = None
     if "ref_chosen_logps" in examples[0]:
         ref = torch.tensor([e["ref_chosen_logps"] for e in examples] + [e["ref_rejected_logps"] for e in examples])
-    return PreferenceBatch(padded.input_ids, padded.attention_mask, padded.labels, ref)
+    return PreferenceBatch(laid_out.input_ids, laid_out.attention_mask, laid_out.labels, ref,
+                           laid_out.position_ids, laid_out.sequence_index)
 
 
 class PreferenceCollator(SFTCollator):
     """DataLoader collate_fn for pairs: PreferenceBatch (validation) or StepBatch (training)."""
 
-    def __call__(self, examples: list[dict]):
-        if self.micro_batch_size is None:
-            return concatenate_pairs(examples, self.pad_id, self.pad_to_multiple_of)
-        chunks = [examples[i:i + self.micro_batch_size] for i in range(0, len(examples), self.micro_batch_size)]
-        return StepBatch([concatenate_pairs(c, self.pad_id, self.pad_to_multiple_of) for c in chunks])
-
+    def batch(self, examples: list[dict]) -> PreferenceBatch:
+        return concatenate_pairs(examples, self.pad_id, self.pad_to_multiple_of, self.pack_capacity)
 
 def tokenize_prompt_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], dict]:
     """Canonical grpo rows -> prompt token ids (rendered with the generation prompt, so

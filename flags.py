@@ -79,11 +79,11 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         help="recompute each decoder layer's activations in the backward pass instead of keeping them "
              "(transformers' activation checkpointing): less memory, about one more forward of compute a step")
     add("--max-length", type=int, default=1024, help="truncate tokenized conversations to this many tokens")
-    add("--packing", action=flag, default=False,
-        help="sft, sft_verifier: pack each micro-batch's conversations into rows of up to --max-length tokens "
-             "(first-fit decreasing; position_ids restart at each one and attention stays within it), "
-             "instead of one padded row each; same loss and gradients, less padding (off by default: not "
-             "faster on bench/run.py's CPU run, see README)")
+    add("--packing", action=flag, default=True,
+        help="sft, sft_verifier, dpo, bt: pack each micro-batch's sequences into rows no longer than its "
+             "longest (first-fit decreasing; position_ids restart at each one and attention stays within it) "
+             "where that saves rows, instead of one padded row each; same loss and gradients, less padding "
+             "(see README, Performance)")
     add("--precision", choices=PRECISIONS, default="32-true", help="Lightning precision")
     add("--beta", type=float, default=0.1, help="DPO beta (the seed used 1.0 and 2.0)")
     add("--rpo-alpha", type=float, default=0.0,
@@ -368,9 +368,9 @@ def validate(config: dict, given: set) -> None:
             raise ConfigError(f"--{name.rstrip('_').replace('_', '-')} only applies to --training-type sft_verifier.")
     if c["verifier_eval_rows"] < 0 or c["verifier_k"] < 1:
         raise ConfigError("--verifier-eval-rows must not be negative and --verifier-k must be at least 1.")
-    if "packing" in given and c["training_type"] not in ("sft", "sft_verifier"):
-        raise ConfigError("--packing only applies to --training-type sft and sft_verifier.")
-    if c["packing"] and c["length_penalty"] > 0:
+    if "packing" in given and c["training_type"] not in ("sft", "sft_verifier", "dpo", "bt"):
+        raise ConfigError("--packing only applies to --training-type sft, sft_verifier, dpo and bt.")
+    if "packing" in given and c["packing"] and c["length_penalty"] > 0:
         raise ConfigError("--length-penalty does not work with --packing yet (it samples a reply for each row's "
                           "prompt, and a packed row holds several conversations); drop one of them.")
     if "center_rewards_coefficient" in given and c["training_type"] != "bt":
@@ -541,6 +541,10 @@ def resolve(config: dict) -> dict:
         c["reward_model"] = os.path.abspath(c["reward_model"])
     if c["early_stopping_patience"] is not None:
         c["save_best"] = True
+    if c["length_penalty"] > 0 or c["training_type"] == "grpo":
+        # The length penalty samples a reply for each row's prompt (one conversation a row);
+        # grpo's rows are prompts, laid out at each rollout.
+        c["packing"] = False
     if c["save_best"]:
         c["monitor"], c["monitor_mode"] = monitor_settings(c)
     return c

@@ -119,20 +119,24 @@ _PACKING_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -
 
 def supports_packing(model) -> bool:
     """Whether packed rows (position_ids restarting, attention_mask None) keep attention within
-    each sequence in this model: checked once per model, in eval mode, by comparing two
-    4-token sequences run packed in one row with the same two run as separate rows."""
+    each sequence in this model: checked once per model, in eval mode, by comparing the hidden
+    states of two 4-token sequences run packed in one row with the same two run as separate
+    rows (the decoder's, so causal LMs and reward models are checked alike)."""
     if model not in _PACKING_OK:
         was_training = model.training
         model.eval()
+        base = getattr(model, "base_model", model)
         try:
             with torch.no_grad():
                 device = next(model.parameters()).device
                 vocab = model.get_input_embeddings().weight.shape[0]
                 ids = (torch.arange(8, device=device) * 7 + 3) % vocab
-                apart = model(input_ids=ids.view(2, 4), use_cache=False).logits.float()
-                together = model(input_ids=ids.view(1, 8), position_ids=torch.arange(4, device=device).repeat(1, 2),
-                                 use_cache=False).logits.float()
+                apart = base(input_ids=ids.view(2, 4), use_cache=False).last_hidden_state.float()
+                together = base(input_ids=ids.view(1, 8), position_ids=torch.arange(4, device=device).repeat(1, 2),
+                                use_cache=False).last_hidden_state.float()
             _PACKING_OK[model] = torch.allclose(apart.reshape(1, 8, -1), together, rtol=1e-4, atol=1e-4)
+        except (TypeError, AttributeError, ValueError):      # no position_ids or no hidden states: no packing
+            _PACKING_OK[model] = False
         finally:
             model.train(was_training)
     return _PACKING_OK[model]

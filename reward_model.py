@@ -20,18 +20,27 @@ def is_decoder(model) -> bool:
     return hasattr(model, "score")
 
 
-def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(N, T) ids and mask -> (N,) float32 rewards, read at each row's last real token."""
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     position_ids: torch.Tensor | None = None,
+                     last: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """One float32 reward per sequence, read at its last real token.
+
+    Unpacked: (N, T) ids and mask, one sequence a row -> (N,) rewards.
+    Packed (decoders only): attention_mask None, position_ids (N, T) restarting at 0 at each
+    sequence (so attention stays within it), and last = (rows, columns), each (S,), of every
+    sequence's last token -> (S,) rewards in that order.
+    """
     if not is_decoder(model):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-    # Positions count real tokens only, so a left-padded row sees the positions it would see unpadded.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids).last_hidden_state               # (N, T, H)
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    last = (positions * attention_mask).argmax(-1)                                        # (N,)
-    # Only the N scored positions go through the head.
-    return model.score(hidden[torch.arange(len(last), device=last.device), last])[:, 0].float()
+    if attention_mask is not None:
+        # Positions count real tokens only, so a left-padded row sees the positions it would see unpadded.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last = torch.arange(input_ids.shape[0], device=input_ids.device), (positions * attention_mask).argmax(-1)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False).last_hidden_state                          # (N, T, H)
+    # Only the scored positions go through the head.
+    return model.score(hidden[last])[:, 0].float()
 
 
 def reward_inputs(tokenizer, messages: list[dict], max_length: int) -> list[int] | None:

@@ -59,7 +59,7 @@ def build_data(c: dict, tokenizer):
     # FP8 GEMMs need dimensions divisible by 16 (the seed's finding on H100): pad sequences to it.
     multiple = 16 if c["precision"] == "transformer-engine" else 1
     # Packing keeps the examples of every micro-batch (so the loss is unchanged), not its layout.
-    pack = {"pack_capacity": c["max_length"]} if c.get("packing") and not pairs else {}
+    pack = {"pack_capacity": c["max_length"]} if c.get("packing") else {}
     for split, ds in (("train", train), ("test", test)):
         if ds is None:
             continue
@@ -108,12 +108,15 @@ def build_data(c: dict, tokenizer):
     return loaders, eval_prompts, counts, verifier_rows
 
 
-def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: int) -> None:
+def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: int,
+                               pack_capacity: int | None = None) -> None:
     """DPO's cached mode: the starting policy is the reference, so score every pair with it
-    once, before any update, and store the log-probs in the rows (reused every epoch)."""
+    once, before any update, and store the log-probs in the rows (reused every epoch). Laid
+    out as the validation loader lays them out (same chunks, packed or not), so at step 0 its
+    log-probs equal the policy's there to the bit."""
     import torch
-    import logprobs
     from collate_functions import concatenate_pairs
+    from module import sequence_logps
 
     was_training = model.training
     model.eval()
@@ -122,9 +125,7 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
             rows = loader.dataset
             for i in range(0, len(rows), batch_size):
                 chunk = rows[i:i + batch_size]
-                batch = concatenate_pairs(chunk, pad_id)
-                logps = logprobs.sequence_logps(model, batch.input_ids, batch.attention_mask,
-                                                batch.labels).tolist()
+                logps = sequence_logps(model, concatenate_pairs(chunk, pad_id, pack_capacity=pack_capacity)).tolist()
                 for j, row in enumerate(chunk):
                     row["ref_chosen_logps"], row["ref_rejected_logps"] = logps[j], logps[len(chunk) + j]
     model.train(was_training)
@@ -428,6 +429,8 @@ def has_checkpoints(out: str) -> bool:
 def fit(c: dict, ray_worker: bool = False) -> dict:
     """Build data, module and Trainer, then train (or test); the same code in every process."""
     import lightning as L
+
+    import logprobs
     from models import load_causal_lm, load_model, load_tokenizer
     from module import PostTrainingModule
 
@@ -441,12 +444,20 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
                 "data_fingerprint": data_fingerprint(loaders["train"].dataset) if "train" in loaders else None}
     # A bt run from a causal LM gets a new score head: drawn here, right after seeding.
     model = load_model(c["training_type"], c["model_name"], tokenizer, c["trust_remote_code"])
+    if c["packing"] and not logprobs.supports_packing(model):
+        # An encoder reward model attends both ways, across packed sequences; padded rows are exact.
+        log.warning("%s does not keep attention within packed sequences: training without --packing.",
+                    type(model).__name__)
+        c["packing"] = False
+        for loader in loaders.values():
+            loader.collate_fn.pack_capacity = None
     reference = None
     if c["training_type"] == "dpo":
         if c["precompute_ref_log_probs"]:
             # The policy was just loaded from the starting checkpoint (a resumed run loads its
             # trained weights later, inside fit), so here it is the reference.
-            precompute_reference_logps(model, loaders, c["batch_size"], tokenizer.pad_token_id)
+            precompute_reference_logps(model, loaders, c["batch_size"], tokenizer.pad_token_id,
+                                       c["max_length"] if c["packing"] else None)
         else:
             reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
     rewards = None

@@ -13,16 +13,19 @@ does the full-vocabulary work of a real Qwen2.5 model. Both sides get the same t
 labels (tokenised once by collate_functions.py, given to TRL pre-tokenised; its DPOTrainer's
 dataset preparation is skipped for that, as it has no pre-tokenised path), the same rows in
 the same order, batch size, max length, AdamW (constant --lr, no weight decay, gradient norm
-clipped to 1.0), and run --warmup + --steps optimizer steps.
+clipped to 1.0), fp32 on both sides, and run --warmup + --steps optimizer steps.
 
 Configurations, each in its own subprocess (so each peak RSS is its own):
-  ours          train.py's defaults (for dpo: precomputed reference log-probs)
-  ours-packed   sft with --packing
-  trl-default   TRL's default config
-  trl-best      TRL's fastest: sft packing=True + padding_free=True; dpo precompute_ref_log_probs=True
-                (bt has no such option: trl-default only)
-Our side runs PostTrainingModule.compute -> backward -> clip -> AdamW in a plain loop (Lightning's
-Trainer around it adds a few ms a step); TRL's side is its Trainer.train().
+  ours          train.py's defaults (for dpo: precomputed reference log-probs) but --no-packing
+  ours-packed   train.py's defaults (--packing is one)
+  trl-default   TRL's default config, but fp32: TRL 1.16's configs default to bf16=True, which
+                on CPU is bf16 autocast (half the matmul work on a CPU with AVX512-BF16), so
+                bf16=False keeps both sides on the same arithmetic
+  trl-best      TRL's fastest: activation checkpointing off (its configs turn it on), and sft
+                packing=True + padding_free=True, dpo precompute_ref_log_probs=True
+Our side runs PostTrainingModule.compute -> backward -> clip -> AdamW (module.adamw, as train.py
+configures it) in a plain loop (Lightning's Trainer around it adds a few ms a step); TRL's side is
+its Trainer.train().
 
 Before timing, each TRL configuration's first batch is scored by TRL's compute_loss and by our
 module on the same tensors; the two must agree to 1e-4 (the "loss check" column). For DPO
@@ -54,8 +57,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 HH_RLHF = os.path.join(REPO, "..", "shared", "data", "hh-rlhf", "harmless-base-test-part1.jsonl.gz")
 WORKLOADS = ("sft", "dpo", "bt")
-CONFIGS = {"sft": ("ours", "ours-packed", "trl-default", "trl-best"), "dpo": ("ours", "trl-default", "trl-best"),
-           "bt": ("ours", "trl-default")}
+CONFIGS = {w: ("ours", "ours-packed", "trl-default", "trl-best") for w in ("sft", "dpo", "bt")}
 
 
 def trl_available() -> bool:
@@ -107,8 +109,7 @@ def our_config(workload: str, args, packing: bool) -> dict:
     from flags import parse_config
     argv = ["--training-type", workload, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size),
             "--lr", str(args.lr), "--seed", str(args.seed)]
-    if workload == "sft":
-        argv.append("--packing" if packing else "--no-packing")
+    argv.append("--packing" if packing else "--no-packing")
     return parse_config(argv)[0]
 
 
@@ -126,7 +127,7 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
 
     from collate_functions import PreferenceCollator, SFTCollator
     from models import load_causal_lm, load_reward_model, load_tokenizer
-    from module import PostTrainingModule
+    from module import PostTrainingModule, adamw
     from train import precompute_reference_logps
     tokenizer = load_tokenizer(os.path.join(REPO, "embedded", "model"))
     steps = args.warmup + args.steps
@@ -138,14 +139,14 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
     if workload == "dpo":
         precompute_reference_logps(model, {"train": type("Rows", (), {"dataset": rows})()}, args.batch_size,
                                    tokenizer.pad_token_id)
-    pack = {"pack_capacity": args.max_length} if workload == "sft" and config["packing"] else {}
+    pack = {"pack_capacity": args.max_length} if config["packing"] else {}
     collator = (SFTCollator if workload == "sft" else PreferenceCollator)(tokenizer.pad_token_id, args.batch_size, **pack)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    opt = adamw(model.parameters(), args.lr, 0.0)
     model.train()
-    times, supervised, total, losses = [], [], [], []
+    times, cpu_times, supervised, total, losses = [], [], [], [], []
     for i in range(steps):
         step = collator(rows[i * args.batch_size:(i + 1) * args.batch_size])
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         loss_value = 0.0
         for mb in step.micro_batches:
@@ -155,11 +156,13 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         sup, tot = (sum(c) for c in zip(*(counts_of(mb) for mb in step.micro_batches)))
         supervised.append(0 if workload == "bt" else sup)
         total.append(tot)
         losses.append(loss_value)
-    return {"times": times, "supervised": supervised, "total": total, "losses": losses, "loss_check": None}
+    return {"times": times, "cpu_times": cpu_times, "supervised": supervised, "total": total, "losses": losses,
+            "loss_check": None}
 
 
 def trl_batch_to_ours(workload: str, batch: dict):
@@ -193,12 +196,12 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
     steps = args.warmup + args.steps
     best = variant == "trl-best"
     # Packed rows hold more conversations each: give every configuration enough rows.
-    rows = tokenized_rows(workload, tokenizer, args.max_length, steps * args.batch_size * (4 if best else 1))
+    rows = tokenized_rows(workload, tokenizer, args.max_length, steps * args.batch_size * (4 if best and workload == "sft" else 1))
     common = dict(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=args.batch_size,
                   max_steps=steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
                   weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", report_to="none", save_strategy="no",
                   logging_steps=1, use_cpu=True, dataloader_num_workers=0, seed=args.seed, max_length=args.max_length,
-                  disable_tqdm=True)
+                  disable_tqdm=True, bf16=False, activation_checkpointing=not best)
     if workload == "sft":
         data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
         model = load_causal_lm(os.path.join(folder, "lm"))
@@ -249,7 +252,7 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
         our_loss = float(ours.compute(our_batch)[0])
     del ours
 
-    times, supervised, total, start = [], [], [], [0.0]
+    times, cpu_times, supervised, total, start = [], [], [], [], [0.0, 0.0]
     real_compute_loss = trainer.compute_loss
 
     def counting_compute_loss(model, inputs, *a, **k):
@@ -269,14 +272,15 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            start[0] = time.perf_counter()
+            start[:] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - start[0])
+            cpu_times.append(time.process_time() - start[1])
     trainer.add_callback(Timer())
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"times": times, "supervised": supervised, "total": total, "losses": losses,
+    return {"times": times, "cpu_times": cpu_times, "supervised": supervised, "total": total, "losses": losses,
             "loss_check": {"trl": trl_loss, "ours": our_loss, "trl_reference_max_abs_error": reference_error}}
 
 
@@ -314,6 +318,8 @@ def summarise(workload: str, variant: str, result: dict, args, peak: float) -> d
     check = result["loss_check"]
     return {"workload": workload, "config": variant, "steps_timed": len(times),
             "median_step_s": statistics.median(times) if times else float("nan"),
+            # CPU time of the process: with one thread, what the step costs whatever else the machine runs.
+            "median_step_cpu_s": statistics.median(result["cpu_times"][timed]) if times else float("nan"),
             "supervised_tokens_per_s": sum(sup) / seconds if workload != "bt" and seconds else None,
             "total_tokens_per_s": sum(tot) / seconds if seconds else float("nan"),
             "peak_rss_mib": result["peak_rss_mib"], "flops_fraction_of_peak": flops / seconds / peak if seconds else None,
@@ -394,16 +400,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ratios(table: list[dict]) -> dict:
-    """Ours / TRL total tokens/s: our default against TRL's default and TRL's best, per workload."""
+    """Ours / TRL total tokens/s: ours unpacked and packed against TRL's default and TRL's best, per workload."""
     out = {}
     for workload in WORKLOADS:
         rows = {r["config"]: r for r in table if r["workload"] == workload}
-        if "ours" not in rows:
-            continue
-        for trl_config in ("trl-default", "trl-best"):
-            if trl_config in rows:
-                out[f"{workload}: ours / {trl_config}"] = (rows["ours"]["total_tokens_per_s"]
-                                                          / rows[trl_config]["total_tokens_per_s"])
+        for our_config in ("ours", "ours-packed"):
+            for trl_config in ("trl-default", "trl-best"):
+                if our_config in rows and trl_config in rows:
+                    out[f"{workload}: {our_config} / {trl_config}"] = (rows[our_config]["total_tokens_per_s"]
+                                                                      / rows[trl_config]["total_tokens_per_s"])
     return out
 
 
@@ -412,13 +417,13 @@ def print_table(table: list[dict], args, peak: float) -> None:
         return "-" if value is None else format(value, spec)
     print(f"\nfp32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads); batch {args.batch_size}, "
           f"max length {args.max_length}, {args.warmup} warm-up + {args.steps} timed steps")
-    print("| workload | config | loss check (TRL / ours, batch 1) | median step (s) | supervised tok/s "
-          "| total tok/s | peak RSS (MiB) | model FLOPs / matmul peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| workload | config | loss check (TRL / ours, batch 1) | median step (s) | median step CPU (s) "
+          "| supervised tok/s | total tok/s | peak RSS (MiB) | model FLOPs / matmul peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in table:
         check = r["loss_check"]
         check_text = f"{check['trl']:.5f} / {check['ours']:.5f}" if check else "-"
-        print(f"| {r['workload']} | {r['config']} | {check_text} | {r['median_step_s']:.3f} | "
+        print(f"| {r['workload']} | {r['config']} | {check_text} | {r['median_step_s']:.3f} | {r['median_step_cpu_s']:.3f} | "
               f"{fmt(r['supervised_tokens_per_s'], '.0f')} | {r['total_tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | "
               f"{fmt(r['flops_fraction_of_peak'], '.1%')} |")
     for name, value in ratios(table).items():

@@ -11,13 +11,18 @@ from collate_functions import PreferenceCollator, SFTCollator
 @pytest.mark.parametrize("training_type", ["sft", "dpo"])
 def test_same_loss_and_gradients(tokenizer, training_type):
     from module import PostTrainingModule
-    argv = ["--training-type", training_type, "--train-dataset-length", "6", "--batch-size", "6"]
+    argv = ["--training-type", training_type, "--train-dataset-length", "60", "--batch-size", "6"]
     config = flags.resolve(flags.parse_config(argv)[0])
     loaders, _, _, _ = train.build_data(config, tokenizer)
-    rows = list(loaders["train"].dataset)[:6]
+    rows = list(loaders["train"].dataset)
+    if training_type == "sft":       # the longest and the five shortest: two of these fit in one packed row
+        rows = sorted(rows, key=lambda r: len(r["input_ids"]))
+        rows = rows[-1:] + rows[:5]
+    rows = rows[:6]
     collator = SFTCollator(tokenizer.pad_token_id, 6, pack_capacity=1024) if training_type == "sft" else \
         PreferenceCollator(tokenizer.pad_token_id, 6)
     step = collator(rows)
+    assert training_type != "sft" or step.micro_batches[0].position_ids is not None
     if training_type == "dpo":
         for mb in step.micro_batches:
             mb.ref_logps = torch.zeros(mb.input_ids.shape[0])

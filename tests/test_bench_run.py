@@ -25,14 +25,15 @@ def run_bench(tmp_path, sides):
 def test_our_side_tiny(tmp_path):
     result, stdout = run_bench(tmp_path, "ours")
     rows = {(r["workload"], r["config"]): r for r in result["rows"]}
-    assert set(rows) == {("sft", "ours"), ("sft", "ours-packed"), ("dpo", "ours"), ("bt", "ours")}
+    assert set(rows) == {(w, c) for w in ("sft", "dpo", "bt") for c in ("ours", "ours-packed")}
     for (workload, _), r in rows.items():
         assert r["steps_timed"] == 1 and r["total_tokens_per_s"] > 0 and r["peak_rss_mib"] > 0
         assert 0 < r["flops_fraction_of_peak"]
         assert (r["supervised_tokens_per_s"] is None) == (workload == "bt")
         assert r["first_loss"] > 0
     # Packing changes the layout, not the examples: the same first-step loss.
-    assert abs(rows[("sft", "ours")]["first_loss"] - rows[("sft", "ours-packed")]["first_loss"]) < 1e-5
+    for workload in ("sft", "dpo", "bt"):
+        assert abs(rows[(workload, "ours")]["first_loss"] - rows[(workload, "ours-packed")]["first_loss"]) < 1e-5
     # A random-init model: DPO starts at ln 2, BT near it.
     assert abs(rows[("dpo", "ours")]["first_loss"] - 0.693147) < 1e-4
     assert "| sft | ours |" in stdout and result["matmul_peak_gflops"] > 0
@@ -43,6 +44,6 @@ def test_trl_side_and_loss_check_tiny(tmp_path):
     pytest.importorskip("trl", reason="TRL is not installed (pip install -r bench/requirements.txt)")
     result, _ = run_bench(tmp_path, "trl")
     checks = [r["loss_check"] for r in result["rows"]]
-    assert len(checks) == 5 and all(c is not None for c in checks)
+    assert len(checks) == 6 and all(c is not None for c in checks)
     for c in checks:
         assert abs(c["trl"] - c["ours"]) <= 1e-4 * max(1.0, abs(c["trl"]))

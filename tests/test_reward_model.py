@@ -2,6 +2,7 @@
 for decoder LMs and encoders; conversations end at the reply's end-of-turn token."""
 import torch
 
+import logprobs
 from conftest import EMBEDDED_MODEL
 from models import load_reward_model
 from reward_model import reward_inputs, score_conversations, sequence_rewards, trim_pairs_to_reply_end
@@ -60,6 +61,9 @@ def test_encoder_reward_model_pools_its_own_way():
     sequences = [[5, 6, 7, 8, 9], [5, 10, 11]]
     alone = torch.cat([sequence_rewards(model, *_pad([s], 0, left=False)) for s in sequences])
     torch.testing.assert_close(sequence_rewards(model, *_pad(sequences, 0, left=False)), alone, atol=1e-5, rtol=0)
+    # Bidirectional attention crosses packed sequences: train.py trains it padded instead.
+    assert not logprobs.supports_packing(model)
+    assert logprobs.supports_packing(load_reward_model(str(EMBEDDED_MODEL), 0))
 
 
 def test_training_rows_end_at_the_end_of_turn_token(tokenizer):

@@ -100,14 +100,15 @@ def test_refuses_to_overwrite_a_run(sft_run, capsys):
 def test_accumulation_gives_the_gradient_of_the_larger_batch(tokenizer, pack):
     """Micro-batch 4 x accumulation 2 gives the gradient of batch 8 on the same rows (to 1e-6):
     each micro-batch's loss is divided by the supervised tokens of the whole step. Packed
-    micro-batches (--packing, rows of up to 1024 tokens) too."""
+    micro-batches (--packing) too, on rows chosen so that every micro-batch packs."""
     from collate_functions import SFTCollator
     from module import PostTrainingModule
-    config, _ = flags.parse_config(["--train-dataset-length", "8", "--batch-size", "4",
+    config, _ = flags.parse_config(["--train-dataset-length", "40", "--batch-size", "4",
                                     "--accumulate-grad-batches", "2"])
     config = flags.resolve(config)
     loaders, _, _, _ = train.build_data(config, tokenizer)
-    rows = list(loaders["train"].dataset)
+    rows = sorted(loaders["train"].dataset, key=lambda r: len(r["input_ids"]))
+    rows = [rows[-1], *rows[:3], rows[-2], *rows[3:6]]       # a long one and three about half its length
     module = PostTrainingModule(config, tokenizer=tokenizer)
 
     def gradient(step):
@@ -119,6 +120,9 @@ def test_accumulation_gives_the_gradient_of_the_larger_batch(tokenizer, pack):
     accumulated = gradient(SFTCollator(tokenizer.pad_token_id, micro_batch_size=4, pack_capacity=pack)(rows))
     whole = gradient(SFTCollator(tokenizer.pad_token_id, micro_batch_size=8, pack_capacity=pack)(rows))
     assert len(SFTCollator(tokenizer.pad_token_id, micro_batch_size=4)(rows).micro_batches) == 2
+    if pack:
+        assert all(mb.position_ids is not None
+                   for mb in SFTCollator(tokenizer.pad_token_id, micro_batch_size=4, pack_capacity=pack)(rows).micro_batches)
     for name, grad in whole.items():
         torch.testing.assert_close(accumulated[name], grad, rtol=0, atol=1e-6)
     assert max(g.abs().max().item() for g in whole.values()) > 1e-3
@@ -153,3 +157,16 @@ def test_sanity_train_validates_on_the_training_rows(tokenizer):
     assert len(loaders["test"].dataset) == 5
     train_ids = {tuple(r["input_ids"]) for r in loaders["train"].dataset}
     assert not any(tuple(r["input_ids"]) in train_ids for r in loaders["test"].dataset)
+
+
+def test_adamw_is_fused_and_takes_the_hand_worked_first_step():
+    """module.adamw's first step, lr 0.1, weight decay 0.5: decoupled decay p * (1 - 0.1 * 0.5),
+    then Adam's bias-corrected m / sqrt(v) = g / |g| on the first step, so each weight moves
+    by -0.1 * sign(g) (0 where g = 0): [1, -2, 0.5] -> [0.95 - 0.1, -1.9 + 0.1, 0.475]."""
+    from module import adamw
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    p.grad = torch.tensor([0.3, -0.01, 0.0])
+    opt = adamw([p], lr=0.1, weight_decay=0.5)
+    assert opt.defaults["fused"] is True
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.tensor([0.85, -1.8, 0.475]), rtol=0, atol=1e-6)
