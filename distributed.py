@@ -24,7 +24,7 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "S3_ENDPOINT", "AWS_DEFAULT_REGION", "TRAIN
 
 def lightning_parts(c: dict, schedule):
     """(strategy, plugins, checkpoint-report callback) for a Lightning Trainer in a Ray worker;
-    `schedule` (train.CheckpointSchedule) says when a checkpoint is due inside an epoch."""
+    `schedule` (callbacks.CheckpointSchedule) says when a checkpoint is due inside an epoch."""
     import ray.train
     from ray.train.lightning import (RayDDPStrategy, RayFSDPStrategy, RayLightningEnvironment,
                                      RayTrainReportCallback)

@@ -15,6 +15,7 @@ import pytest
 import s3fs
 
 import storage
+import callbacks
 import train
 from conftest import read_scalars
 
@@ -240,7 +241,7 @@ def test_tensorboard_flushes_are_retried_across_a_server_restart(s3_server, requ
     storage.configure_retries(3, 0.5)
     caplog.set_level(logging.WARNING, logger="storage")
     run = "s3://test-bucket/runs/tb"
-    logger = train.tensorboard_logger(run)
+    logger = callbacks.tensorboard_logger(run)
     try:
         logger.log_metrics({"train/loss": 2.0}, step=0)
         logger.save()
