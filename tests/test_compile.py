@@ -1,5 +1,5 @@
-"""--compile: a compiled training step gives the eager step's loss and gradients (SFT packed,
-DPO packed; micro-batches of different lengths reuse one graph), a compiled run's checkpoint
+"""--compile: a compiled training step gives the eager step's loss and gradients (SFT, DPO and
+BT, packed; micro-batches of different lengths reuse one graph), a compiled run's checkpoint
 and export are laid out as an uncompiled run's, and the flag is refused where it cannot apply.
 Compiling on CPU takes tens of seconds a graph, so the steps are few and small."""
 import pytest
@@ -24,7 +24,7 @@ def one_step(module, step):
     return total, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("training_type", ["sft", "dpo"])
+@pytest.mark.parametrize("training_type", ["sft", "dpo", "bt"])
 def test_compiled_step_equals_eager_step(tokenizer, training_type):
     from module import PostTrainingModule
     argv = ["--training-type", training_type, "--train-dataset-length", "60", "--batch-size", "3",
@@ -48,6 +48,7 @@ def test_compiled_step_equals_eager_step(tokenizer, training_type):
 
     def run(compile_):
         config["compile"] = compile_
+        torch.manual_seed(0)        # bt: the same new score head
         module = PostTrainingModule(config, tokenizer=tokenizer)
         module.train()
         return module, one_step(module, step)
