@@ -28,6 +28,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from compilation import forward_of
+
 IGNORE_INDEX = -100
 # Logit elements per chunk (fp32: 128 MiB): 220 rows for Qwen2.5's vocabulary.
 CHUNK_ELEMENTS = 1 << 25
@@ -159,14 +161,15 @@ def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     shift_labels = labels[:, 1:]                                                    # (N, T-1)
     mask = shift_labels != IGNORE_INDEX
     if not uses_chunked_head(model):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False).logits[:, :-1].float()                     # (N, T-1, V)
+        logits = forward_of(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   use_cache=False).logits[:, :-1].float()         # (N, T-1, V)
         safe = shift_labels.masked_fill(~mask, 0)
         picked = torch.gather(F.log_softmax(logits, dim=-1), 2, safe.unsqueeze(-1)).squeeze(-1)
         return picked * mask
     decoder, head = _parts(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     use_cache=False).last_hidden_state                             # (N, T, H)
+    # --compile: the decoder's compiled forward in training (compilation.py).
+    hidden = forward_of(decoder)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 use_cache=False).last_hidden_state                 # (N, T, H)
     selected = hidden[:, :-1][mask]                                                 # (M, H)
     chunk = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
     picked = ChunkedLabelLogps.apply(selected, head.weight, head.bias, shift_labels[mask], chunk)   # (M,)

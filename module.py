@@ -36,6 +36,7 @@ from rapidfuzz.distance import Levenshtein
 
 import logprobs
 from collate_functions import PreferenceBatch, PromptBatch, RolloutBatch, SFTBatch, StepBatch, rollout_batch
+from compilation import compile_for_training
 from generation import generate_completions, generate_replies, sample_token_ids
 from losses import LOSSES
 from losses.dpo import IGNORE_INDEX
@@ -184,6 +185,10 @@ class PostTrainingModule(L.LightningModule):
                                   f"activation checkpointing in transformers.")
             # Non-reentrant: correct with inputs that need no gradient and with the no-grad probes of logprobs.py.
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if config.get("compile"):
+            # The decoder (base model) the training forward runs, compiled beside the model, not
+            # wrapped into it: state_dict keys and exports stay as uncompiled (compilation.py).
+            compile_for_training(self.model)
         self.tokenizer = tokenizer
         self.val_prompts = val_prompts or []
         self.loss_fn = LOSSES[config["training_type"]]

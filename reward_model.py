@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from collate_functions import IGNORE_INDEX, tokenize_conversation
+from compilation import forward_of
 
 
 def is_decoder(model) -> bool:
@@ -31,14 +32,15 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     sequence's last token -> (S,) rewards in that order.
     """
     if not is_decoder(model):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        return forward_of(model)(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
     if attention_mask is not None:
         # Positions count real tokens only, so a left-padded row sees the positions it would see unpadded.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         last = torch.arange(input_ids.shape[0], device=input_ids.device), (positions * attention_mask).argmax(-1)
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False).last_hidden_state                          # (N, T, H)
+    # --compile: the base model's compiled forward in training (compilation.py).
+    hidden = forward_of(model.base_model)(input_ids=input_ids, attention_mask=attention_mask,
+                                          position_ids=position_ids, use_cache=False).last_hidden_state   # (N, T, H)
     # Only the scored positions go through the head.
     return model.score(hidden[last])[:, 0].float()
 
