@@ -284,10 +284,8 @@ def saved_config(ckpt: str) -> dict:
     beside = storage.join(storage.parent(storage.parent(ckpt)), "config.yaml")
     if _is_run_checkpoint_dir(storage.parent(ckpt)) and storage.exists(beside):
         return yaml.safe_load(storage.read_text(beside)) or {}
-    import torch
     try:
-        with storage.filesystem(ckpt).open(ckpt, "rb") as f:
-            return dict(torch.load(f, map_location="cpu", weights_only=True).get("hyper_parameters", {}))
+        return dict(storage.load_torch(ckpt).get("hyper_parameters", {}))
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
         raise ConfigError(f"Checkpoint {ckpt} cannot be read: {first_sentence(e)}.") from None
 

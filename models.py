@@ -41,7 +41,7 @@ def pretrained_path(name_or_path: str) -> str:
     from flags import find_checkpoint
     from upload_to_hub import export
     ckpt = find_checkpoint(name_or_path, best=True)
-    info = storage.filesystem(ckpt).info(ckpt)
+    info = storage.info(ckpt)
     key = json.dumps([storage.absolute(ckpt), info.get("size"), str(info.get("mtime") or info.get("LastModified"))])
     folder = os.path.join(CACHE, "exported", hashlib.sha256(key.encode()).hexdigest()[:16])
     if not os.path.isdir(folder):
@@ -121,8 +121,7 @@ def load_checkpoint(ckpt_path: str):
     from flags import ConfigError, find_checkpoint, first_sentence
     ckpt_path = find_checkpoint(ckpt_path, best=True)
     try:
-        with storage.filesystem(ckpt_path).open(ckpt_path, "rb") as f:
-            checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+        checkpoint = storage.load_torch(ckpt_path)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
         raise ConfigError(f"Checkpoint {ckpt_path} cannot be read: {first_sentence(e)}.") from None
     if not isinstance(checkpoint, dict):

@@ -203,6 +203,22 @@ def write_bytes_atomic(path: str, data: bytes, midway=None) -> None:
     retrying("Writing", path, lambda: filesystem(path).pipe_file(path, data))
 
 
+def load_torch(path: str, map_location="cpu"):
+    """torch.load of a checkpoint file (weights only): a URL is read whole, with retries, before
+    unpickling (a half-read stream would fail with no retry); a local file is memory-mapped,
+    so tensors nobody touches (the weights, when only metadata is wanted) are not read."""
+    import io
+
+    import torch
+    if is_url(path):
+        return torch.load(io.BytesIO(read_bytes(path)), map_location=map_location, weights_only=True)
+    return torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)
+
+
+def info(path: str) -> dict:
+    return retrying("Checking", path, lambda: filesystem(path).info(str(path)))
+
+
 TMP_MARK = ".tmp-"
 CHECKPOINT_WRITE_HOOK = "TRAINER_CKPT_WRITE_HOOK"
 
@@ -241,7 +257,7 @@ def checkpoint_io():
 
         def load_checkpoint(self, path, map_location=None, weights_only=None):
             if is_url(path):    # read whole (and retried) before unpickling
-                return torch.load(io.BytesIO(read_bytes(path)), map_location=map_location or "cpu", weights_only=True)
+                return load_torch(str(path), map_location or "cpu")
             return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
 
         def remove_checkpoint(self, path):

@@ -18,7 +18,6 @@ A flag or value whose feature has not landed yet fails with a sentence saying so
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -323,12 +322,7 @@ def check_resume(ckpt: str, metadata: dict, force: bool) -> None:
     """Refuse to continue a checkpoint on training data other than its own (its data order and
     position would mean nothing), unless --force-resume; checkpoints written before the
     metadata existed are resumed as they are."""
-    import torch
-    if storage.is_url(ckpt):
-        saved = torch.load(io.BytesIO(storage.read_bytes(ckpt)), map_location="cpu", weights_only=True)
-    else:       # memory-mapped: the weights are not read
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    saved = saved.get("run_metadata", {})
+    saved = storage.load_torch(ckpt).get("run_metadata", {})     # local: memory-mapped, the weights unread
     before, now = saved.get("data_fingerprint"), metadata["data_fingerprint"]
     if before and before != now:
         if not force:

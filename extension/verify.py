@@ -16,6 +16,7 @@ written whole, then moved into place. --model is a model folder, Hub name or tra
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def read_rows(path: str, best_of_n: bool, limit: int | None) -> list[dict]:
     """Rows of the input file, checked: one sentence naming the row and field otherwise."""
     rows = []
-    with storage.filesystem(path).open(path, "rb") as f:
+    with io.BytesIO(storage.read_bytes(path)) as f:     # read whole, with retries for a URL
         for number, raw in enumerate(f):
             try:
                 line = raw.decode("utf-8")

@@ -157,6 +157,28 @@ def test_reads_used_on_resume_are_retried(s3_server, delays, monkeypatch):
     assert len(calls["get_object"]) == 3 and delays == [1.0, 1.0, 2.0] and storage.retry_count == 3
 
 
+def test_reads_of_a_finished_run_are_retried(s3_server, delays, monkeypatch):
+    """What reads a run's checkpoint outside training goes through the same retries: its saved
+    config (flags.saved_config), the checkpoint itself (models.load_checkpoint, via
+    storage.load_torch), the file's size and date (storage.info, the export cache's key), and
+    extension/verify.py's input rows."""
+    import flags
+    from extension import verify
+    ckpt, rows = "s3://test-bucket/runs/r/checkpoints/last.ckpt", "s3://test-bucket/pairs.jsonl"
+    storage.checkpoint_io().save_checkpoint({"hyper_parameters": {"lr": 0.5}, "global_step": 3}, ckpt)
+    storage.write_text_atomic(rows, '{"question": "q", "solution": "s"}\n')
+    storage.filesystem(ckpt).invalidate_cache()
+    calls = fail_s3_calls(monkeypatch, {"get_object": [TRANSIENT["connection reset"], TRANSIENT["slow down"],
+                                                       TRANSIENT["internal error"]],
+                                        "head_object": [TRANSIENT["read timeout"]]})
+    assert flags.saved_config(ckpt) == {"lr": 0.5}
+    assert storage.load_torch(ckpt)["global_step"] == 3
+    assert storage.info(ckpt)["size"] > 0
+    assert verify.read_rows(rows, best_of_n=False, limit=None)[0]["question"] == "q"
+    assert len(calls["get_object"]) == 3 + 3 and len(calls["head_object"]) >= 2
+    assert delays == [1.0, 1.0, 2.0, 4.0] and storage.retry_count == 4     # config.yaml check, then the reads
+
+
 def test_a_failed_s3_write_leaves_the_old_object(s3_server):
     """An exception during a write commits nothing (an s3fs file left by an exception would
     upload what it had been given so far)."""
