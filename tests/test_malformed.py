@@ -275,6 +275,8 @@ CASES = [
          "--lambda only applies to --training-type sft_verifier"),
     Case("--beta with bt", "train", train_flags("--training-type", "bt", "--beta", "0.5"),
          "--beta only applies to --training-type dpo"),
+    Case("--compile with --strategy fsdp", "train", train_flags("--compile", "--use-ray", "--strategy", "fsdp", "--use-gpu"),
+         "--compile does not work with --strategy fsdp yet"),
     Case("YAML config with an unknown key", "train",
          yaml_config("learning_rate: 0.1\n"),
          "Config file {tmp}/c.yaml: unknown key 'learning_rate'"),
