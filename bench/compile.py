@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.warmup < 1:
         raise SystemExit("--warmup must be at least 1: the first step compiles.")
+    import run as bench_run
     folder = tempfile.mkdtemp(prefix="bench-compile-")
     paths = {"bundled": os.path.join(REPO, "embedded", "model")}
     if "qwen-vocab" in args.models:
-        import run as bench_run
         bench_run.build_model(argparse.Namespace(vocab=151936, hidden=256, layers=4, max_length=args.max_length,
                                                  seed=0), folder)
         paths["qwen-vocab"] = os.path.join(folder, "lm")
@@ -96,17 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         for compiled in (False, True):
             spec = {"model": paths[name], "compile": compiled, "steps": args.steps, "warmup": args.warmup,
                     "batch_size": args.batch_size, "max_length": args.max_length, "threads": args.threads}
-            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-                json.dump(spec, f)
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
-                       TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="inductor-", dir=folder))
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", f.name], env=env,
-                                  capture_output=True, text=True)
-            os.unlink(f.name)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("BENCH-RESULT ")]
-            if proc.returncode or not line:
-                raise SystemExit(f"{name} compile={compiled} failed:\n{proc.stderr[-3000:]}")
-            row = {"model": name, "compile": compiled, **json.loads(line[-1].removeprefix("BENCH-RESULT "))}
+            result = bench_run.run_worker(__file__, spec, f"{name} compile={compiled}", args.threads,
+                                          TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="inductor-", dir=folder))
+            row = {"model": name, "compile": compiled, **result}
             results.append(row)
             print(f"done: {name} compile={compiled}", file=sys.stderr, flush=True)
         # Both modes timed on the same steps (the same rows): after the warm-up, and not a step

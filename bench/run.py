@@ -296,6 +296,24 @@ def worker(spec: dict) -> dict:
     return result
 
 
+def run_worker(script: str, spec: dict, label: str, threads: int, **env) -> dict:
+    """Run `script --worker SPEC.json` in a fresh process (its own peak RSS and thread count,
+    nothing compiled or cached from an earlier row) and return what it printed after
+    BENCH-RESULT; `env` adds environment variables."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", **env)
+    try:
+        proc = subprocess.run([sys.executable, os.path.abspath(script), "--worker", f.name], env=env,
+                              capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("BENCH-RESULT ")]
+    if proc.returncode or not line:
+        raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[-1].removeprefix("BENCH-RESULT "))
+
+
 def matmul_peak_flops(threads: int, n: int = 1024, repeats: int = 10) -> float:
     """Best fp32 n x n matmul rate on this machine with `threads` threads (FLOP/s)."""
     import torch
@@ -375,16 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             spec = {"workload": workload, "variant": variant, "args": vars(args), "folder": folder,
                     "params": [dense, head]}
-            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-                json.dump(spec, f)
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", f.name], env=env,
-                                  capture_output=True, text=True)
-            os.unlink(f.name)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("BENCH-RESULT ")]
-            if proc.returncode or not line:
-                raise SystemExit(f"{workload} {variant} failed:\n{proc.stderr[-3000:]}")
-            row = summarise(workload, variant, json.loads(line[-1].removeprefix("BENCH-RESULT ")), args, peak)
+            result = run_worker(__file__, spec, f"{workload} {variant}", args.threads)
+            row = summarise(workload, variant, result, args, peak)
             check = row["loss_check"]
             if check and abs(check["trl"] - check["ours"]) > 1e-4 * max(1.0, abs(check["trl"])):
                 raise SystemExit(f"{workload} {variant}: TRL's first-batch loss {check['trl']:.6f} differs from "
