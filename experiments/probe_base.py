@@ -1,6 +1,7 @@
 """Probe what a base model can do on the bundled task's raw text, optionally after more
 pretraining: the experiment behind the README's notes on why the GenRM verifier and DPO do not
-improve on the bundled model (GenRM section, "What was tried to make it verify").
+improve on the bundled model (GenRM section, "Verification text in pretraining, and a base
+model that copies").
 
     python experiments/probe_base.py                                    # the bundled model
     python experiments/probe_base.py --continue-steps 1600 --out /tmp/base2x
@@ -14,14 +15,15 @@ verification text mixed in:
     --check-frac   a problem, its solution (correct, or with task.py's one slip), "Check:" and a
                    step check, one line per "a op b = c" of the solution:
                    "Step k: a op b = c. Redo: a op b = v. Right." (or "Wrong." when v != c)
-    --drill-frac   "Check:" and 1 to 4 such lines on random operands, half of the claims wrong
+    --drill-frac   "Check:" and 1 to 4 such lines on random operands, about half of the claims wrong
 Then two probes on the first --problems held-out problems (embedded/data/problems/test.jsonl):
     answers    greedy answers in the pretraining format: share right, and share whose first
                word (the person's name, as every solution begins) is a word of the question:
                copied, not made up
     decisions  teacher-forced step checks of each problem's correct and incorrect solution:
                for every "Right"/"Wrong", whether the model ranks the true word first, for the
-               steps that hold and for the slipped ones (only meaningful after --check-frac)
+               steps that hold and for the slipped ones (meaningful only for a model
+               that has seen the check format: --check-frac or --drill-frac)
 """
 from __future__ import annotations
 
