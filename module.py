@@ -286,6 +286,20 @@ class PostTrainingModule(L.LightningModule):
             return self._sft_verifier(batch, normalizer)
         return self._sft(batch, normalizer)
 
+    def accumulate_gradients(self, step: StepBatch) -> tuple[float, dict]:
+        """Forward and backward of every micro-batch of a step, outside Lightning (one process,
+        no all-reduce, no length penalty): the gradients of the step's mean loss. Returns that
+        loss and the summed statistics. The benchmarks and the tests that compare steps use
+        it; training_step is the full version."""
+        total, sums = 0.0, {}
+        for mb in step.micro_batches:
+            loss, stats = self.compute(mb, step.count)
+            loss.backward()
+            total += loss.item()
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return total, sums
+
     def _token_nll(self, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T-1) NLL of each supervised next token (0 elsewhere) and the (B, T-1) bool mask."""
         logps = logprobs.token_logps(self.model, batch.input_ids, attention_mask(self.model, batch),

@@ -56,9 +56,7 @@ def worker(spec: dict) -> dict:
         graphs = counters["stats"]["unique_graphs"]
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        for mb in step.micro_batches:
-            loss, _ = module.compute(mb, step.count)
-            loss.backward()
+        module.accumulate_gradients(step)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         times.append(time.perf_counter() - start)

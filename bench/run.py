@@ -148,11 +148,7 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
         step = collator(rows[i * args.batch_size:(i + 1) * args.batch_size])
         start, cpu_start = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
-        loss_value = 0.0
-        for mb in step.micro_batches:
-            loss, _ = module.compute(mb, step.count)
-            loss.backward()
-            loss_value += loss.item()
+        loss_value, _ = module.accumulate_gradients(step)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         times.append(time.perf_counter() - start)

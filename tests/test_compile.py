@@ -16,11 +16,7 @@ from conftest import EMBEDDED_MODEL
 def one_step(module, step):
     """forward and backward of every micro-batch of the step: the summed loss and the gradients."""
     module.zero_grad(set_to_none=True)
-    total = 0.0
-    for mb in step.micro_batches:
-        loss, _ = module.compute(mb, step.count)
-        loss.backward()
-        total += loss.item()
+    total, _ = module.accumulate_gradients(step)
     return total, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 

@@ -51,13 +51,7 @@ def step_with(module, collator, rows):
     statistics and the gradients."""
     batch = collator(rows)
     module.zero_grad(set_to_none=True)
-    loss, total = 0.0, {}
-    for mb in batch.micro_batches:
-        mb_loss, sums = module.compute(mb, normalizer=batch.count)
-        mb_loss.backward()
-        loss += mb_loss.item()
-        for k, v in sums.items():
-            total[k] = total.get(k, 0.0) + float(v)
+    loss, total = module.accumulate_gradients(batch)
     return batch, loss, total, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
