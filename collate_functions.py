@@ -29,7 +29,8 @@ class TemplateError(ValueError):
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise TemplateError(f"Tokenizer {tokenizer.name_or_path} has no chat template; "
-                            f"set one (tokenizer.chat_template) or pick a chat tokenizer.")
+                            f"set one with --chat-template (chatml, hh for Human:/Assistant: transcripts, or a "
+                            f"Jinja file) or pick a chat tokenizer.")
     return tokenizer.apply_chat_template(messages, tokenize=False,
                                          add_generation_prompt=add_generation_prompt)
 
@@ -358,7 +359,8 @@ def concatenate_pairs(examples: list[dict], pad_id: int, pad_to_multiple_of: int
             for side in ("chosen", "rejected") for e in examples]
     laid_out = pack_or_pad(rows, pad_id, pack_capacity, pad_to_multiple_of)
     ref = None
-    if "ref_chosen_logps" in examples[0]:
+    if all("ref_chosen_logps" in e for e in examples):
+        # Else the module scores the batch with a live reference (reference_logps.py scores what a run reaches).
         ref = torch.tensor([e["ref_chosen_logps"] for e in examples] + [e["ref_rejected_logps"] for e in examples])
     return PreferenceBatch(laid_out.input_ids, laid_out.attention_mask, laid_out.labels, ref,
                            laid_out.position_ids, laid_out.sequence_index)

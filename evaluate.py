@@ -32,6 +32,7 @@ import math
 import re
 import sys
 
+import chat_templates
 import storage
 from judges import NVIDIA_API
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-rows", action=argparse.BooleanOptionalAction, default=False,
                    help="skip malformed rows instead of stopping")
     p.add_argument("--reference-model", default=None, help="win rate against this model (needs --judge)")
+    chat_templates.add_flag(p)
     p.add_argument("--judge", default=None,
                    help="win-rate judge: reward model (folder, Hub name, bt run), openai:MODEL, correctness or length")
     p.add_argument("--judge-base-url", default=NVIDIA_API, help="base URL of an openai:MODEL judge")
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.judge:
             judge = make_judge(args.judge, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
                                max_length=args.max_length)
-            model, tokenizer = load_trained(args.reference_model)
+            model, tokenizer = load_trained(args.reference_model, chat_template=args.chat_template)
             reference_replies = [o[0].text for o in generate_completions(model.to(device), tokenizer, prompts,
                                                                           **settings)]
             del model
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 judge.to(device)
         verify = None
         for name in args.models:
-            model, tokenizer = load_trained(name)
+            model, tokenizer = load_trained(name, chat_template=args.chat_template)
             model.to(device)
             outs = [o[0] for o in generate_completions(model, tokenizer, prompts, progress=True, **settings)]
             texts = [o.text for o in outs]

@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 
+import chat_templates
 import storage
 
 PRESETS = {
@@ -49,7 +50,9 @@ class InputError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="HF folder, Hub name, or train.py checkpoint / run folder")
+    p.add_argument("--model", required=True,
+                   help="HF folder, Hub name, .gguf file, packaged model name, or train.py checkpoint / run folder")
+    chat_templates.add_flag(p)
     p.add_argument("--input", default=None, help="prompts: data file, folder or Hub data set (default: bundled SFT data)")
     p.add_argument("--split", default=None,
                    help="split to read (default: the only one, else the test split)")
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from generation import generate_completions
             from models import load_trained
-            model, tokenizer = load_trained(args.model)
+            model, tokenizer = load_trained(args.model, chat_template=args.chat_template)
             model.to("cuda" if args.use_gpu else "cpu")
             outputs = generate_completions(model, tokenizer, conversations, batch_size=args.batch_size,
                                            progress=True, **settings)

@@ -11,13 +11,13 @@ Every failure to load is a ModelLoadError (or flags.ConfigError) whose message i
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
 
-
-class ModelLoadError(OSError):
-    """The model name or path cannot be loaded; the message is one sentence."""
+import packaged_models
+from packaged_models import ModelLoadError
 
 
 def _check_local(name_or_path: str) -> None:
@@ -25,14 +25,13 @@ def _check_local(name_or_path: str) -> None:
         raise ModelLoadError(f"Model folder {name_or_path} does not exist.")
 
 
-CACHE = os.environ.get("POST_TRAINING_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "post-training"))
-
-
 def pretrained_path(name_or_path: str) -> str:
     """Where from_pretrained finds a model: Hugging Face folders and Hub names as they are; a
+    packaged model's short name or a .gguf file is its cached folder (packaged_models.py); a
     train.py checkpoint or run folder (local or s3://) is exported once (upload_to_hub.export)
     into a local cache folder keyed by the checkpoint's path, size and modification time, so
     `--model-name runs/sft` starts a DPO run from the SFT run's last checkpoint."""
+    name_or_path = packaged_models.resolve(name_or_path)
     if not is_checkpoint_path(name_or_path):
         return name_or_path
     import hashlib
@@ -43,7 +42,7 @@ def pretrained_path(name_or_path: str) -> str:
     ckpt = find_checkpoint(name_or_path, best=True)
     info = storage.info(ckpt)
     key = json.dumps([storage.absolute(ckpt), info.get("size"), str(info.get("mtime") or info.get("LastModified"))])
-    folder = os.path.join(CACHE, "exported", hashlib.sha256(key.encode()).hexdigest()[:16])
+    folder = os.path.join(packaged_models.cache_root(), "exported", hashlib.sha256(key.encode()).hexdigest()[:16])
     if not os.path.isdir(folder):
         # The workers of a Ray run export the same checkpoint at once: each writes its own folder
         # and the first to rename it into place wins (export alone would replace, deleting it
@@ -65,7 +64,10 @@ def publish(mine: str, folder: str) -> None:
         shutil.rmtree(mine, ignore_errors=True)
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The tokenizer, with a pad token, and `chat_template` (chat_templates.py: a built-in name, file
+    or text) in place of its own where given."""
+    import chat_templates
     from transformers import AutoTokenizer
     name_or_path = pretrained_path(name_or_path)
     _check_local(name_or_path)
@@ -77,7 +79,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     if tokenizer.pad_token_id is None:
         # Padding positions are masked out, so any id works; eos is what most chat models use.
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    try:
+        return chat_templates.apply(tokenizer, chat_template)
+    except chat_templates.ChatTemplateError as e:
+        raise ModelLoadError(str(e)) from None
 
 
 def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
@@ -85,10 +90,12 @@ def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
     name_or_path = pretrained_path(name_or_path)
     _check_local(name_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32,
-                                                    trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"Could not load the model '{name_or_path}': {_first_line(e)}") from None
+    _log_source(name_or_path)
+    return model
 
 
 def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: bool = False):
@@ -104,7 +111,15 @@ def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: b
         raise ModelLoadError(f"Could not load '{name_or_path}' as a reward model: {_first_line(e)}") from None
     # Our pooling reads the attention mask, but HF's own forward (and users) look for the pad id here.
     model.config.pad_token_id = pad_token_id
+    _log_source(name_or_path)
     return model
+
+
+def _log_source(folder: str) -> None:
+    """Say so when the weights were dequantized from a GGUF file (a cached folder or an export of a run from one)."""
+    source = packaged_models.source(folder)
+    if source:
+        logging.getLogger("models").info("%s: %s", folder, packaged_models.describe(source))
 
 
 def load_model(training_type: str, name_or_path: str, tokenizer, trust_remote_code: bool = False):
@@ -130,7 +145,7 @@ def load_checkpoint(ckpt_path: str):
     if "model_name" not in config or "training_type" not in config:
         raise ConfigError(f"Checkpoint {ckpt_path} was not written by train.py (no saved config).")
     remote = config.get("trust_remote_code", False)
-    tokenizer = load_tokenizer(config["model_name"], remote)
+    tokenizer = load_tokenizer(config["model_name"], remote, config.get("chat_template"))
     model = load_model(config["training_type"], config["model_name"], tokenizer, remote)
     weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     try:
@@ -154,11 +169,13 @@ def is_checkpoint_path(name_or_path: str) -> bool:
         return False
 
 
-def load_trained(name_or_path: str, kind: str = "causal", trust_remote_code: bool = False):
+def load_trained(name_or_path: str, kind: str = "causal", trust_remote_code: bool = False,
+                 chat_template: str | None = None):
     """A model to generate with ("causal") or to score with ("reward") and its tokenizer, from
     a Hugging Face folder, a Hub name or a train.py checkpoint / run folder. A reward model is
     refused where a generator is needed and the other way round (a causal LM would get a
-    randomly initialised score head: a judge that silently scores noise)."""
+    randomly initialised score head: a judge that silently scores noise). `chat_template`
+    replaces the tokenizer's template (chat_templates.py)."""
     from transformers import AutoConfig
 
     from flags import ConfigError
@@ -173,7 +190,7 @@ def load_trained(name_or_path: str, kind: str = "causal", trust_remote_code: boo
         raise ConfigError(f"{name_or_path} is {'a reward model' if is_reward else 'a generative model'}; "
                           f"{'a reward model (a bt run or export)' if kind == 'reward' else 'a generative model'} "
                           f"is needed here.")
-    tokenizer = load_tokenizer(path, trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code, chat_template)
     return load_model("bt" if kind == "reward" else "sft", path, tokenizer, trust_remote_code), tokenizer
 
 

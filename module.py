@@ -323,7 +323,13 @@ class PostTrainingModule(L.LightningModule):
         if batch.ref_logps is not None:
             return batch.ref_logps.to(self.device)
         if not self._reference:
-            raise RuntimeError("DPO needs reference log-probs: precompute them or pass a reference model")
+            # Precomputed mode, and a row the run was not expected to reach (reference_logps.py):
+            # the starting model, loaded now, is the reference.
+            from models import load_causal_lm
+            log.warning("scoring reference log-probs live for rows that were not precomputed: loading %s",
+                        self.hparams.model_name)
+            self._reference = [load_causal_lm(self.hparams.model_name, self.hparams.trust_remote_code)
+                               .to(self.device).eval().requires_grad_(False)]
         return sequence_logps(self._reference[0], batch)
 
     def _dpo(self, batch: PreferenceBatch, normalizer=None):
@@ -658,7 +664,9 @@ class PostTrainingModule(L.LightningModule):
         prompts, references = [setup.prompts[i] for i in mine], [setup.references[i] for i in mine]
         if self._reference_replies is None:
             # Same prompts, batches, settings and seed as the policy's replies below.
-            ref_model, ref_tokenizer = load_trained(setup.reference_model,
+            # The starting model renders prompts with the run's --chat-template; another keeps its own.
+            template = self.hparams.get("chat_template") if setup.reference_model == self.hparams.model_name else None
+            ref_model, ref_tokenizer = load_trained(setup.reference_model, chat_template=template,
                                                     trust_remote_code=self.hparams.trust_remote_code)
             self._reference_replies = generate_replies(ref_model.to(self.device), ref_tokenizer, prompts,
                                                        **setup.generation)

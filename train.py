@@ -108,29 +108,6 @@ def build_data(c: dict, tokenizer):
     return loaders, eval_prompts, counts, verifier_rows
 
 
-def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: int,
-                               pack_capacity: int | None = None) -> None:
-    """DPO's cached mode: the starting policy is the reference, so score every pair with it
-    once, before any update, and store the log-probs in the rows (reused every epoch). Laid
-    out as the validation loader lays them out (same chunks, packed or not), so at step 0 its
-    log-probs equal the policy's there to the bit."""
-    import torch
-    from collate_functions import concatenate_pairs
-    from module import sequence_logps
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for loader in loaders.values():
-            rows = loader.dataset
-            for i in range(0, len(rows), batch_size):
-                chunk = rows[i:i + batch_size]
-                logps = sequence_logps(model, concatenate_pairs(chunk, pad_id, pack_capacity=pack_capacity)).tolist()
-                for j, row in enumerate(chunk):
-                    row["ref_chosen_logps"], row["ref_rejected_logps"] = logps[j], logps[len(chunk) + j]
-    model.train(was_training)
-
-
 def build_trainer(c: dict, out: str, ray_worker: bool = False):
     """The Lightning Trainer: local (one device, ModelCheckpoint) or inside a Ray Train worker
     (Ray's strategy and environment; checkpoints reported to Ray, which keeps and restores them)."""
@@ -227,6 +204,7 @@ def has_checkpoints(out: str) -> bool:
 def fit(c: dict, ray_worker: bool = False) -> dict:
     """Build data, module and Trainer, then train (or test); the same code in every process."""
     import lightning as L
+    import torch
 
     import logprobs
     from models import load_causal_lm, load_model, load_tokenizer
@@ -236,7 +214,7 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
     if ray_worker:      # main() did it in this process otherwise
         storage.configure_retries(c["s3_retries"], c["s3_retry_delay"])
     L.seed_everything(c["seed"], workers=True, verbose=False)
-    tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"])
+    tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"], c["chat_template"])
     loaders, eval_prompts, counts, verifier_rows = build_data(c, tokenizer)
     metadata = {"code_version": code_version(),
                 "data_fingerprint": data_fingerprint(loaders["train"].dataset) if "train" in loaders else None}
@@ -254,8 +232,12 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
         if c["precompute_ref_log_probs"]:
             # The policy was just loaded from the starting checkpoint (a resumed run loads its
             # trained weights later, inside fit), so here it is the reference.
+            from reference_logps import precompute_reference_logps
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
             precompute_reference_logps(model, loaders, c["batch_size"], tokenizer.pad_token_id,
-                                       c["max_length"] if c["packing"] else None)
+                                       c["max_length"] if c["packing"] else None, run=c,
+                                       saved=storage.join(out, "reference_logps"),
+                                       rank=torch.distributed.get_rank() if distributed else 0)
         else:
             reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
     rewards = None
@@ -285,7 +267,7 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
         save_config(c, out)
         for name, value in counts.items():
             trainer.logger.experiment.add_scalar(name, value, 0)
-    if not ckpt_path:
+    if not ckpt_path and c["validate_before_training"]:
         # Validation metrics of the starting model, logged at step 0: the curve's baseline.
         trainer.validate(module, dataloaders=loaders["test"], verbose=False)
     trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["test"], ckpt_path=ckpt_path)

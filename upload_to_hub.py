@@ -19,12 +19,14 @@ moved into place, so an interrupted export leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 
+import packaged_models
 import storage
 
 # Hyper-parameters worth a line in the model card, in this order: those of every run, then
@@ -91,10 +93,12 @@ def final_metrics(ckpt_path: str, step: int | None) -> dict:
     return metrics
 
 
-def model_card(config: dict, step: int | None, metrics: dict | None = None) -> str:
+def model_card(config: dict, step: int | None, metrics: dict | None = None, source: dict | None = None) -> str:
+    """The README.md of an export; `source` is the base model's GGUF provenance (packaged_models.source)."""
     base, data = _shown_name(config["model_name"]), _shown_name(config["dataset_name"])
     keys = CARD_KEYS + TYPE_KEYS.get(config["training_type"], ())
     rows = "\n".join(f"| `{k.rstrip('_')}` | `{config[k]}` |" for k in keys if config.get(k) not in (None, ""))
+    origin = f" Base model: {packaged_models.describe(source)}." if source else ""
     results = ""
     if metrics:
         lines = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in metrics.items())
@@ -104,14 +108,14 @@ def model_card(config: dict, step: int | None, metrics: dict | None = None) -> s
             f"# {config['training_type'].upper()} of {base}\n\n"
             f"Trained with `train.py --training-type {config['training_type']}` on `{data}`"
             f"{f' for {step} optimizer steps' if step is not None else ''}; exported on "
-            f"{time.strftime('%Y-%m-%d')}.\n\n| hyper-parameter | value |\n| --- | --- |\n{rows}\n\n"
+            f"{time.strftime('%Y-%m-%d')}.{origin}\n\n| hyper-parameter | value |\n| --- | --- |\n{rows}\n\n"
             f"{results}{USAGE['bt' if config['training_type'] == 'bt' else 'lm']}\n")
 
 
 def export(ckpt_path: str, output_dir: str, training_type: str | None = None) -> dict:
     """Write the Hugging Face folder for a checkpoint; returns the checkpoint's config."""
     import flags
-    from models import load_checkpoint
+    from models import load_checkpoint, pretrained_path
 
     ckpt_path = flags.find_checkpoint(ckpt_path, best=True)
     model, tokenizer, config, step = load_checkpoint(ckpt_path)
@@ -129,8 +133,13 @@ def export(ckpt_path: str, output_dir: str, training_type: str | None = None) ->
         model.should_save_on_this_rank = lambda is_main_process: is_main_process
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # A base model dequantized from a GGUF file says so, here and in every export down the line.
+        source = packaged_models.source(pretrained_path(config["model_name"]))
+        if source:
+            with open(os.path.join(tmp, packaged_models.SOURCE_FILE), "w", encoding="utf-8") as f:
+                json.dump(source, f, indent=1)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(model_card(config, step, final_metrics(ckpt_path, step)))
+            f.write(model_card(config, step, final_metrics(ckpt_path, step), source))
         if os.path.exists(output_dir):
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)

@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 
+import chat_templates
 import storage
 from judges import NVIDIA_API
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="the policy: HF folder, Hub name, or train.py checkpoint / run")
     p.add_argument("--reference-model", required=True, help="the model to beat, in the same forms")
+    chat_templates.add_flag(p)
     p.add_argument("--judge", required=True,
                    help="reward model (folder, Hub name, bt run), openai:MODEL, correctness or length")
     p.add_argument("--judge-base-url", default=NVIDIA_API, help="base URL of an openai:MODEL judge")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                         seed=args.seed, batch_size=args.batch_size)
         replies = {}
         for role, name in (("policy", args.model), ("reference", args.reference_model)):
-            model, tokenizer = load_trained(name)
+            model, tokenizer = load_trained(name, chat_template=args.chat_template)
             replies[role] = generate_replies(model.to(device), tokenizer, prompts, **settings)
             del model
         if hasattr(judge, "to"):

@@ -128,7 +128,7 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
     from collate_functions import PreferenceCollator, SFTCollator
     from models import load_causal_lm, load_reward_model, load_tokenizer
     from module import PostTrainingModule, adamw
-    from train import precompute_reference_logps
+    from reference_logps import precompute_reference_logps
     tokenizer = load_tokenizer(os.path.join(REPO, "embedded", "model"))
     steps = args.warmup + args.steps
     rows = tokenized_rows(workload, tokenizer, args.max_length, steps * args.batch_size)

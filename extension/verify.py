@@ -22,13 +22,16 @@ import sys
 
 from tqdm import tqdm
 
+import chat_templates
 import storage
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="the verifier: model folder, Hub name or train.py run")
+    p.add_argument("--model", required=True,
+                   help="the verifier: model folder, Hub name, .gguf file, packaged model name or train.py run")
+    chat_templates.add_flag(p)
     p.add_argument("--input", required=True, help="JSONL of question/solution (or question/candidates) rows")
     p.add_argument("--output", required=True, help="JSONL to write (local or s3://)")
     p.add_argument("--best-of-n", action="store_true", help="rows hold candidates; pick the highest-scored one")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.k_min <= args.k_max or args.step < 1 or (args.fixed_k is not None and args.fixed_k < 1):
             raise ValueError("--k-min, --k-max, --step and --fixed-k must be at least 1, with --k-min <= --k-max.")
         rows = read_rows(args.input, args.best_of_n, args.limit)
-        model, tokenizer = load_trained(args.model)
+        model, tokenizer = load_trained(args.model, chat_template=args.chat_template)
     except (ValueError, ConfigError, ModelLoadError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

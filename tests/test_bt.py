@@ -24,7 +24,7 @@ def bt_run(tmp_path_factory):
     return storage / "bt"
 
 
-BT_FLAGS = ["--lr", "2e-4", "--batch-size", "16", "--max-epochs", "1", "--num-sanity-val-steps", "0",
+BT_FLAGS = ["--validate-before-training", "--lr", "2e-4", "--batch-size", "16", "--max-epochs", "1", "--num-sanity-val-steps", "0",
             "--log-every-n-steps", "10"]
 
 

@@ -9,6 +9,7 @@ import flags
 import train
 from collate_functions import IGNORE_INDEX, PreferenceCollator, tokenize_preference_rows
 from conftest import EMBEDDED_MODEL, read_scalars
+from reference_logps import precompute_reference_logps
 
 PROMPT = [{"role": "user", "content": "Add 1 and 2."}, {"role": "assistant", "content": "The answer is 3."},
           {"role": "user", "content": "Now add 4."}]
@@ -48,7 +49,7 @@ def test_cached_and_live_reference_give_the_same_loss(tokenizer):
     rows = list(loaders["train"].dataset)
     live = PostTrainingModule(config, model=policy, reference=load_causal_lm(str(EMBEDDED_MODEL)))
     live_loss, live_sums = live.compute(PreferenceCollator(tokenizer.pad_token_id)(rows))
-    train.precompute_reference_logps(load_causal_lm(str(EMBEDDED_MODEL)), {"train": loaders["train"]}, 3,
+    precompute_reference_logps(load_causal_lm(str(EMBEDDED_MODEL)), {"train": loaders["train"]}, 3,
                                     tokenizer.pad_token_id)
     cached = PostTrainingModule(config, model=policy)            # no reference model at all
     assert "ref_chosen_logps" in rows[0] and not cached._reference
@@ -88,7 +89,8 @@ def dpo_run(tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     assert train.main(["--training-type", "dpo", "--storage-path", str(storage), "--name", "dpo",
                        "--train-dataset-length", "512", "--test-dataset-length", "64", "--batch-size", "8",
-                       "--lr", "1e-4", "--beta", "1.0", "--val-generations", "0", "--log-every-n-steps", "8"]) == 0
+                       "--lr", "1e-4", "--beta", "1.0", "--val-generations", "0", "--log-every-n-steps", "8",
+                       "--validate-before-training"]) == 0
     return read_scalars(storage / "dpo" / "tensorboard")
 
 

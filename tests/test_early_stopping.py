@@ -12,7 +12,8 @@ def test_early_stopping_stops_on_a_stall_and_keeps_the_best(tmp_path, capsys):
     # SFT at 1e-3 learns the bundled task within ~40 steps, then val/loss wobbles on a plateau.
     assert train.main(["--storage-path", str(tmp_path), "--name", "es", "--lr", "1e-3", "--max-steps", "300",
                        "--val-check-interval", "10", "--early-stopping-patience", "1", "--test-dataset-length", "16",
-                       "--val-generations", "0", "--num-sanity-val-steps", "0", "--warmup-ratio", "0"]) == 0
+                       "--val-generations", "0", "--num-sanity-val-steps", "0", "--warmup-ratio", "0",
+                       "--validate-before-training"]) == 0
     run = tmp_path / "es"
     val = read_scalars(run / "tensorboard")["val/loss"][1:]          # [0] is the starting model, step 0
     losses = [v for _, v in val]

@@ -11,7 +11,7 @@ import flags
 import train
 from conftest import read_scalars, write_jsonl
 
-FAST = ["--val-generations", "0", "--num-sanity-val-steps", "0", "--log-every-n-steps", "1",
+FAST = ["--validate-before-training", "--val-generations", "0", "--num-sanity-val-steps", "0", "--log-every-n-steps", "1",
         "--max-new-tokens", "48"]
 
 

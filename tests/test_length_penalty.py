@@ -3,7 +3,7 @@ shortens the replies compared with plain SFT on the same data and seed."""
 import train
 from conftest import read_scalars
 
-COMMON = ["--lr", "1e-3", "--max-steps", "100", "--val-check-interval", "50", "--val-generations", "16",
+COMMON = ["--validate-before-training", "--lr", "1e-3", "--max-steps", "100", "--val-check-interval", "50", "--val-generations", "16",
           "--test-dataset-length", "16", "--num-sanity-val-steps", "0", "--log-every-n-steps", "5"]
 
 

@@ -82,7 +82,7 @@ def test_two_workers_equal_one_worker_with_twice_the_batch(ray_cluster, tmp_path
     would be batch 4's, not batch 8's."""
     common = dict(storage_path=tmp_path, train_dataset_length=32, test_dataset_length=8, max_epochs=1,
                   val_generations=2, val_max_new_tokens=8, num_sanity_val_steps=0, lr=1e-3, log_every_n_steps=1,
-                  calculate_win_rate=True, judge="length", win_rate_prompts=5)
+                  calculate_win_rate=True, judge="length", win_rate_prompts=5, validate_before_training=True)
     assert run_ray(name="two", num_workers=2, batch_size=4, **common) == 0
     assert run_ray(name="one", num_workers=1, batch_size=8, **common) == 0
     two, names = latest_weights(tmp_path / "two")
@@ -242,7 +242,8 @@ def test_grpo_on_two_workers(ray_cluster, tmp_path):
     the rollout statistics and the greedy validation reward are reduced over both workers."""
     assert run_ray(training_type="grpo", storage_path=tmp_path, name="grpo", num_workers=2, batch_size=2,
                    num_generations=2, max_new_tokens=8, max_steps=2, train_dataset_length=8, test_dataset_length=4,
-                   val_generations=0, num_sanity_val_steps=0, log_every_n_steps=1, lr=1e-4) == 0
+                   val_generations=0, num_sanity_val_steps=0, log_every_n_steps=1, lr=1e-4,
+                   validate_before_training=True) == 0
     ckpt, _ = latest_weights(tmp_path / "grpo")
     assert ckpt["global_step"] == 2
     s = read_scalars(str(tmp_path / "grpo" / "tensorboard"))

@@ -50,7 +50,8 @@ def test_sft_verifier_run_logs_both_terms_and_learns_to_verify(tmp_path):
     assert train.main(["--training-type", "sft_verifier", "--storage-path", str(tmp_path), "--name", "genrm",
                        "--lr", "1e-3", "--lambda", "0.1", "--train-dataset-length", "300", "--test-dataset-length", "40",
                        "--val-generations", "0", "--num-sanity-val-steps", "0", "--log-every-n-steps", "5",
-                       "--verifier-eval-rows", "8", "--verifier-k", "2", "--val-max-new-tokens", "64"]) == 0
+                       "--verifier-eval-rows", "8", "--verifier-k", "2", "--val-max-new-tokens", "64",
+                       "--validate-before-training"]) == 0
     s = read_scalars(tmp_path / "genrm" / "tensorboard")
     # Validation scores the first 8 verify rows (4 correct and 4 incorrect solutions) with 2 rationales each.
     assert [step for step, _ in s["val/verifier_accuracy"]] == [0, 112]

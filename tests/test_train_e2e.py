@@ -11,7 +11,7 @@ import flags
 import train
 from conftest import EMBEDDED_MODEL, read_scalars
 
-FAST = ["--val-generations", "2", "--val-max-new-tokens", "24", "--num-sanity-val-steps", "1",
+FAST = ["--validate-before-training", "--val-generations", "2", "--val-max-new-tokens", "24", "--num-sanity-val-steps", "1",
         "--test-dataset-length", "32", "--lr", "1e-3", "--log-every-n-steps", "4"]
 
 

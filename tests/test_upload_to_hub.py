@@ -15,7 +15,8 @@ from conftest import REPO, read_scalars
 def trained(tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     assert train.main(["--storage-path", str(storage), "--name", "exp", "--train-dataset-length", "16",
-                       "--test-dataset-length", "4", "--val-generations", "0", "--lr", "1e-3"]) == 0
+                       "--test-dataset-length", "4", "--val-generations", "0", "--lr", "1e-3",
+                       "--validate-before-training"]) == 0
     return storage / "exp"
 
 

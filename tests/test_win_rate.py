@@ -47,9 +47,9 @@ def sft_then_dpo(tmp_path_factory):
     return storage / "dpo"
 
 
-SFT_FLAGS = ["--lr", "1e-3", "--train-dataset-length", "1500", "--test-dataset-length", "64",
+SFT_FLAGS = ["--validate-before-training", "--lr", "1e-3", "--train-dataset-length", "1500", "--test-dataset-length", "64",
              "--val-generations", "0", "--num-sanity-val-steps", "0"]
-DPO_FLAGS = ["--beta", "1.0", "--lr", "1e-4", "--train-dataset-length", "512", "--val-generations", "0",
+DPO_FLAGS = ["--validate-before-training", "--beta", "1.0", "--lr", "1e-4", "--train-dataset-length", "512", "--val-generations", "0",
              "--num-sanity-val-steps", "0", "--win-rate-prompts", "64", "--val-max-new-tokens", "80"]
 
 
