@@ -38,10 +38,11 @@ import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
 import storage  # noqa: E402
 from flags import EMBEDDED_DATA, EMBEDDED_MODEL  # noqa: E402
@@ -125,7 +126,7 @@ def run_stage(name: str, args: list[str], out: str) -> float:
         return 0.0
     print(f"[{name}] python train.py {shlex.join(args)}", flush=True)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO)
+    done = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO)
     if done.returncode != 0:
         raise SystemExit(f"error: stage {name} failed (exit {done.returncode}); its command is above.")
     return time.perf_counter() - start
