@@ -154,7 +154,7 @@ def evaluate(models: dict[str, str], judge_spec: str, a, s: dict) -> tuple[dict,
     replies, results = {}, {}
     for row, name in models.items():
         model, tokenizer = load_trained(name)
-        outs = [g[0] for g in generate_completions(model, tokenizer, prompts, progress=True, **settings)]
+        outs = [g[0] for g in generate_completions(model, tokenizer, prompts, progress=f"{row}: replies", **settings)]
         replies[row] = [o.text for o in outs]
         loss = reference_loss(model, tokenizer, prompts, references, 1024, 16)
         results[row] = {"bleu4": bleu(replies[row], references, 4), "ppl": math.exp(min(loss, 50.0)),
