@@ -34,7 +34,7 @@ def worker(spec: dict) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
-    import run as bench_run
+    from bench import run as bench_run
     from collate_functions import SFTCollator
     from flags import parse_config
     from models import load_causal_lm, load_tokenizer
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.warmup < 1:
         raise SystemExit("--warmup must be at least 1: the first step compiles.")
-    import run as bench_run
+    from bench import run as bench_run
     folder = tempfile.mkdtemp(prefix="bench-compile-")
     paths = {"bundled": os.path.join(REPO, "embedded", "model")}
     if "qwen-vocab" in args.models:
