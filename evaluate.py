@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             model, tokenizer = load_trained(name, chat_template=args.chat_template)
             model.to(device)
-            outs = [o[0] for o in generate_completions(model, tokenizer, prompts, progress=True, **settings)]
+            outs = [o[0] for o in generate_completions(model, tokenizer, prompts, progress=f"{name}: replies", **settings)]
             texts = [o.text for o in outs]
             loss = reference_loss(model, tokenizer, prompts, references, args.max_length, args.batch_size)
             row = {"loss": loss, "ppl": math.exp(loss), "bleu1": bleu(texts, references, 1),

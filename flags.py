@@ -159,9 +159,10 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
              "after training, at --check-val-every-n-epoch or --val-check-interval)")
     add("--val-generations", type=int, default=4, help="validation prompts answered greedily for val/edit_distance")
     add("--val-max-new-tokens", type=int, default=128, help="token budget of those replies")
-    add("--verifier-eval-rows", type=int, default=32,
+    add("--verifier-eval-rows", type=int, default=8,
         help="sft_verifier: score the first N verify rows of the test split at every validation "
-             "(val/verifier_score, val/verifier_accuracy; 0: off)")
+             "(val/verifier_score, val/verifier_accuracy; 0: off); each row samples --verifier-k rationales "
+             "of up to --val-max-new-tokens tokens")
     add("--verifier-k", type=int, default=4, help="sft_verifier: rationales sampled per scored row in validation")
     add("--calculate-win-rate", action=flag, default=False,
         help="at every validation, log val/win_rate of the policy's replies against the reference model's, "

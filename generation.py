@@ -9,9 +9,13 @@ Prompts are chat conversations rendered with the tokenizer's chat template and i
 generation prompt; batches are left-padded (so every prompt ends where generation starts)
 and generation stops at the end-of-turn token (the tokenizer's eos). temperature 0 is
 greedy (or beam search with num_beams > 1); above 0, nucleus sampling with top_p.
+
+Also the one progress bar (`progress_bar`) of the loops that can run for minutes without a
+step of Lightning's own bar: validation replies, verifier scoring, win-rate replies and judging.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -30,16 +34,32 @@ class Completion:
     finish_reason: str
 
 
+PROGRESS_DELAY_S = 2.0     # a loop shorter than this draws no bar
+
+
+def progress_bar(iterable=None, *, desc: str, total: int | None = None, unit: str = "it", enabled: bool = True):
+    """A tqdm bar like Lightning's (count, rate, ETA) on stderr, drawn on rank 0 only. It shows
+    up after PROGRESS_DELAY_S, so short loops (the tests', a tiny model's) draw nothing, and it
+    is cleared when done, so Lightning's bar keeps its line. Iterate over it, or call .update(n)."""
+    from tqdm import tqdm
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank_zero = not distributed or torch.distributed.get_rank() == 0
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not (enabled and rank_zero),
+                delay=PROGRESS_DELAY_S, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
 @torch.no_grad()
 def generate_replies(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 128,
                      batch_size: int = 8, temperature: float = 0.0, top_p: float = 1.0,
-                     seed: int | None = None) -> list[str]:
+                     seed: int | None = None, progress: str | None = None) -> list[str]:
     """Return one decoded reply per conversation (special tokens removed, stripped).
     With a seed the sampling draws from a private RNG stream (the global one is restored
     afterwards, so training's random state is untouched): two models given the same prompts
-    and seed sample with the same random numbers."""
+    and seed sample with the same random numbers. progress: the label of a progress bar over
+    the prompts (progress_bar), None for none."""
     outs = generate_completions(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, temperature=temperature, top_p=top_p, seed=seed)
+                                batch_size=batch_size, temperature=temperature, top_p=top_p, seed=seed,
+                                progress=progress)
     return [o[0].text for o in outs]
 
 
@@ -47,9 +67,9 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], *, max_n
 def generate_completions(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 128,
                          batch_size: int = 8, temperature: float = 0.0, top_p: float = 1.0,
                          num_beams: int = 1, length_penalty: float = 1.0, num_return_sequences: int = 1,
-                         seed: int | None = None, progress: bool = False) -> list[list[Completion]]:
+                         seed: int | None = None, progress: str | None = None) -> list[list[Completion]]:
     """num_return_sequences Completions per conversation (beam search: the best beams first).
-    Sampling uses a private RNG stream seeded by `seed` (see generate_replies)."""
+    Sampling uses a private RNG stream seeded by `seed`; progress labels a bar (see generate_replies)."""
     if num_return_sequences > num_beams and temperature == 0 and num_beams > 1:
         raise ValueError(f"beam search returns at most num_beams ({num_beams}) sequences, "
                          f"not {num_return_sequences}")
@@ -128,12 +148,9 @@ def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tempe
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     decoding = _decoding(temperature, top_p, num_beams, length_penalty)
-    starts = range(0, len(conversations), batch_size)
-    if progress:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc="generate", unit="batch")
+    bar = progress_bar(desc=progress or "", total=len(conversations), unit="prompt", enabled=progress is not None)
     results = []
-    for i in starts:
+    for i in range(0, len(conversations), batch_size):
         texts = [render(tokenizer, c, add_generation_prompt=True) for c in conversations[i:i + batch_size]]
         encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         groups = _generate_batch(model, encoded, max_new_tokens, eos_id, pad_id, num_return_sequences, decoding)
@@ -141,6 +158,8 @@ def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tempe
             results.append([Completion(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(ids),
                                        len(kept), "stop" if kept and kept[-1] == eos_id else "length")
                             for kept in group])
+        bar.update(len(encoded))
+    bar.close()
     if was_training:
         model.train()
     return results

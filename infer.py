@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             model, tokenizer = load_trained(args.model, chat_template=args.chat_template)
             model.to("cuda" if args.use_gpu else "cpu")
             outputs = generate_completions(model, tokenizer, conversations, batch_size=args.batch_size,
-                                           progress=True, **settings)
+                                           progress="generate", **settings)
     except (InputError, DataError, ConfigError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

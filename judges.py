@@ -94,6 +94,7 @@ class RewardModelJudge:
 
 class EndpointJudge:
     """Score = the reward an OpenAI-compatible endpoint returns for the conversation."""
+    batch_size = 1      # one request a reply: judge_pairs' progress bar moves a reply at a time
 
     def __init__(self, model: str, base_url: str = NVIDIA_API, api_key_env: str = "NVIDIA_API_KEY",
                  retries: int = 4, timeout: float = 60.0):
@@ -177,9 +178,22 @@ def win_rate(policy_scores: list[float], reference_scores: list[float]) -> WinRa
 
 def judge_pairs(judge, prompts: list[list[dict]], references: list[str | None], policy_replies: list[str],
                 reference_replies: list[str]) -> list[dict]:
-    """Score both replies of every prompt; one JSON-ready record per prompt."""
-    policy_scores = judge.score(prompts, policy_replies, references)
-    reference_scores = judge.score(prompts, reference_replies, references)
+    """Score both replies of every prompt; one JSON-ready record per prompt. The judge is
+    called on slices of its own batch_size (all rows at once if it has none), which are the
+    batches it would score anyway, so that a progress bar can count the replies judged."""
+    from generation import progress_bar
+    step = max(1, getattr(judge, "batch_size", len(prompts)))
+    bar = progress_bar(desc="judging", total=2 * len(prompts), unit="reply")
+
+    def scores(replies: list[str]) -> list[float]:
+        out = []
+        for i in range(0, len(prompts), step):
+            out += judge.score(prompts[i:i + step], replies[i:i + step], references[i:i + step])
+            bar.update(len(replies[i:i + step]))
+        return out
+
+    policy_scores, reference_scores = scores(policy_replies), scores(reference_replies)
+    bar.close()
     return [{"prompt": p, "reference": ref, "policy_reply": a, "reference_reply": b, "policy_score": sa,
              "reference_score": sb, "outcome": outcome(sa, sb)}
             for p, ref, a, b, sa, sb in zip(prompts, references, policy_replies, reference_replies,

@@ -626,7 +626,7 @@ class PostTrainingModule(L.LightningModule):
             metrics = {f"{stage}/{k}": v for k, v in self.metrics(reduced).items()}
             if self.hparams.training_type == "sft":
                 metrics[f"{stage}/perplexity"] = math.exp(min(metrics[f"{stage}/loss"], 50.0))
-        edit = self._edit_distance()
+        edit = self._edit_distance(stage)
         if edit is not None:
             metrics[f"{stage}/edit_distance"], metrics[f"{stage}/reply_length"] = edit
         if self.win_rate is not None:
@@ -637,7 +637,7 @@ class PostTrainingModule(L.LightningModule):
             self._log(name, value, prog_bar=name.endswith("/loss"), sync_dist=False)
         return metrics
 
-    def _edit_distance(self) -> tuple[float, float] | None:
+    def _edit_distance(self, stage: str) -> tuple[float, float] | None:
         """Mean Levenshtein distance of greedy replies to the references, and the replies' mean
         length in tokens (the end-of-turn token included), over all workers."""
         if not self.val_prompts or self.tokenizer is None:
@@ -647,7 +647,8 @@ class PostTrainingModule(L.LightningModule):
         distance = tokens = 0.0
         if mine:
             replies = [g[0] for g in generate_completions(self.model, self.tokenizer, [p for p, _ in mine],
-                                                          max_new_tokens=self.hparams.val_max_new_tokens)]
+                                                          max_new_tokens=self.hparams.val_max_new_tokens,
+                                                          progress=f"{stage} replies")]
             distance = float(sum(Levenshtein.distance(r.text, ref) for r, (_, ref) in zip(replies, mine)))
             tokens = float(sum(r.completion_tokens for r in replies))
         summed = self._reduce_sum(torch.tensor([distance, tokens, float(len(mine))], device=self.device))
@@ -669,11 +670,13 @@ class PostTrainingModule(L.LightningModule):
             ref_model, ref_tokenizer = load_trained(setup.reference_model, chat_template=template,
                                                     trust_remote_code=self.hparams.trust_remote_code)
             self._reference_replies = generate_replies(ref_model.to(self.device), ref_tokenizer, prompts,
+                                                       progress=f"{stage} win rate: reference replies",
                                                        **setup.generation)
             del ref_model
         if hasattr(setup.judge, "to"):
             setup.judge.to(self.device)
-        replies = generate_replies(self.model, self.tokenizer, prompts, **setup.generation)
+        replies = generate_replies(self.model, self.tokenizer, prompts, progress=f"{stage} win rate: replies",
+                                   **setup.generation)
         records = judge_pairs(setup.judge, prompts, references, replies, self._reference_replies)
         for index, record in zip(mine, records):
             record["index"] = index

@@ -24,16 +24,17 @@ import sys
 import tempfile
 import time
 
+# `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
 
 def worker(spec: dict) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
-    import run as bench_run
+    from bench import run as bench_run
     from collate_functions import SFTCollator
     from flags import parse_config
     from models import load_causal_lm, load_tokenizer
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.warmup < 1:
         raise SystemExit("--warmup must be at least 1: the first step compiles.")
-    import run as bench_run
+    from bench import run as bench_run
     folder = tempfile.mkdtemp(prefix="bench-compile-")
     paths = {"bundled": os.path.join(REPO, "embedded", "model")}
     if "qwen-vocab" in args.models:

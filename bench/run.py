@@ -53,8 +53,10 @@ import sys
 import tempfile
 import time
 
+# `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 HH_RLHF = os.path.join(REPO, "..", "shared", "data", "hh-rlhf", "harmless-base-test-part1.jsonl.gz")
 WORKLOADS = ("sft", "dpo", "bt")
 CONFIGS = {w: ("ours", "ours-packed", "trl-default", "trl-best") for w in ("sft", "dpo", "bt")}

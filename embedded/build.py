@@ -27,14 +27,18 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # so `import task` works from any cwd
-import task  # noqa: E402
+# `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from embedded import task  # noqa: E402
 
 # Split name -> (seed, rows).  Held-out splits are generated first so that de-duplication
 # only ever drops rows from training splits.

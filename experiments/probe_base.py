@@ -30,14 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 from embedded import build, task  # noqa: E402  (build.py: the data files and pretraining text)
 
 STEP = re.compile(r"(\d+) ([+\-*]) (\d+) = (\d+)")
@@ -163,7 +165,7 @@ def probe_decisions(model, tokenizer, rows) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=str(REPO / "embedded" / "model"), help="a Hugging Face model folder")
+    p.add_argument("--model", default=os.path.join(REPO, "embedded", "model"), help="a Hugging Face model folder")
     p.add_argument("--continue-steps", type=int, default=0, help="pretraining steps before the probes")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of --continue-steps")
     p.add_argument("--check-frac", type=float, default=0.0, help="about this share of documents get a step check")
@@ -188,7 +190,7 @@ def main(argv=None) -> dict:
         model.save_pretrained(args.out)
         tokenizer.save_pretrained(args.out)
         print(f"saved to {args.out}", flush=True)
-    rows = [json.loads(line) for line in open(REPO / "embedded" / "data" / "problems" / "test.jsonl")][: args.problems]
+    rows = [json.loads(line) for line in open(os.path.join(REPO, "embedded", "data", "problems", "test.jsonl"))][: args.problems]
     result = {"model": args.out or args.model, **probe_answers(model, tokenizer, rows),
               **probe_decisions(model, tokenizer, rows)}
     print(json.dumps(result))

@@ -38,10 +38,11 @@ import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
 import storage  # noqa: E402
 from flags import EMBEDDED_DATA, EMBEDDED_MODEL  # noqa: E402
@@ -125,7 +126,7 @@ def run_stage(name: str, args: list[str], out: str) -> float:
         return 0.0
     print(f"[{name}] python train.py {shlex.join(args)}", flush=True)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO)
+    done = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO)
     if done.returncode != 0:
         raise SystemExit(f"error: stage {name} failed (exit {done.returncode}); its command is above.")
     return time.perf_counter() - start
@@ -153,7 +154,7 @@ def evaluate(models: dict[str, str], judge_spec: str, a, s: dict) -> tuple[dict,
     replies, results = {}, {}
     for row, name in models.items():
         model, tokenizer = load_trained(name)
-        outs = [g[0] for g in generate_completions(model, tokenizer, prompts, progress=True, **settings)]
+        outs = [g[0] for g in generate_completions(model, tokenizer, prompts, progress=f"{row}: replies", **settings)]
         replies[row] = [o.text for o in outs]
         loss = reference_loss(model, tokenizer, prompts, references, 1024, 16)
         results[row] = {"bleu4": bleu(replies[row], references, 4), "ppl": math.exp(min(loss, 50.0)),

@@ -53,6 +53,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
+# `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
 FILE_NAME = re.compile(r"^(?P<kind>critiques|rm)_(?P<correct>correct|incorrect)_solutions_batch_(?P<batch>\d+)"
                        r"(?P<val>_val)?\.zip$")
 EXPECTED_FILES = ("critiques_{correct,incorrect}_solutions_batch_NN[_val].zip or "

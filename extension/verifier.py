@@ -26,7 +26,7 @@ import torch
 
 from collate_functions import render
 from extension.critiques import QUESTION, verification_prompt
-from generation import generate_replies
+from generation import generate_replies, progress_bar
 
 def _first_difference(tokenizer, text: str, yes: str, no: str) -> tuple[list[int], int, int]:
     """Token ids of `text` up to where its "yes" and "no" continuations part, and the
@@ -81,9 +81,9 @@ def verifier_metrics_sums(model, tokenizer, rows: list[tuple[str, str]], indices
     """Sums over the verify rows `rows[i]` for i in `indices` ((user prompt, "Yes"/"No") pairs):
     [score on Yes rows, Yes rows, score on No rows, No rows, rows right], a row's score the
     mean of k eq. 9 scores (eq. 10), rationales sampled with seed + i. Sums, so that workers
-    can add theirs before verifier_metrics turns them into means."""
+    can add theirs before verifier_metrics turns them into means. A progress bar counts the rows."""
     sums = [0.0] * 5
-    for i in indices:
+    for i in progress_bar(indices, desc="verifier scoring", unit="row"):
         prompt, label = rows[i]
         scores = score_verification(model, tokenizer, prompt, k, max_new_tokens=max_new_tokens, seed=seed + i)
         score, yes = sum(scores) / len(scores), label == "Yes"

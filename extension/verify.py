@@ -18,12 +18,18 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 
-from tqdm import tqdm
+# `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
-import chat_templates
-import storage
+from tqdm import tqdm  # noqa: E402
+
+import chat_templates  # noqa: E402
+import storage  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -106,3 +106,26 @@ def test_endpoint_judge_errors_are_one_sentence(reward_server, monkeypatch):
         EndpointJudge("m", reward_server, "WRONG_JUDGE_KEY").score([PROMPT], ["hi"])
     with pytest.raises(JudgeError, match="cannot be reached"):
         EndpointJudge("m", "http://127.0.0.1:9/v1", "WRONG_JUDGE_KEY", retries=0).score([PROMPT], ["hi"])
+
+
+def test_judge_pairs_scores_in_the_judges_batches(monkeypatch, capsys):
+    """7 prompts, a judge with batch_size 3: judge_pairs calls it on 3 + 3 + 1 policy replies,
+    then 3 + 3 + 1 reference replies (the batches a reward model scores anyway, so the scores
+    do not change), and a bar counts the 14 replies on stderr. Scores are lengths: policy
+    replies of 1..7 characters against 4 each, so wins at 5, 6, 7, a tie at 4: (3 + 0.5) / 7."""
+    import generation
+    monkeypatch.setattr(generation, "PROGRESS_DELAY_S", 0.0)
+
+    class Batched(LengthJudge):
+        batch_size, calls = 3, []
+
+        def score(self, prompts, replies, references=None):
+            self.calls.append(len(replies))
+            return super().score(prompts, replies, references)
+
+    judge = Batched()
+    records = judge_pairs(judge, [PROMPT] * 7, [None] * 7, ["x" * n for n in range(1, 8)], ["four"] * 7)
+    assert judge.calls == [3, 3, 1, 3, 3, 1]
+    assert [r["policy_score"] for r in records] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert summarize(records).rate == pytest.approx(3.5 / 7)
+    assert "judging" in capsys.readouterr().err

@@ -71,3 +71,23 @@ def test_scores_with_the_real_model(tokenizer):
     result = adaptive_verify(lambda n: compute_verifier_scores(model, tokenizer, question, solution, k=n,
                                                                max_new_tokens=16), k_min=2, k_max=4, step=2, tau=0.0)
     assert result.k == 4 and len(result.scores) == 4
+
+
+def test_validation_scoring_shows_a_progress_bar(monkeypatch, capsys):
+    """The step-0 scoring of --verifier-eval-rows rows (minutes on a 135M model) draws a bar with
+    the row count on stderr (rank 0 only); the sums are those of the rows' scores: Yes rows 0.75, No row 0.25
+    and 0.75 (wrong side of 0.5), so [0.75, 1, 1.0, 2, 2]. With the bar's 2-second delay set to 0."""
+    import generation
+    from extension import verifier
+    monkeypatch.setattr(generation, "PROGRESS_DELAY_S", 0.0)
+    scores = {"a": [0.5, 1.0], "b": [0.25], "c": [0.75]}
+    monkeypatch.setattr(verifier, "score_verification", lambda model, tok, prompt, k, **kw: scores[prompt])
+    rows = [("a", "Yes"), ("b", "No"), ("c", "No")]
+    assert verifier.verifier_metrics_sums(None, None, rows, range(3), k=2) == [0.75, 1, 1.0, 2, 2]
+    err = capsys.readouterr().err
+    assert "verifier scoring" in err and "/3" in err and "row" in err
+    # Other DDP ranks score their share silently: one bar, rank 0's.
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    assert verifier.verifier_metrics_sums(None, None, rows, range(3), k=2) == [0.75, 1, 1.0, 2, 2]
+    assert capsys.readouterr().err == ""
