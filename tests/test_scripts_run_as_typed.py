@@ -65,6 +65,10 @@ SKIP = {
     "python evaluate.py --models embedded/model runs/sft-demo runs/genrm-demo":
         "needs runs/genrm-demo (GenRM training, skipped)",
     "python plots.py --run runs/genrm-demo": "needs runs/genrm-demo (GenRM training, skipped)",
+    "python train.py --model-name smollm2-135m-instruct": f"the real model: {SLOW} (tests/test_real_model.py "
+                                                          f"runs each stage on it, shorter)",
+    "python infer.py --model runs/sft-smollm": "needs runs/sft-smollm (real-model SFT, skipped)",
+    "python train.py --training-type dpo --model-name runs/sft-smollm": "needs runs/sft-smollm (real-model SFT, skipped)",
     "HF_TOKEN=": "uploads to the Hub with the reader's token",
     "python train.py --use-ray": f"starts a local Ray cluster, {SLOW}",
     "ray job submit": "a Ray cluster (hippo/README.md) and --use-gpu",
