@@ -20,8 +20,6 @@ import logging
 import math
 
 import torch
-from tqdm import tqdm
-
 import storage
 
 log = logging.getLogger("train")
@@ -71,6 +69,7 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
     equal the policy's there to the bit. A batch holding a row that was not scored is scored with
     a live reference instead (module.py), so a wrong guess here costs time, never correctness."""
     from collate_functions import concatenate_pairs
+    from generation import progress_bar
     from module import sequence_logps
 
     work = {}
@@ -100,7 +99,7 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
     if total:
         was_training = model.training
         model.eval()
-        bar = tqdm(total=total, desc="Reference log-probs", unit="pair", disable=rank != 0, dynamic_ncols=True)
+        bar = progress_bar(desc="reference log-probs", total=total, unit="pair")
         with torch.no_grad():
             for split, indices in work.items():
                 rows = loaders[split].dataset

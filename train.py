@@ -335,7 +335,7 @@ def configure_logging(verbose: bool) -> None:
     """Our progress lines at INFO; libraries' banners, tips and progress bars only with --verbose."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in ("train", "data"):
+    for name in ("train", "data", "models"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
     if verbose:
         return
