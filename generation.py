@@ -91,10 +91,27 @@ def _decoding(temperature: float, top_p: float, num_beams: int = 1, length_penal
     return decoding
 
 
+class _DecodingSteps:
+    """A transformers generation streamer that advances a progress bar once per decoding step
+    (its first call carries the prompts)."""
+
+    def __init__(self, bar):
+        self.bar, self.started = bar, False
+
+    def put(self, value) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+
+    def end(self) -> None:
+        pass
+
+
 def _generate_batch(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
-                    num_return_sequences: int, decoding: dict) -> list[list[list[int]]]:
+                    num_return_sequences: int, decoding: dict, bar=None) -> list[list[list[int]]]:
     """Left-pad token-id prompts, generate, and cut each output after its first end-of-turn
-    token: num_return_sequences token lists per prompt (eos included when it was reached)."""
+    token: num_return_sequences token lists per prompt (eos included when it was reached).
+    `bar` (not with beam search) advances once per decoding step."""
     device = next(model.parameters()).device
     longest = max(len(ids) for ids in prompt_ids)
     input_ids = torch.full((len(prompt_ids), longest), pad_id, dtype=torch.long)
@@ -104,7 +121,8 @@ def _generate_batch(model, prompt_ids: list[list[int]], max_new_tokens: int, eos
         attention_mask[b, longest - len(ids):] = 1
     out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                          max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
-                         num_return_sequences=num_return_sequences, **decoding)
+                         num_return_sequences=num_return_sequences, **decoding,
+                         **({"streamer": _DecodingSteps(bar)} if bar is not None else {}))
     generated = out[:, longest:].tolist()    # (B * num_return_sequences, new), grouped by prompt
     groups = []
     for b in range(len(prompt_ids)):
@@ -119,12 +137,13 @@ def _generate_batch(model, prompt_ids: list[list[int]], max_new_tokens: int, eos
 @torch.no_grad()
 def sample_token_ids(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
                      num_return_sequences: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                     batch_size: int = 64, seed: int | None = None) -> list[list[list[int]]]:
+                     batch_size: int = 64, seed: int | None = None, progress: str | None = None) -> list[list[list[int]]]:
     """Completions as token ids for prompts given as token ids (RL rollouts, the length
     penalty): num_return_sequences lists per prompt, each ending with the end-of-turn token
     when generation stopped there (else max_new_tokens long). Token ids, not text, so the
     training step scores exactly the tokens that were sampled. Same private RNG stream as
-    generate_completions; the model's train/eval mode is restored."""
+    generate_completions; the model's train/eval mode is restored. progress: the label of a
+    progress bar over the decoding steps (progress_bar), None for none."""
     device = next(model.parameters()).device
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
@@ -134,9 +153,15 @@ def sample_token_ids(model, tokenizer, prompt_ids: list[list[int]], *, max_new_t
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:
             torch.manual_seed(seed)
-        for i in range(0, len(prompt_ids), batch_size):
+        batches = range(0, len(prompt_ids), batch_size)
+        bar = progress_bar(desc=progress or "", total=len(batches) * max_new_tokens, unit="step",
+                           enabled=progress is not None)
+        for i in batches:
             out += _generate_batch(model, prompt_ids[i:i + batch_size], max_new_tokens, eos_id, pad_id,
-                                   num_return_sequences, _decoding(temperature, top_p))
+                                   num_return_sequences, _decoding(temperature, top_p), bar)
+            bar.n = (i // batch_size + 1) * max_new_tokens     # a batch that stopped early at eos
+            bar.refresh()
+        bar.close()
     model.train(was_training)
     return out
 

@@ -394,7 +394,7 @@ class PostTrainingModule(L.LightningModule):
             seed = ((hp.seed * 1_000_003 + self.global_step) * 1009 + self.global_rank) * 101 + i
             groups = sample_token_ids(self.model, tok, mb.prompt_ids, max_new_tokens=hp.max_new_tokens,
                                       num_return_sequences=k, temperature=hp.temperature, top_p=hp.top_p,
-                                      seed=seed)
+                                      seed=seed, progress=f"rollouts {i + 1}/{len(step.micro_batches)}")
             completions = [c for g in groups for c in g]                       # N = B * k, grouped by prompt
             texts = [t.strip() for t in tok.batch_decode(completions, skip_special_tokens=True)]
             prompts = [p for p in mb.prompts for _ in range(k)]
