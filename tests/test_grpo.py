@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import flags
 import train
-from conftest import read_scalars, write_jsonl
+from conftest import EMBEDDED_MODEL, read_scalars, write_jsonl
 
 FAST = ["--validate-before-training", "--val-generations", "0", "--num-sanity-val-steps", "0", "--log-every-n-steps", "1",
         "--max-new-tokens", "48"]
@@ -144,3 +144,18 @@ def test_rollout_statistics_hand_worked():
                                    {"correctness": [0.0, 0.0]}, eos_id=2))
     assert total["_reward_n"] == 6 and total["completion_length"] == 17
     assert (total["_min/completion_length"], total["_max/completion_length"]) == (1, 6)
+
+
+def test_rollouts_show_a_progress_bar_and_sample_the_same(tokenizer, monkeypatch, capsys):
+    """The bar counts decoding steps (a generation streamer) and changes no sample."""
+    import generation
+    from models import load_causal_lm
+    model = load_causal_lm(str(EMBEDDED_MODEL))
+    ids = [tokenizer("Tom has 3 apples.")["input_ids"]] * 2
+    plain = generation.sample_token_ids(model, tokenizer, ids, max_new_tokens=12, num_return_sequences=2, seed=5)
+    assert "rollouts" not in capsys.readouterr().err
+    monkeypatch.setattr(generation, "PROGRESS_DELAY_S", 0)
+    shown = generation.sample_token_ids(model, tokenizer, ids, max_new_tokens=12, num_return_sequences=2, seed=5,
+                                        progress="rollouts 1/1")
+    err = capsys.readouterr().err
+    assert shown == plain and "rollouts 1/1" in err and "12/12" in err
