@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def stage_commands(a, s: dict, out: str) -> dict[str, list[str]]:
     """train.py arguments of every stage, in the order they run."""
+    # --validate-before-training: each curve starts at its stage's starting model (step 0).
     common = ["--storage-path", out, "--seed", str(a.seed), "--val-generations", "0", "--num-sanity-val-steps", "0",
-              *shlex.split(a.train_args)]
+              "--validate-before-training", *shlex.split(a.train_args)]
     run = lambda name: storage.join(out, name)  # noqa: E731
     # Curves for the figures (the seed's win rate and verifier score); greedy, so training is unchanged.
     win_rate_curve = ["--calculate-win-rate", "--judge", "correctness", "--win-rate-prompts", str(s["curve_prompts"])]

@@ -107,7 +107,7 @@ def test_bt_on_real_hh_rlhf_transcripts(tmp_path):
     assert train.main(["--training-type", "bt", "--dataset-name", str(HH_RLHF), "--skip-bad-rows",
                        "--storage-path", str(tmp_path), "--name", "hh", "--max-steps", "4", "--batch-size", "4",
                        "--train-dataset-length", "64", "--test-dataset-length", "16", "--max-length", "256",
-                       "--num-sanity-val-steps", "0", "--log-every-n-steps", "1"]) == 0
+                       "--num-sanity-val-steps", "0", "--log-every-n-steps", "1", "--validate-before-training"]) == 0
     s = scalars(tmp_path / "hh")
     assert [step for step, _ in s["train/loss"]] == [0, 1, 2, 3]
     assert 0.0 <= s["val/accuracy"][-1][1] <= 1.0 and s["data/test_rows"][0][1] > 0

@@ -15,7 +15,7 @@ def dpo_run(tmp_path_factory):
                        "--train-dataset-length", "32", "--test-dataset-length", "8", "--batch-size", "4",
                        "--max-epochs", "2", "--lr", "1e-4", "--val-generations", "0", "--num-sanity-val-steps", "0",
                        "--log-every-n-steps", "1", "--calculate-win-rate", "--judge", "length",
-                       "--win-rate-prompts", "2", "--val-max-new-tokens", "8"]) == 0
+                       "--win-rate-prompts", "2", "--val-max-new-tokens", "8", "--validate-before-training"]) == 0
     return storage / "dpo"
 
 

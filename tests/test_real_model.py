@@ -181,7 +181,7 @@ def test_bt_on_the_minilm_encoder_with_a_chat_template(tmp_path):
                             text=True)
     assert result.returncode == 2 and "has no chat template" in result.stderr and "--chat-template" in result.stderr
     assert train.main([*common, "--chat-template", "hh", "--name", "rm"]) == 0
-    ckpt = torch.load(tmp_path / "rm" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "rm" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 1 and ckpt["hyper_parameters"]["chat_template"] == "hh"
 
 

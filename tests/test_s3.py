@@ -15,7 +15,7 @@ def test_training_writes_checkpoints_and_events_to_s3(s3_server, tmp_path, capsy
 
     argv = ["--storage-path", "s3://test-bucket/runs", "--name", "s3run", "--train-dataset-length", "32",
             "--test-dataset-length", "8", "--max-epochs", "2", "--val-generations", "1",
-            "--val-max-new-tokens", "8", "--log-every-n-steps", "1", "--lr", "1e-3"]
+            "--val-max-new-tokens", "8", "--log-every-n-steps", "1", "--lr", "1e-3", "--validate-before-training"]
     assert train.main(argv) == 0
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
     assert sorted(os.path.basename(p) for p in fs.ls("test-bucket/runs/s3run/checkpoints")) == \

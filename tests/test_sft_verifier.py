@@ -77,6 +77,7 @@ def test_prepared_genrm_critiques_train(tmp_path):
     assert train.main(["--training-type", "sft_verifier", "--dataset-name", str(out), "--storage-path",
                        str(tmp_path), "--name", "real", "--max-steps", "3", "--batch-size", "2",
                        "--train-dataset-length", "40", "--test-dataset-length", "8", "--max-length", "512",
-                       "--val-generations", "0", "--num-sanity-val-steps", "0", "--log-every-n-steps", "1"]) == 0
+                       "--val-generations", "0", "--num-sanity-val-steps", "0", "--log-every-n-steps", "1",
+                       "--validate-before-training"]) == 0
     s = read_scalars(tmp_path / "real" / "tensorboard")
     assert [step for step, _ in s["train/loss"]] == [0, 1, 2] and s["val/loss_verify"][-1][1] > 0
