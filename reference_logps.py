@@ -84,8 +84,8 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
         else:
             work[split] = list(range(len(rows)))
     path = f"{saved}/rank-{rank}.json" if saved else None
-    key = _key(model, loaders, batch_size, pack_capacity)
-    done = _read(path, key)
+    key = _key(model, loaders, batch_size, pack_capacity) if path else None
+    done = _read(path, key) if path else {}
     for split, indices in work.items():
         rows = loaders[split].dataset
         for i in indices:
@@ -112,10 +112,14 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
         bar.close()
         model.train(was_training)
     if path and total:
-        values = {split: {str(i): [rows[i]["ref_chosen_logps"], rows[i]["ref_rejected_logps"]]
-                          for rows in [loaders[split].dataset] for i in range(len(rows))
-                          if "ref_chosen_logps" in rows[i]} for split in loaders}
+        values = {split: _scored(loader.dataset) for split, loader in loaders.items()}
         storage.write_text_atomic(path, json.dumps({"key": key, "values": values}))
+
+
+def _scored(rows) -> dict:
+    """{row index: [chosen, rejected] reference log-probs} of the rows that have them."""
+    return {str(i): [row["ref_chosen_logps"], row["ref_rejected_logps"]]
+            for i, row in enumerate(rows) if "ref_chosen_logps" in row}
 
 
 def _key(model, loaders: dict, batch_size: int, pack_capacity: int | None) -> str:
@@ -133,8 +137,8 @@ def _key(model, loaders: dict, batch_size: int, pack_capacity: int | None) -> st
     return digest.hexdigest()
 
 
-def _read(path: str | None, key: str) -> dict:
-    if not path or not storage.exists(path):
+def _read(path: str, key: str) -> dict:
+    if not storage.exists(path):
         return {}
     try:
         saved = json.loads(storage.read_text(path))
