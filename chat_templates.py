@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+from errors import UserError
+
 BUILTIN = {
     "chatml": (
         "{%- for message in messages -%}"
@@ -35,7 +37,7 @@ BUILTIN = {
 }
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(UserError, ValueError):
     """--chat-template names no built-in, file or template; the message is one sentence."""
 
 

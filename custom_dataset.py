@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from errors import UserError, first_line
+
 ROLES = ("system", "user", "assistant", "tool")
 SFT_TYPES = ("sft", "sft_verifier")
 PREFERENCE_TYPES = ("dpo", "bt")
@@ -55,7 +57,7 @@ HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 log = logging.getLogger("data")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A user's data is unusable; the message is one sentence naming data set, row and field."""
 
 
@@ -112,7 +114,7 @@ def _check_text(path: str) -> None:
                     raise DataError(f"Data file {path}, line {number}: expected a JSON object, "
                                     f"got {type(value).__name__}.")
     except (EOFError, OSError, zlib.error) as e:
-        raise DataError(f"Data file {path} is truncated or not valid gzip ({_first_line(e)}).") from None
+        raise DataError(f"Data file {path} is truncated or not valid gzip ({first_line(e)}).") from None
 
 
 def _load_file(path: str):
@@ -124,12 +126,7 @@ def _load_file(path: str):
     try:
         return datasets.load_dataset(_file_builder(path), data_files=path, split="train")
     except Exception as e:  # noqa: BLE001 - arrow/json errors come in many types
-        raise DataError(f"Could not read data file {path}: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+        raise DataError(f"Could not read data file {path}: {first_line(e)}") from None
 
 
 def load_splits(name_or_path: str) -> dict:
@@ -158,7 +155,7 @@ def load_splits(name_or_path: str) -> dict:
         return dict(datasets.load_dataset(name_or_path))
     except Exception as e:  # noqa: BLE001 - hub errors come in many types
         raise DataError(f"Could not load data set '{name_or_path}' from the Hugging Face Hub "
-                        f"(no such local path either): {_first_line(e)}") from None
+                        f"(no such local path either): {first_line(e)}") from None
 
 
 def pick_split(splits: dict, split: str, training_type: str, name: str):

@@ -3,8 +3,9 @@
     python train.py --use-ray --num-workers 2 --strategy ddp ...              # a local Ray
     ray job submit --working-dir . -- python train.py --use-ray --num-workers 4 --use-gpu ...
 
-Every worker runs the same `train.fit` as a local run, with Ray's Lightning strategy and
-environment. Checkpoints are reported to Ray every --checkpoint-frequency epochs and land in
+Every worker runs the function train.py hands to `launch` (the same `fit` as a local run), with
+Ray's Lightning strategy and environment. A user error (errors.UserError) raised in a worker
+reaches the driver as the same error, one sentence, instead of Ray's wall of tracebacks. Checkpoints are reported to Ray every --checkpoint-frequency epochs and land in
 <storage-path>/<name>/checkpoint_<date-time>/checkpoint.ckpt; Ray keeps --ckpt-to-keep of them and,
 when a worker dies, restarts the workers from the latest (up to --max-failures times).
 `ray.init()` joins the cluster of `ray job submit` (RAY_ADDRESS) or one started with
@@ -13,12 +14,18 @@ when a worker dies, restarts the workers from the latest (up to --max-failures t
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from typing import Callable
 
 import storage
+from checkpoints import RAY_CHECKPOINT_FILE
+from errors import UserError
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-CHECKPOINT_FILE = "checkpoint.ckpt"          # the file name RayTrainReportCallback writes
+# How a worker's user error travels through Ray's exception wrapping: "UserError<DataError>: sentence".
+USER_ERROR_FORMAT = "UserError<{name}>: {message}"
+USER_ERROR_PATTERN = re.compile(r"UserError<(\w+)>: (.+)")
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "S3_ENDPOINT", "AWS_DEFAULT_REGION", "TRAINER_FAULT_INJECT")
 
 
@@ -92,15 +99,19 @@ def prepare(trainer, ckpt_path: str | None):
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         local = checkpoint.to_directory(tempfile.mkdtemp(prefix="restore-"))
-        ckpt_path = os.path.join(local, CHECKPOINT_FILE)
+        ckpt_path = os.path.join(local, RAY_CHECKPOINT_FILE)
     return trainer, ckpt_path
 
 
-def worker_loop(c: dict) -> None:
-    """Ray Train's train_loop_per_worker."""
-    import train
-    train.configure_logging(c["verbose"])
-    train.fit(c, ray_worker=True)
+def _user_errors_tagged(worker: Callable[[dict], None]) -> Callable[[dict], None]:
+    """Ray Train's train_loop_per_worker: `worker`, with a user error's class and sentence put
+    where the driver finds them (`_raise_user_error`)."""
+    def loop(c: dict) -> None:
+        try:
+            worker(c)
+        except UserError as e:
+            raise RuntimeError(USER_ERROR_FORMAT.format(name=type(e).__name__, message=str(e))) from None
+    return loop
 
 
 def _storage_for_ray(path: str):
@@ -113,8 +124,8 @@ def _storage_for_ray(path: str):
     return path.split("://", 1)[1], pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def launch(c: dict) -> dict:
-    """Start (or join) Ray, run the workers, and return the last reported metrics."""
+def launch(c: dict, worker: Callable[[dict], None]) -> dict:
+    """Start (or join) Ray, run `worker(c)` in every worker, and return the last reported metrics."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -137,7 +148,7 @@ def launch(c: dict) -> dict:
     run_config = RunConfig(storage_path=storage_path, storage_filesystem=filesystem, name=c["name"],
                            checkpoint_config=CheckpointConfig(num_to_keep=c["ckpt_to_keep"]),
                            failure_config=FailureConfig(max_failures=c["max_failures"]))
-    trainer = TorchTrainer(worker_loop, train_loop_config=c, scaling_config=scaling, run_config=run_config)
+    trainer = TorchTrainer(_user_errors_tagged(worker), train_loop_config=c, scaling_config=scaling, run_config=run_config)
     try:
         result = trainer.fit()
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own types
@@ -153,18 +164,19 @@ def launch(c: dict) -> dict:
 
 
 def _raise_user_error(error: Exception) -> None:
-    """A worker's one-sentence error (bad data, unloadable model, a run of non-finite losses)
-    becomes the driver's own,
-    instead of Ray's wall of worker tracebacks."""
-    import re
+    """A worker's one-sentence error becomes the driver's own, of the same class where the
+    driver knows it (else UserError)."""
+    found = USER_ERROR_PATTERN.search(str(error))
+    if not found:
+        return
+    name, message = found.group(1), found.group(2).strip()
+    classes = {cls.__name__: cls for cls in _subclasses(UserError)}
+    try:
+        user_error = classes.get(name, UserError)(message)
+    except TypeError:       # a class whose constructor takes more than the sentence
+        user_error = UserError(message)
+    raise user_error from None
 
-    from collate_functions import TemplateError
-    from custom_dataset import DataError
-    from flags import ConfigError
-    from models import ModelLoadError
-    from module import NonFiniteLossError
-    for cls in (ConfigError, DataError, ModelLoadError, NonFiniteLossError, TemplateError):
-        found = re.search(rf"\b{cls.__name__}: (.+)", str(error))
-        if found:
-            raise cls(found.group(1).strip()) from None
 
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [c for sub in cls.__subclasses__() for c in _subclasses(sub)]

@@ -27,3 +27,9 @@ def first_sentence(e: BaseException) -> str:
     transformers' messages run on for several); the exception's type name when it has none."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text.split(". ", 1)[0].rstrip(".")
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (a library's traceback-like text runs on), or its type name."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

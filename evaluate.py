@@ -140,12 +140,13 @@ def format_table(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from custom_dataset import DataError, evaluation_prompts
-    from flags import EMBEDDED_DATA, ConfigError
+    from custom_dataset import evaluation_prompts
+    from errors import UserError
+    from flags import EMBEDDED_DATA
     from generation import generate_completions
-    from judges import JudgeError, judge_pairs, make_judge, summarize
-    from models import ModelLoadError, load_trained
-    from train import configure_logging
+    from judges import judge_pairs, make_judge, summarize
+    from logs import configure_logging
+    from models import load_trained
 
     args = build_parser().parse_args(argv)
     configure_logging(verbose=False)
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["verifier"] = verifier_metrics(sums)["verifier_score"]
             results[name], replies[name] = row, texts
             del model
-    except (ConfigError, DataError, JudgeError, ModelLoadError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = {"dataset": dataset, "split": args.split, "num_prompts": len(prompts), "settings": settings,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import chat_templates
 import storage
+from checkpoints import find_checkpoint, is_run_checkpoint_dir, saved_config
+from errors import ConfigError
 
 REPO = Path(__file__).resolve().parent
 EMBEDDED_MODEL = REPO / "embedded" / "model"
@@ -25,10 +27,6 @@ EMBEDDED_DATA = {"sft": REPO / "embedded" / "data" / "sft", "dpo": REPO / "embed
 TRAINING_TYPES = ("sft", "dpo", "bt", "sft_verifier", "grpo")
 STRATEGIES = ("auto", "ddp", "fsdp")
 PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true", "transformer-engine")
-
-
-class ConfigError(ValueError):
-    """A flag, flag combination or config file is unusable; the message is one sentence."""
 
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -249,60 +247,6 @@ def parse_config(argv: list[str] | None = None) -> tuple[dict, set]:
             if key in config and key not in given and key not in ("mode", "resume_from_checkpoint", "force_resume"):
                 config[key] = value
     return config, given
-
-
-def find_checkpoint(path: str, best: bool = False) -> str:
-    """A .ckpt file, a run folder (its checkpoints/last.ckpt, or for a Ray run its latest
-    checkpoint_<date-time>/checkpoint.ckpt) or one Ray checkpoint folder; local or a URL.
-    With `best` (loading a finished run as a model), a run folder's checkpoints/best.ckpt
-    (--save-best) is taken where it exists."""
-    ckpt = str(path)
-    try:
-        if storage.isdir(ckpt):
-            entries = storage.listdir(ckpt)
-            ray_checkpoints = ray_checkpoint_names(entries)
-            if "checkpoints" in entries:                 # a local run folder
-                ckpt = storage.join(ckpt, "checkpoints", "last.ckpt")
-                best_ckpt = storage.join(storage.parent(ckpt), "best.ckpt")
-                if best and storage.exists(best_ckpt):
-                    ckpt = best_ckpt
-            elif "checkpoint.ckpt" in entries:           # one Ray checkpoint folder
-                ckpt = storage.join(ckpt, "checkpoint.ckpt")
-            elif ray_checkpoints:                        # a Ray run folder: its latest checkpoint
-                ckpt = storage.join(ckpt, ray_checkpoints[-1], "checkpoint.ckpt")
-            else:
-                ckpt = storage.join(ckpt, "last.ckpt")
-        found = storage.exists(ckpt)
-    except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
-        raise ConfigError(f"Checkpoint {path} cannot be reached: {str(e).splitlines()[0].rstrip('.')}.") from None
-    if not found:
-        raise ConfigError(f"Checkpoint {path} does not exist "
-                          f"(give a .ckpt file or a run folder holding checkpoints/last.ckpt).")
-    return ckpt
-
-
-def _is_run_checkpoint_dir(path: str) -> bool:
-    """checkpoints/ of a local run or checkpoint_<date-time>/ of a Ray run: its parent is the run folder."""
-    name = storage.basename(path)
-    return name == "checkpoints" or name.startswith("checkpoint_")
-
-
-def saved_config(ckpt: str) -> dict:
-    """The resolved config a checkpoint was trained with (config.yaml beside it, else its hparams)."""
-    import yaml
-    beside = storage.join(storage.parent(storage.parent(ckpt)), "config.yaml")
-    if _is_run_checkpoint_dir(storage.parent(ckpt)) and storage.exists(beside):
-        return yaml.safe_load(storage.read_text(beside)) or {}
-    try:
-        return dict(storage.load_torch(ckpt).get("hyper_parameters", {}))
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
-        raise ConfigError(f"Checkpoint {ckpt} cannot be read: {first_sentence(e)}.") from None
-
-
-def first_sentence(e: BaseException) -> str:
-    """The first sentence of an exception's message (torch's run on for several)."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text.split(". ", 1)[0].rstrip(".")
 
 
 def _read_yaml_defaults(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -552,7 +496,7 @@ def resolve(config: dict) -> dict:
     c = dict(config)
     if c["resume_from_checkpoint"]:
         ckpt_dir = storage.parent(c["resume_from_checkpoint"])
-        if c["name"] is None and _is_run_checkpoint_dir(ckpt_dir):
+        if c["name"] is None and is_run_checkpoint_dir(ckpt_dir):
             # Continue in the folder the checkpoint came from.
             run = storage.parent(ckpt_dir)
             c["storage_path"], c["name"] = storage.parent(run), storage.basename(run)
@@ -584,8 +528,3 @@ def resolve(config: dict) -> dict:
 
 def run_dir(c: dict) -> str:
     return storage.join(c["storage_path"], c["name"])
-
-
-def ray_checkpoint_names(entries: list[str]) -> list[str]:
-    """Ray's checkpoint_<date-time> folders among a run folder's entries, oldest first."""
-    return sorted(e for e in entries if e.startswith("checkpoint_") and not e.endswith(".json"))

@@ -33,6 +33,7 @@ import sys
 
 import chat_templates
 import storage
+from errors import UserError
 
 PRESETS = {
     "greedy": dict(temperature=0.0, top_p=1.0, num_beams=1, length_penalty=1.0),
@@ -43,7 +44,7 @@ VLLM_MISSING = ("--backend vllm needs the vllm package, which is not installed "
                 "(pip install -r requirements-gpu.txt on a CUDA machine, or use --backend transformers).")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Unusable input or flags; the message is one sentence naming file, row and field."""
 
 
@@ -206,10 +207,8 @@ def choose_backend(backend: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from custom_dataset import DataError
-    from flags import EMBEDDED_DATA, ConfigError
-    from models import ModelLoadError
-    from train import configure_logging
+    from flags import EMBEDDED_DATA
+    from logs import configure_logging
 
     args = build_parser().parse_args(argv)
     configure_logging(verbose=False)
@@ -231,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             model.to("cuda" if args.use_gpu else "cpu")
             outputs = generate_completions(model, tokenizer, conversations, batch_size=args.batch_size,
                                            progress="generate", **settings)
-    except (InputError, DataError, ConfigError, ModelLoadError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     records = []

@@ -26,11 +26,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from errors import UserError
+
 NVIDIA_API = "https://integrate.api.nvidia.com/v1"
 _ANSWER = re.compile(r"[Tt]he (?:final )?answer is\s*:?\s*\$?\s*(-?[\d,]*\.?\d+)|\\boxed\{\s*\$?(-?[\d,]*\.?\d+)\s*\}")
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     """A judge cannot be built or does not answer; the message is one sentence."""
 
 

@@ -6,17 +6,25 @@ run folders (local or s3://, exported once to a cache folder), for every entry p
     model, tokenizer = load_trained("runs/dpo-demo")          # generate with a finished run
     model, tokenizer, config, step = load_checkpoint("runs/sft-demo/checkpoints/last.ckpt")
 
-Every failure to load is a ModelLoadError (or flags.ConfigError) whose message is one sentence.
+    export("runs/sft-demo", "exported/sft-demo")              # a checkpoint as a Hugging Face folder
+
+Every failure to load is a ModelLoadError (or errors.ConfigError) whose message is one sentence.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
+import tempfile
 
 import torch
 
 import packaged_models
+import storage
+from checkpoints import find_checkpoint, read_checkpoint
+from errors import ConfigError, first_line
+from model_card import final_metrics, model_card, shown_name
 from packaged_models import ModelLoadError
 
 
@@ -28,17 +36,13 @@ def _check_local(name_or_path: str) -> None:
 def pretrained_path(name_or_path: str) -> str:
     """Where from_pretrained finds a model: Hugging Face folders and Hub names as they are; a
     packaged model's short name or a .gguf file is its cached folder (packaged_models.py); a
-    train.py checkpoint or run folder (local or s3://) is exported once (upload_to_hub.export)
+    train.py checkpoint or run folder (local or s3://) is exported once (`export`)
     into a local cache folder keyed by the checkpoint's path, size and modification time, so
     `--model-name runs/sft` starts a DPO run from the SFT run's last checkpoint."""
     name_or_path = packaged_models.resolve(name_or_path)
     if not is_checkpoint_path(name_or_path):
         return name_or_path
     import hashlib
-
-    import storage
-    from flags import find_checkpoint
-    from upload_to_hub import export
     ckpt = find_checkpoint(name_or_path, best=True)
     info = storage.info(ckpt)
     key = json.dumps([storage.absolute(ckpt), info.get("size"), str(info.get("mtime") or info.get("LastModified"))])
@@ -55,7 +59,6 @@ def pretrained_path(name_or_path: str) -> str:
 
 def publish(mine: str, folder: str) -> None:
     """Rename the folder `mine` to `folder` unless `folder` exists, in which case `mine` is removed."""
-    import shutil
     try:
         os.rename(mine, folder)     # fails if folder exists and is not empty: never replaces it
     except OSError:
@@ -75,7 +78,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, chat_temp
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - hub/file errors come in many types
         raise ModelLoadError(f"Could not load the tokenizer of '{name_or_path}': "
-                             f"{_first_line(e)}") from None
+                             f"{first_line(e)}") from None
     if tokenizer.pad_token_id is None:
         # Padding positions are masked out, so any id works; eos is what most chat models use.
         tokenizer.pad_token = tokenizer.eos_token
@@ -93,7 +96,7 @@ def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32,
                                                      trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"Could not load the model '{name_or_path}': {_first_line(e)}") from None
+        raise ModelLoadError(f"Could not load the model '{name_or_path}': {first_line(e)}") from None
     _log_source(name_or_path)
     return model
 
@@ -108,7 +111,7 @@ def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: b
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"Could not load '{name_or_path}' as a reward model: {_first_line(e)}") from None
+        raise ModelLoadError(f"Could not load '{name_or_path}' as a reward model: {first_line(e)}") from None
     # Our pooling reads the attention mask, but HF's own forward (and users) look for the pad id here.
     model.config.pad_token_id = pad_token_id
     _log_source(name_or_path)
@@ -132,13 +135,8 @@ def load_model(training_type: str, name_or_path: str, tokenizer, trust_remote_co
 def load_checkpoint(ckpt_path: str):
     """A train.py checkpoint (.ckpt, run folder or Ray checkpoint; local or s3://) ->
     (model with the trained weights, tokenizer, saved config, global step)."""
-    import storage
-    from flags import ConfigError, find_checkpoint, first_sentence
     ckpt_path = find_checkpoint(ckpt_path, best=True)
-    try:
-        checkpoint = storage.load_torch(ckpt_path)
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
-        raise ConfigError(f"Checkpoint {ckpt_path} cannot be read: {first_sentence(e)}.") from None
+    checkpoint = read_checkpoint(ckpt_path)
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"Checkpoint {ckpt_path} was not written by train.py (not a Lightning checkpoint).")
     config = checkpoint.get("hyper_parameters") or {}
@@ -158,7 +156,6 @@ def load_checkpoint(ckpt_path: str):
 
 def is_checkpoint_path(name_or_path: str) -> bool:
     """A train.py checkpoint rather than a Hugging Face folder or Hub name."""
-    import storage
     if name_or_path.endswith(".ckpt"):
         return True
     if "://" not in name_or_path and not os.path.isdir(name_or_path):
@@ -177,14 +174,12 @@ def load_trained(name_or_path: str, kind: str = "causal", trust_remote_code: boo
     randomly initialised score head: a judge that silently scores noise). `chat_template`
     replaces the tokenizer's template (chat_templates.py)."""
     from transformers import AutoConfig
-
-    from flags import ConfigError
     path = pretrained_path(name_or_path)
     _check_local(path)
     try:
         architectures = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).architectures or []
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"Could not load the model '{name_or_path}': {_first_line(e)}") from None
+        raise ModelLoadError(f"Could not load the model '{name_or_path}': {first_line(e)}") from None
     is_reward = any(a.endswith("ForSequenceClassification") for a in architectures)
     if is_reward != (kind == "reward"):
         raise ConfigError(f"{name_or_path} is {'a reward model' if is_reward else 'a generative model'}; "
@@ -194,6 +189,39 @@ def load_trained(name_or_path: str, kind: str = "causal", trust_remote_code: boo
     return load_model("bt" if kind == "reward" else "sft", path, tokenizer, trust_remote_code), tokenizer
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+def export(ckpt_path: str, output_dir: str, training_type: str | None = None) -> dict:
+    """Write the Hugging Face folder of a checkpoint (.ckpt, run folder or Ray checkpoint; local or
+    s3://): safetensors weights, config, tokenizer with its chat template, the GGUF provenance of
+    its base model where there is one, and a model card; returns the checkpoint's config. The
+    folder is written under a temporary name and moved into place: an interrupted export leaves
+    nothing half-written."""
+    ckpt_path = find_checkpoint(ckpt_path, best=True)
+    model, tokenizer, config, step = load_checkpoint(ckpt_path)
+    if training_type and training_type != config["training_type"]:
+        raise ConfigError(f"Checkpoint {ckpt_path} is a {config['training_type']} checkpoint, "
+                          f"not {training_type}.")
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        model.config.name_or_path = shown_name(config["model_name"])
+        # Every process writes a whole folder: inside a process group (a Ray Train worker)
+        # transformers writes weights and config on rank 0 only, and the other workers' exports
+        # of a --model-name or --reward-model run folder had neither.
+        model.should_save_on_this_rank = lambda is_main_process: is_main_process
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # A base model dequantized from a GGUF file says so, here and in every export down the line.
+        source = packaged_models.source(pretrained_path(config["model_name"]))
+        if source:
+            with open(os.path.join(tmp, packaged_models.SOURCE_FILE), "w", encoding="utf-8") as f:
+                json.dump(source, f, indent=1)
+        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+            f.write(model_card(config, step, final_metrics(ckpt_path, step), source))
+        if os.path.exists(output_dir):
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return config

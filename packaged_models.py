@@ -26,12 +26,14 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from errors import UserError, first_line
+
 log = logging.getLogger("models")
 
 SOURCE_FILE = "gguf_source.json"   # provenance, in the cached folder and in exports made from it
 
 
-class ModelLoadError(OSError):
+class ModelLoadError(UserError, OSError):
     """A model name, folder or file cannot be loaded; the message is one sentence (models.py raises it too)."""
 
 
@@ -150,7 +152,7 @@ def quantization(path: str) -> str:
         kind = gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name if field else "unknown"
     except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways
         raise ModelLoadError(f"GGUF file {path} cannot be read (truncated or not a GGUF file): "
-                                 f"{_first_line(e)}.") from None
+                                 f"{first_line(e).rstrip('.')}.") from None
     return kind.removeprefix("MOSTLY_")
 
 
@@ -168,7 +170,7 @@ def _load_gguf(path: str):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 - unsupported architectures, missing packages, bad tensors
-        raise ModelLoadError(f"transformers cannot load the GGUF file {path}: {_first_line(e)}.") from None
+        raise ModelLoadError(f"transformers cannot load the GGUF file {path}: {first_line(e).rstrip('.')}.") from None
     finally:
         if not shown:
             hf_logging.disable_progress_bar()
@@ -197,8 +199,3 @@ def describe(source_info: dict) -> str:
     """One phrase for log lines and model cards."""
     return (f"weights dequantized from {source_info['quantization']} "
             f"({source_info['gguf_file']}, sha256 {source_info['sha256'][:12]})")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__).rstrip(".")

@@ -20,12 +20,13 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from errors import UserError
 from judges import final_answer
 
 REWARD_FUNCTIONS: dict[str, Callable] = {}
 
 
-class RewardError(ValueError):
+class RewardError(UserError, ValueError):
     """A reward cannot be computed for this data or these flags; one sentence."""
 
 

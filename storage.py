@@ -17,6 +17,8 @@ import os
 import time
 import uuid
 
+from errors import UserError
+
 log = logging.getLogger("storage")
 
 
@@ -59,7 +61,7 @@ def filesystem(path: str):
     return fsspec.filesystem(protocol, **options)
 
 
-class StorageError(OSError):
+class StorageError(UserError, OSError):
     """A remote read or write still failed after every retry; the message is one sentence."""
 
 

@@ -26,7 +26,10 @@ import sys
 import storage
 from callbacks import (FAULT_ENV, CheckpointSchedule, data_position, fault_injection, step_checkpoint,
                        storage_retries, tensorboard_logger)
-from flags import ConfigError, parse_config, ray_checkpoint_names, resolve, run_dir, validate
+from checkpoints import has_checkpoints
+from errors import EXIT_USER_ERROR, ConfigError, UserError
+from flags import parse_config, resolve, run_dir, validate
+from logs import configure_logging
 
 log = logging.getLogger("train")
 
@@ -153,7 +156,7 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                                  enable_version_counter=False)
     if c["save_best"]:
         # Written after every validation that improves --monitor; loading the run folder as a
-        # model takes it (flags.find_checkpoint(best=True)), resuming takes last.ckpt.
+        # model takes it (checkpoints.find_checkpoint(best=True)), resuming takes last.ckpt.
         extra.append(ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="best", monitor=c["monitor"],
                                      mode=c["monitor_mode"], save_top_k=1, save_on_train_epoch_end=False,
                                      enable_version_counter=False, auto_insert_metric_name=False))
@@ -178,7 +181,7 @@ def run(c: dict) -> dict:
                           f"--resume-from-checkpoint {out} or choose another --name.")
     if c["use_ray"]:
         import distributed
-        metrics = distributed.launch(c)
+        metrics = distributed.launch(c, ray_worker)
     else:
         metrics = fit(c)
     if c["mode"] == "test":
@@ -194,11 +197,10 @@ def run(c: dict) -> dict:
     return metrics
 
 
-def has_checkpoints(out: str) -> bool:
-    entries = storage.listdir(out)
-    # Only complete checkpoints count: a hidden temporary file is what a killed first save left.
-    return bool(ray_checkpoint_names(entries)) or any(e.endswith(".ckpt") for e in
-                                                      storage.listdir(storage.join(out, "checkpoints")))
+def ray_worker(c: dict) -> None:
+    """What every Ray Train worker runs (distributed.launch): the same fit as a local run."""
+    configure_logging(c["verbose"])
+    fit(c, ray_worker=True)
 
 
 def fit(c: dict, ray_worker: bool = False) -> dict:
@@ -331,44 +333,16 @@ def win_rate_setup(c: dict, prompts: list[tuple[list[dict], str]]):
                         judge, generation, storage.join(run_dir(c), "win_rate"))
 
 
-def configure_logging(verbose: bool) -> None:
-    """Our progress lines at INFO; libraries' banners, tips and progress bars only with --verbose."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in ("train", "data", "models"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
-    if verbose:
-        return
-    import warnings
-
-    import datasets
-    import transformers
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", module="lightning")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from collate_functions import TemplateError
-    from custom_dataset import DataError
-    from judges import JudgeError
-    from models import ModelLoadError
-    from module import NonFiniteLossError
-    from rewards import RewardError
-
     try:
         config, given = parse_config(argv)
         configure_logging(config["verbose"])
         validate(config, given)
         storage.configure_retries(config["s3_retries"], config["s3_retry_delay"])
         run(resolve(config))
-    except (ConfigError, DataError, JudgeError, ModelLoadError, NonFiniteLossError, RewardError, TemplateError,
-            storage.StorageError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -52,12 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from custom_dataset import DataError, evaluation_prompts
-    from flags import EMBEDDED_DATA, ConfigError
+    from custom_dataset import evaluation_prompts
+    from errors import UserError
+    from flags import EMBEDDED_DATA
     from generation import generate_replies
-    from judges import JudgeError, judge_pairs, make_judge, summarize
-    from models import ModelLoadError, load_trained
-    from train import configure_logging
+    from judges import judge_pairs, make_judge, summarize
+    from logs import configure_logging
+    from models import load_trained
 
     args = build_parser().parse_args(argv)
     configure_logging(verbose=False)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(judge, "to"):
             judge.to(device)
         records = judge_pairs(judge, prompts, references, replies["policy"], replies["reference"])
-    except (ConfigError, DataError, JudgeError, ModelLoadError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     storage.write_text_atomic(args.output, "".join(json.dumps(r) + "\n" for r in records))

@@ -53,6 +53,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
+from errors import UserError
+
 # `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -75,7 +77,7 @@ FIELDS = {"inputs": str, "targets": str, "question_id": int, "model_output_id": 
 log = logging.getLogger("data_preparation")
 
 
-class PreparationError(ValueError):
+class PreparationError(UserError, ValueError):
     """The input folder or a file in it is unusable; the message is one sentence naming it."""
 
 

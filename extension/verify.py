@@ -89,10 +89,10 @@ def read_rows(path: str, best_of_n: bool, limit: int | None) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from extension.verifier import adaptive_verify, compute_verifier_scores
-    from flags import ConfigError
+    from errors import UserError
     from judges import final_answer
-    from models import ModelLoadError, load_trained
-    from train import configure_logging
+    from logs import configure_logging
+    from models import load_trained
 
     args = build_parser().parse_args(argv)
     configure_logging(verbose=False)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--k-min, --k-max, --step and --fixed-k must be at least 1, with --k-min <= --k-max.")
         rows = read_rows(args.input, args.best_of_n, args.limit)
         model, tokenizer = load_trained(args.model, chat_template=args.chat_template)
-    except (ValueError, ConfigError, ModelLoadError, OSError) as e:
+    except (ValueError, UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model.to("cuda" if args.use_gpu else "cpu")

@@ -4,6 +4,7 @@ AutoModelForSequenceClassification and judges; real hh-rlhf transcripts train.""
 import pytest
 import torch
 
+import errors
 import flags
 import train
 import upload_to_hub
@@ -78,7 +79,7 @@ def test_export_is_a_sequence_classifier_and_a_judge(bt_run, tmp_path, tokenizer
     rejected = judge.score([r["rejected"][:-1] for r in rows], [r["rejected"][-1]["content"] for r in rows])
     assert all(r["rejected"][-1]["content"].startswith("The answer is") for r in rows)
     assert sum(c > r for c, r in zip(chosen, rejected)) / len(rows) >= 0.95
-    with pytest.raises(flags.ConfigError, match="is a reward model; a generative model is needed"):
+    with pytest.raises(errors.ConfigError, match="is a reward model; a generative model is needed"):
         from models import load_trained
         load_trained(str(out))
 

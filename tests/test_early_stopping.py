@@ -3,6 +3,7 @@ checkpoint (checkpoints/best.ckpt) is the one with the best validated value; loa
 folder as a model takes it, resuming takes last.ckpt."""
 import torch
 
+import checkpoints
 import flags
 import train
 from conftest import read_scalars
@@ -24,8 +25,8 @@ def test_early_stopping_stops_on_a_stall_and_keeps_the_best(tmp_path, capsys):
     best_ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     last_ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert best_ckpt["global_step"] == val[best][0] + 1 < last_ckpt["global_step"]
-    assert flags.find_checkpoint(str(run), best=True).endswith("best.ckpt")
-    assert flags.find_checkpoint(str(run)).endswith("last.ckpt")
+    assert checkpoints.find_checkpoint(str(run), best=True).endswith("best.ckpt")
+    assert checkpoints.find_checkpoint(str(run)).endswith("last.ckpt")
     assert f"Best val/loss: {min(losses):.4g}" in capsys.readouterr().out
 
 

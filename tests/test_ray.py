@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import flags
+import checkpoints
 import train
 from conftest import REPO, free_port, read_scalars
 from faults import fault, fault_and_resume_steps, steps_lost
@@ -55,7 +55,7 @@ def ray_cluster(tmp_path_factory):
 
 
 def latest_weights(run_dir):
-    checkpoints = flags.ray_checkpoint_names(os.listdir(run_dir))
+    checkpoints = checkpoints.ray_checkpoint_names(os.listdir(run_dir))
     ckpt = torch.load(os.path.join(run_dir, checkpoints[-1], "checkpoint.ckpt"), map_location="cpu",
                       weights_only=True)
     return ckpt, checkpoints
@@ -126,7 +126,7 @@ def test_ray_job_submit_writes_checkpoints_and_events_to_s3(ray_cluster, s3_serv
     assert "succeeded" in (out.stdout + out.stderr).lower()
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
     entries = [os.path.basename(p) for p in fs.ls("test-bucket/runs/job")]
-    checkpoints = flags.ray_checkpoint_names(entries)
+    checkpoints = checkpoints.ray_checkpoint_names(entries)
     assert len(checkpoints) == 2 and "config.yaml" in entries
     with fs.open(f"test-bucket/runs/job/{checkpoints[-1]}/checkpoint.ckpt", "rb") as f:
         assert torch.load(f, map_location="cpu", weights_only=True)["global_step"] == 8
@@ -265,3 +265,41 @@ def test_strategy_values(capsys):
     assert "--strategy deepspeed is not supported" in capsys.readouterr().err
     assert train.main(["--strategy", "ddp"]) == 2
     assert "--strategy ddp needs --use-ray" in capsys.readouterr().err
+
+
+def user_error_classes() -> list[type]:
+    """Every user-error class of the project: each module imported, UserError's subclasses walked."""
+    import importlib
+
+    from errors import UserError
+    for path in sorted(REPO.glob("*.py")) + sorted(REPO.glob("extension/*.py")):
+        importlib.import_module(".".join(path.relative_to(REPO).with_suffix("").parts))
+    found, todo = [], [UserError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo += cls.__subclasses__()
+    return sorted(found, key=lambda c: c.__name__)
+
+
+def test_every_user_error_raised_in_a_ray_worker_is_one_sentence_and_exit_2(ray_cluster, tmp_path, capsys,
+                                                                             monkeypatch):
+    """train.py --use-ray, whose workers raise each user-error class in turn: the driver prints
+    that sentence alone and exits with 2, every time (not Ray's traceback wall, exit 1)."""
+    import ray
+    classes = user_error_classes()
+    assert {"ConfigError", "DataError", "JudgeError", "ModelLoadError", "NonFiniteLossError", "RewardError",
+            "StorageError", "TemplateError"} <= {c.__name__ for c in classes}
+    ray.init()      # joined once: launch leaves a Ray it did not start running, which saves a start a class
+    try:
+        for cls in classes:
+            sentence = f"The {cls.__name__} of this test, raised in a Ray worker."
+
+            def worker(c, cls=cls, sentence=sentence):
+                raise cls(sentence)
+            monkeypatch.setattr(train, "ray_worker", worker)
+            assert train.main(["--use-ray", "--storage-path", str(tmp_path), "--name", cls.__name__]) == 2, cls
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err[-1] == f"error: {sentence}", (cls, err[-3:])
+    finally:
+        ray.shutdown()

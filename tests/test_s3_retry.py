@@ -14,8 +14,9 @@ import botocore.exceptions as boto
 import pytest
 import s3fs
 
-import storage
 import callbacks
+import checkpoints
+import storage
 import train
 from conftest import read_scalars
 
@@ -159,7 +160,7 @@ def test_reads_used_on_resume_are_retried(s3_server, delays, monkeypatch):
 
 def test_reads_of_a_finished_run_are_retried(s3_server, delays, monkeypatch):
     """What reads a run's checkpoint outside training goes through the same retries: its saved
-    config (flags.saved_config), the checkpoint itself (models.load_checkpoint, via
+    config (checkpoints.saved_config), the checkpoint itself (models.load_checkpoint, via
     storage.load_torch), the file's size and date (storage.info, the export cache's key), and
     extension/verify.py's input rows."""
     import flags
@@ -171,7 +172,7 @@ def test_reads_of_a_finished_run_are_retried(s3_server, delays, monkeypatch):
     calls = fail_s3_calls(monkeypatch, {"get_object": [TRANSIENT["connection reset"], TRANSIENT["slow down"],
                                                        TRANSIENT["internal error"]],
                                         "head_object": [TRANSIENT["read timeout"]]})
-    assert flags.saved_config(ckpt) == {"lr": 0.5}
+    assert checkpoints.saved_config(ckpt) == {"lr": 0.5}
     assert storage.load_torch(ckpt)["global_step"] == 3
     assert storage.info(ckpt)["size"] > 0
     assert verify.read_rows(rows, best_of_n=False, limit=None)[0]["question"] == "q"

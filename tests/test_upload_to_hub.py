@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+import models
 import train
 import upload_to_hub
 from conftest import REPO, read_scalars
@@ -133,5 +134,5 @@ def test_export_in_a_worker_of_rank_1_writes_the_whole_folder(trained, tmp_path,
     from transformers.distributed import mixin
     monkeypatch.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
     monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
-    upload_to_hub.export(str(trained), str(tmp_path / "hf"))
+    models.export(str(trained), str(tmp_path / "hf"))
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(tmp_path / "hf"))
