@@ -53,12 +53,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
-from errors import UserError
-
 # `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from errors import UserError  # noqa: E402 - after the path bootstrap above
 
 FILE_NAME = re.compile(r"^(?P<kind>critiques|rm)_(?P<correct>correct|incorrect)_solutions_batch_(?P<batch>\d+)"
                        r"(?P<val>_val)?\.zip$")
