@@ -2,6 +2,7 @@
 
     logps = token_logps(model, input_ids, attention_mask, labels)     # (N, T-1), 0 where not labelled
     seq = sequence_logps(model, input_ids, attention_mask, labels)    # (N,) sums: DPO's log pi(y|x)
+    pairs = preference_logps(model, batch)      # (2B,) the same for a PreferenceBatch, packed or not
 
 The decoder runs once to give hidden states (N, T, H); only the positions whose next label is
 not -100 are kept (M of them), and those go through the output embedding (the LM head, tied or
@@ -29,8 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from compilation import forward_of
-
-IGNORE_INDEX = -100
+from losses.labels import IGNORE_INDEX
 # Logit elements per chunk (fp32: 128 MiB): 220 rows for Qwen2.5's vocabulary.
 CHUNK_ELEMENTS = 1 << 25
 _CHUNKED_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> bool
@@ -181,3 +181,22 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) float32 sums of token_logps over each row's labelled tokens (0 for none)."""
     return token_logps(model, input_ids, attention_mask, labels, position_ids).sum(dim=-1)
+
+
+def batch_attention_mask(model, batch) -> torch.Tensor | None:
+    """The batch's attention mask, or None for packed rows (SFTBatch or PreferenceBatch with
+    position_ids): their positions say where each sequence starts, once the model is known
+    to keep attention within each one."""
+    if batch.position_ids is None:
+        return batch.attention_mask
+    if not supports_packing(model):
+        raise RuntimeError(f"{type(model).__name__} does not keep attention within packed "
+                           f"sequences (its mask ignores position_ids); train with --no-packing.")
+    return None
+
+
+def preference_logps(model, batch) -> torch.Tensor:
+    """(2B,) summed completion log-probs of a PreferenceBatch's sequences (packed or not) under
+    `model`: the policy's in DPO's step, the reference's in reference_logps.py."""
+    return batch.per_sequence(token_logps(model, batch.input_ids, batch_attention_mask(model, batch),
+                                          batch.labels, batch.position_ids))

@@ -20,7 +20,9 @@ import logging
 import math
 
 import torch
+
 import storage
+from config import Config
 
 log = logging.getLogger("train")
 
@@ -46,22 +48,23 @@ def reached_indices(sampler, max_steps: int, max_epochs: int) -> list[int]:
     return sorted(reached)
 
 
-def validation_reached(sampler, run: dict) -> bool:
+def validation_reached(sampler, run: Config) -> bool:
     """Whether a validation pass over the whole test split happens in the run: before training
     (--validate-before-training), every --val-check-interval steps, or at an epoch's end."""
-    if run["validate_before_training"]:
+    optim, ev = run.optim, run.eval
+    if ev.validate_before_training:
         return True
     steps_per_epoch = math.ceil(len(sampler) / sampler.batch_size)
-    total = run["max_epochs"] * steps_per_epoch
-    if run["max_steps"] > 0:
-        total = min(total, run["max_steps"])
-    if run["val_check_interval"]:
-        return run["val_check_interval"] <= total
-    return total >= steps_per_epoch * run["check_val_every_n_epoch"]
+    total = optim.max_epochs * steps_per_epoch
+    if optim.max_steps > 0:
+        total = min(total, optim.max_steps)
+    if ev.val_check_interval:
+        return ev.val_check_interval <= total
+    return total >= steps_per_epoch * ev.check_val_every_n_epoch
 
 
 def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: int, pack_capacity: int | None = None,
-                               run: dict | None = None, saved: str | None = None, rank: int = 0) -> None:
+                               run: Config | None = None, saved: str | None = None, rank: int = 0) -> None:
     """Store ref_chosen_logps / ref_rejected_logps in every row the run will use (with `run`, the
     resolved config: the training rows reached, and the test rows of Lightning's sanity check or,
     where a validation pass is reached, all; without it, every row). Rows laid out as the
@@ -70,7 +73,7 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
     a live reference instead (module.py), so a wrong guess here costs time, never correctness."""
     from collate_functions import concatenate_pairs
     from generation import progress_bar
-    from module import sequence_logps
+    from logprobs import preference_logps
 
     work = {}
     for split, loader in loaders.items():
@@ -78,9 +81,9 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
         if run is None:
             work[split] = list(range(len(rows)))
         elif split == "train":
-            work[split] = reached_indices(loader.sampler, run["max_steps"], run["max_epochs"])
+            work[split] = reached_indices(loader.sampler, run.optim.max_steps, run.optim.max_epochs)
         elif "train" in loaders and not validation_reached(loaders["train"].sampler, run):
-            work[split] = list(range(min(len(rows), run["num_sanity_val_steps"] * batch_size)))
+            work[split] = list(range(min(len(rows), run.eval.num_sanity_val_steps * batch_size)))
         else:
             work[split] = list(range(len(rows)))
     path = f"{saved}/rank-{rank}.json" if saved else None
@@ -105,7 +108,8 @@ def precompute_reference_logps(model, loaders: dict, batch_size: int, pad_id: in
                 rows = loaders[split].dataset
                 for start in range(0, len(indices), batch_size):
                     chunk = [rows[i] for i in indices[start:start + batch_size]]
-                    logps = sequence_logps(model, concatenate_pairs(chunk, pad_id, pack_capacity=pack_capacity)).tolist()
+                    pairs = concatenate_pairs(chunk, pad_id, pack_capacity=pack_capacity)
+                    logps = preference_logps(model, pairs).tolist()
                     for j, row in enumerate(chunk):
                         row["ref_chosen_logps"], row["ref_rejected_logps"] = logps[j], logps[len(chunk) + j]
                     bar.update(len(chunk))

@@ -3,8 +3,8 @@
     python bench/compile.py --threads 1                      # bundled model and the Qwen-vocabulary model
     python bench/compile.py --models bundled --steps 4       # quicker
 
-The step is train.py's SFT step as bench/run.py times it (PostTrainingModule.compute ->
-backward -> clip -> fused AdamW) on the hh-rlhf slice in ../shared/data, packed (train.py's
+The step is train.py's SFT step as bench/run.py times it (PostTrainingModule.training_step under
+a lightning.Trainer: compute -> backward -> clip -> fused AdamW) on the hh-rlhf slice in ../shared/data, packed (train.py's
 default), batch --batch-size, rows up to --max-length; each step takes the next rows, so
 lengths vary from step to step as in training. Models: the bundled tiny Qwen2 (embedded/model:
 vocabulary 1,129, hidden 128) and bench/run.py's random-init Qwen2 with Qwen2.5's 151,936-token
@@ -22,7 +22,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 # `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,37 +30,38 @@ if REPO not in sys.path:
 
 
 def worker(spec: dict) -> dict:
+    import lightning as L
     import torch
     from torch._dynamo.utils import counters
 
     from bench import run as bench_run
+    from bench import workloads
     from collate_functions import SFTCollator
-    from flags import parse_config
+    from flags import parse_config, resolve
     from models import load_causal_lm, load_tokenizer
-    from module import PostTrainingModule, adamw
+    from module import PostTrainingModule
     torch.set_num_threads(spec["threads"])
     tokenizer = load_tokenizer(os.path.join(REPO, "embedded", "model"))
     steps = spec["warmup"] + spec["steps"]
-    rows = bench_run.tokenized_rows("sft", tokenizer, spec["max_length"], steps * spec["batch_size"])
+    rows = workloads.tokenized_rows("sft", tokenizer, spec["max_length"], steps * spec["batch_size"])
     argv = ["--max-length", str(spec["max_length"]), "--batch-size", str(spec["batch_size"]), "--lr", "1e-5"]
-    config = parse_config(argv + (["--compile"] if spec["compile"] else []))[0]
+    config = resolve(parse_config(argv + (["--compile"] if spec["compile"] else []))[0])
     model = load_causal_lm(spec["model"])
     module = PostTrainingModule(config, model=model, tokenizer=tokenizer)
     collator = SFTCollator(tokenizer.pad_token_id, spec["batch_size"], pack_capacity=spec["max_length"])
-    opt = adamw(model.parameters(), 1e-5, 0.0)
     model.train()
     counters.clear()
-    times, compiled = [], []
-    for i in range(steps):
-        step = collator(rows[i * spec["batch_size"]:(i + 1) * spec["batch_size"]])
-        graphs = counters["stats"]["unique_graphs"]
-        start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        module.accumulate_gradients(step)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        times.append(time.perf_counter() - start)
-        compiled.append(counters["stats"]["unique_graphs"] > graphs)
+    graphs, compiled = [0], []
+
+    class Graphs(L.Callback):
+        """Whether a step compiled a new graph."""
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            graphs[0] = counters["stats"]["unique_graphs"]
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            compiled.append(counters["stats"]["unique_graphs"] > graphs[0])
+    loader = torch.utils.data.DataLoader(rows, batch_size=spec["batch_size"], shuffle=False, collate_fn=collator)
+    times = bench_run.fit_timed(module, loader, steps, callbacks=[Graphs()])["times"]
     return {"first_s": times[0], "graphs": counters["stats"]["unique_graphs"], "times": times, "compiled": compiled}
 
 
@@ -83,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup < 1:
         raise SystemExit("--warmup must be at least 1: the first step compiles.")
     from bench import run as bench_run
+    from bench import workloads
     folder = tempfile.mkdtemp(prefix="bench-compile-")
     paths = {"bundled": os.path.join(REPO, "embedded", "model")}
     if "qwen-vocab" in args.models:
-        bench_run.build_model(argparse.Namespace(vocab=151936, hidden=256, layers=4, max_length=args.max_length,
+        workloads.build_model(argparse.Namespace(vocab=151936, hidden=256, layers=4, max_length=args.max_length,
                                                  seed=0), folder)
         paths["qwen-vocab"] = os.path.join(folder, "lm")
     results = []

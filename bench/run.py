@@ -10,10 +10,11 @@ Bradley-Terry reward model on its pairs). Model: Qwen2 architecture, --vocab (15
 vocabulary size) x --hidden (256), --layers (4), tied embeddings, random init from --seed, fp32
 on CPU; the bundled tokenizer turns text into ids (all below its 1,129 ids), so the LM head
 does the full-vocabulary work of a real Qwen2.5 model. Both sides get the same token ids and
-labels (tokenised once by collate_functions.py, given to TRL pre-tokenised; its DPOTrainer's
+labels (tokenised once by tokenization.py, given to TRL pre-tokenised; its DPOTrainer's
 dataset preparation is skipped for that, as it has no pre-tokenised path), the same rows in
-the same order, batch size, max length, AdamW (constant --lr, no weight decay, gradient norm
-clipped to 1.0), fp32 on both sides, and run --warmup + --steps optimizer steps.
+the same order, batch size, max length, AdamW (--lr, no weight decay, gradient norm clipped
+to 1.0; TRL's rate constant, ours on train.py's schedule, see below), fp32 on both sides, and
+run --warmup + --steps optimizer steps.
 
 Configurations, each in its own subprocess (so each peak RSS is its own):
   ours          train.py's defaults (for dpo: precomputed reference log-probs) but --no-packing
@@ -23,9 +24,11 @@ Configurations, each in its own subprocess (so each peak RSS is its own):
                 bf16=False keeps both sides on the same arithmetic
   trl-best      TRL's fastest: activation checkpointing off (its configs turn it on), and sft
                 packing=True + padding_free=True, dpo precompute_ref_log_probs=True
-Our side runs PostTrainingModule.compute -> backward -> clip -> AdamW (module.adamw, as train.py
-configures it) in a plain loop (Lightning's Trainer around it adds a few ms a step); TRL's side is
-its Trainer.train().
+Our side runs train.py's training step itself (PostTrainingModule.training_step: compute ->
+backward -> clip -> AdamW, as configure_optimizers sets it up) under a lightning.Trainer on CPU,
+timed from each batch's start hook to its end hook (collation outside, Lightning's logging
+inside); its learning rate follows train.py's schedule (warm-up, linear decay), which moves
+the numbers after the first step, not the work. TRL's side is its Trainer.train().
 
 Before timing, each TRL configuration's first batch is scored by TRL's compute_loss and by our
 module on the same tensors; the two must agree to 1e-4 (the "loss check" column). For DPO
@@ -57,71 +60,34 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-HH_RLHF = os.path.join(REPO, "..", "shared", "data", "hh-rlhf", "harmless-base-test-part1.jsonl.gz")
+from bench.trl_side import run_trl, trl_available  # noqa: E402 - after the path bootstrap above
+from bench.workloads import build_model, counts_of, our_config, tokenized_rows  # noqa: E402
+
 WORKLOADS = ("sft", "dpo", "bt")
 CONFIGS = {w: ("ours", "ours-packed", "trl-default", "trl-best") for w in ("sft", "dpo", "bt")}
 
 
-def trl_available() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("trl") is not None
+def fit_timed(module, loader, steps: int, callbacks=()) -> dict:
+    """`steps` real training steps of `module` on `loader`'s batches (lightning.Trainer, CPU, no
+    logger, checkpoint or validation): each step's wall and CPU seconds, start hook to end hook,
+    and its train/loss."""
+    import lightning as L
+    times, cpu_times, losses, start = [], [], [], [0.0, 0.0]
 
+    class Timer(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            start[:] = time.perf_counter(), time.process_time()
 
-def build_model(args, folder: str) -> None:
-    """Random-init Qwen2 (causal LM and, from the same weights plus a seeded score head, a
-    one-label reward model) saved to folder/lm and folder/rm: both sides load the same bytes."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, Qwen2Config, Qwen2ForCausalLM
-    config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                         num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
-                         num_key_value_heads=max(1, args.hidden // 128), max_position_embeddings=max(args.max_length, 512),
-                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=2, bos_token_id=None)
-    torch.manual_seed(args.seed)
-    Qwen2ForCausalLM(config).save_pretrained(os.path.join(folder, "lm"))
-    torch.manual_seed(args.seed + 1)
-    rm = AutoModelForSequenceClassification.from_pretrained(os.path.join(folder, "lm"), num_labels=1,
-                                                            dtype=torch.float32)
-    rm.config.pad_token_id = 0
-    rm.save_pretrained(os.path.join(folder, "rm"))
-
-
-def tokenized_rows(workload: str, tokenizer, max_length: int, count: int) -> list[dict]:
-    """The first `count` usable rows of the hh-rlhf slice, tokenised as train.py does."""
-    from collate_functions import tokenize_preference_rows, tokenize_sft_rows
-    from custom_dataset import CustomDataset
-    from reward_model import trim_pairs_to_reply_end
-    kind = "sft" if workload == "sft" else "dpo"
-    # Tokenising all 1,600 pairs takes a while: read a margin over `count` first (tokenisation
-    # drops rows whose reply is truncated away), and everything only if that is not enough.
-    for length in (4 * count + 64, None):
-        ds = CustomDataset(HH_RLHF, "train", kind, skip_bad_rows=True, length=length)
-        if workload == "sft":
-            rows, _ = tokenize_sft_rows(ds, tokenizer, max_length)
-        else:
-            # Cut after the reply's end-of-turn token, so every token TRL sees as completion is labelled here too.
-            rows = trim_pairs_to_reply_end(tokenize_preference_rows(ds, tokenizer, max_length)[0])
-        if len(rows) >= count:
-            break
-    if len(rows) < count:
-        raise SystemExit(f"The data set has {len(rows)} usable rows; {count} are needed (fewer --steps or --batch-size).")
-    return rows[:count]
-
-
-def our_config(workload: str, args, packing: bool) -> dict:
-    from flags import parse_config
-    argv = ["--training-type", workload, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size),
-            "--lr", str(args.lr), "--seed", str(args.seed)]
-    argv.append("--packing" if packing else "--no-packing")
-    return parse_config(argv)[0]
-
-
-def counts_of(batch) -> tuple[int, int]:
-    """(supervised tokens, real tokens) of one of our batches."""
-    from collate_functions import PreferenceBatch
-    supervised = int((batch.labels[:, 1:] != -100).sum())
-    if isinstance(batch, PreferenceBatch) and batch.labels is None:
-        supervised = 0
-    return supervised, int(batch.attention_mask.sum())
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            times.append(time.perf_counter() - start[0])
+            cpu_times.append(time.process_time() - start[1])
+            losses.append(float(trainer.callback_metrics["train/loss"]))
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, precision=module.config.model.precision,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        callbacks=[Timer(), *callbacks])
+    trainer.fit(module, loader)
+    return {"times": times, "cpu_times": cpu_times, "losses": losses}
 
 
 def run_ours(workload: str, variant: str, args, folder: str) -> dict:
@@ -129,7 +95,7 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
 
     from collate_functions import PreferenceCollator, SFTCollator
     from models import load_causal_lm, load_reward_model, load_tokenizer
-    from module import PostTrainingModule, adamw
+    from module import PostTrainingModule
     from reference_logps import precompute_reference_logps
     tokenizer = load_tokenizer(os.path.join(REPO, "embedded", "model"))
     steps = args.warmup + args.steps
@@ -141,145 +107,17 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
     if workload == "dpo":
         precompute_reference_logps(model, {"train": type("Rows", (), {"dataset": rows})()}, args.batch_size,
                                    tokenizer.pad_token_id)
-    pack = {"pack_capacity": args.max_length} if config["packing"] else {}
+    pack = {"pack_capacity": args.max_length} if config.data.packing else {}
     collator = (SFTCollator if workload == "sft" else PreferenceCollator)(tokenizer.pad_token_id, args.batch_size, **pack)
-    opt = adamw(model.parameters(), args.lr, 0.0)
     model.train()
-    times, cpu_times, supervised, total, losses = [], [], [], [], []
-    for i in range(steps):
+    supervised, total = [], []
+    for i in range(steps):      # the tokens of each step, counted outside the timed steps
         step = collator(rows[i * args.batch_size:(i + 1) * args.batch_size])
-        start, cpu_start = time.perf_counter(), time.process_time()
-        opt.zero_grad(set_to_none=True)
-        loss_value, _ = module.accumulate_gradients(step)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
         sup, tot = (sum(c) for c in zip(*(counts_of(mb) for mb in step.micro_batches)))
         supervised.append(0 if workload == "bt" else sup)
         total.append(tot)
-        losses.append(loss_value)
-    return {"times": times, "cpu_times": cpu_times, "supervised": supervised, "total": total, "losses": losses,
-            "loss_check": None}
-
-
-def trl_batch_to_ours(workload: str, batch: dict):
-    """TRL's collated batch as our batch type, the same tensors."""
-    import torch
-
-    from collate_functions import PreferenceBatch, SFTBatch
-    if workload == "sft":
-        position_ids = batch.get("position_ids")
-        attention_mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
-        return SFTBatch(batch["input_ids"], attention_mask, batch["labels"], None, position_ids)
-    if workload == "dpo":
-        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-        ref = None
-        if "ref_chosen_logps" in batch:
-            ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).float()
-        return PreferenceBatch(batch["input_ids"], batch["attention_mask"], labels, ref)
-    return PreferenceBatch(batch["input_ids"], batch["attention_mask"], batch["input_ids"])
-
-
-def run_trl(workload: str, variant: str, args, folder: str) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import TrainerCallback
-
-    import logprobs
-    import trl
-    from models import load_causal_lm, load_reward_model, load_tokenizer
-    from module import PostTrainingModule
-    tokenizer = load_tokenizer(os.path.join(REPO, "embedded", "model"))
-    steps = args.warmup + args.steps
-    best = variant == "trl-best"
-    # Packed rows hold more conversations each: give every configuration enough rows.
-    rows = tokenized_rows(workload, tokenizer, args.max_length, steps * args.batch_size * (4 if best and workload == "sft" else 1))
-    common = dict(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=args.batch_size,
-                  max_steps=steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-                  weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", report_to="none", save_strategy="no",
-                  logging_steps=1, use_cpu=True, dataloader_num_workers=0, seed=args.seed, max_length=args.max_length,
-                  disable_tqdm=True, bf16=False, activation_checkpointing=not best)
-    if workload == "sft":
-        data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-        model = load_causal_lm(os.path.join(folder, "lm"))
-        trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(packing=best, padding_free=best, **common),
-                                 train_dataset=data, processing_class=tokenizer)
-    elif workload == "dpo":
-        items = []
-        for r in rows:
-            start = next(i for i, label in enumerate(r["chosen_labels"]) if label != -100)
-            assert r["chosen_input_ids"][:start] == r["rejected_input_ids"][:start]
-            items.append({"prompt_ids": r["chosen_input_ids"][:start], "chosen_ids": r["chosen_input_ids"][start:],
-                          "rejected_ids": r["rejected_input_ids"][start:]})
-        model = load_causal_lm(os.path.join(folder, "lm"))
-
-        class PreTokenizedDPOTrainer(trl.DPOTrainer):
-            """TRL 1.16's DPOTrainer always tokenises text columns; these rows are tokenised already."""
-
-            def _prepare_dataset(self, dataset, *args, **kwargs):
-                return dataset
-        trainer = PreTokenizedDPOTrainer(model=model, args=trl.DPOConfig(beta=0.1, precompute_ref_log_probs=best, **common),
-                                 train_dataset=Dataset.from_list(items), processing_class=tokenizer)
-    else:
-        items = [{"chosen_ids": r["chosen_input_ids"], "rejected_ids": r["rejected_input_ids"]} for r in rows]
-        model = load_reward_model(os.path.join(folder, "rm"), tokenizer.pad_token_id)
-        trainer = trl.RewardTrainer(model=model, args=trl.RewardConfig(**common),
-                                    train_dataset=Dataset.from_list(items), processing_class=tokenizer)
-    # The same rows in the same order as our side (TRL's packing reorders its packed rows itself).
-    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
-
-    # Loss check: TRL's loss and ours on TRL's first batch, the same tensors and weights.
-    batch = next(iter(trainer.get_train_dataloader()))
-    config = our_config(workload, args, packing=False)
-    ours = PostTrainingModule(config, model=trainer.model, tokenizer=tokenizer)
-    our_batch = trl_batch_to_ours(workload, batch)
-    reference_error = None
-    with torch.no_grad():
-        if workload == "dpo" and not best:
-            # TRL 1.16 re-loads the reference from the policy's folder, and that copy scores the completions
-            # up to ~1e-2 nats a sequence apart from the policy on equal weights (the policy agrees with a
-            # float64 log-softmax), so its step-0 loss is not ln 2. Both losses take TRL's reference
-            # log-probs; the gap between them and the policy's own is recorded.
-            trl_ref = torch.cat(trainer.compute_ref_log_probs(trainer.ref_model, dict(batch))).float()
-            policy = logprobs.sequence_logps(trainer.model, our_batch.input_ids, our_batch.attention_mask,
-                                             our_batch.labels)
-            reference_error = float((trl_ref - policy).abs().max())
-            our_batch.ref_logps = trl_ref
-        trl_loss = float(trainer.compute_loss(trainer.model, dict(batch)))
-        our_loss = float(ours.compute(our_batch)[0])
-    del ours
-
-    times, cpu_times, supervised, total, start = [], [], [], [], [0.0, 0.0]
-    real_compute_loss = trainer.compute_loss
-
-    def counting_compute_loss(model, inputs, *a, **k):
-        if model.training:
-            if "attention_mask" in inputs:
-                total.append(int(inputs["attention_mask"].sum()))
-            else:                                    # padding-free: one row, no padding
-                total.append(int(inputs["input_ids"].numel()))
-            if workload == "sft":
-                supervised.append(int((inputs["labels"][:, 1:] != -100).sum()))
-            elif workload == "dpo":
-                supervised.append(int(inputs["completion_mask"][:, 1:].sum()))
-            else:
-                supervised.append(0)
-        return real_compute_loss(model, inputs, *a, **k)
-    trainer.compute_loss = counting_compute_loss
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            start[:] = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - start[0])
-            cpu_times.append(time.process_time() - start[1])
-    trainer.add_callback(Timer())
-    trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"times": times, "cpu_times": cpu_times, "supervised": supervised, "total": total, "losses": losses,
-            "loss_check": {"trl": trl_loss, "ours": our_loss, "trl_reference_max_abs_error": reference_error}}
+    loader = torch.utils.data.DataLoader(rows, batch_size=args.batch_size, shuffle=False, collate_fn=collator)
+    return {**fit_timed(module, loader, steps), "supervised": supervised, "total": total, "loss_check": None}
 
 
 def worker(spec: dict) -> dict:
@@ -412,10 +250,10 @@ def ratios(table: list[dict]) -> dict:
     out = {}
     for workload in WORKLOADS:
         rows = {r["config"]: r for r in table if r["workload"] == workload}
-        for our_config in ("ours", "ours-packed"):
+        for ours in ("ours", "ours-packed"):
             for trl_config in ("trl-default", "trl-best"):
-                if our_config in rows and trl_config in rows:
-                    out[f"{workload}: {our_config} / {trl_config}"] = (rows[our_config]["total_tokens_per_s"]
+                if ours in rows and trl_config in rows:
+                    out[f"{workload}: {ours} / {trl_config}"] = (rows[ours]["total_tokens_per_s"]
                                                                       / rows[trl_config]["total_tokens_per_s"])
     return out
 

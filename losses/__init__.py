@@ -4,7 +4,8 @@ Each loss lives in its own file with its paper's equation in the docstring. The 
 looks the function up here; adding a training type adds one entry, not a branch. The
 token-level losses (sft, sft_verifier) are registered in their per-token-NLL form, which
 the module feeds from logprobs.token_logps (no full logits); sft_loss(logits, labels) and
-sft_verifier_loss(logits, ...) remain for callers holding logits.
+sft_verifier_loss(logits, ...) remain for callers holding logits. The label conventions
+(IGNORE_INDEX) are losses/labels.py's.
 """
 from losses.bt import bt_loss
 from losses.dpo import dpo_loss

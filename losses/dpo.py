@@ -28,11 +28,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from losses.labels import IGNORE_INDEX
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of log p(token) over the supervised tokens of each sequence.
+def sequence_logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token) over the supervised tokens of each sequence, from full logits: the
+    definition of log pi(y|x) above, and the naive reference the tests hold
+    logprobs.sequence_logps (the training path, no full logits) to.
 
     Args:
         logits: (N, T, V); logits[:, t] scores the token at t + 1.

@@ -28,9 +28,8 @@ def test_same_loss_and_gradients(tokenizer, training_type):
             mb.ref_logps = torch.zeros(mb.input_ids.shape[0])
 
     def loss_and_grads(checkpointing):
-        config["activation_checkpointing"] = checkpointing
         torch.manual_seed(0)
-        module = PostTrainingModule(config, tokenizer=tokenizer)
+        module = PostTrainingModule(config.replace(activation_checkpointing=checkpointing), tokenizer=tokenizer)
         module.train()
         assert module.model.is_activation_checkpointing == checkpointing
         loss = module.compute(step.micro_batches[0], step.count)[0]

@@ -92,9 +92,9 @@ def test_centering_term_adds_c_times_squared_reward_sum(tokenizer):
     loaders, _, _, _ = train.build_data(config, tokenizer)
     batch = PreferenceCollator(tokenizer.pad_token_id)(list(loaders["train"].dataset))
     torch.manual_seed(0)
-    model = load_model("bt", config["model_name"], tokenizer).eval()
+    model = load_model("bt", config.model.model_name, tokenizer).eval()
     plain_loss, sums = PostTrainingModule(config, model=model).compute(batch)
-    centered_loss, _ = PostTrainingModule({**config, "center_rewards_coefficient": 0.5}, model=model).compute(batch)
+    centered_loss, _ = PostTrainingModule(config.replace(center_rewards_coefficient=0.5), model=model).compute(batch)
     chosen, rejected = sums["rewards/chosen"], sums["rewards/rejected"]
     assert sums["count"] == 6 and float(sums["_reward_sum"]) == pytest.approx(float(chosen + rejected), abs=1e-5)
     from reward_model import sequence_rewards

@@ -1,4 +1,4 @@
-"""--compile: a compiled training step gives the eager step's loss and gradients (SFT, DPO and
+"""--compile: a compiled training step (the real one) gives the eager step's loss and gradients (SFT, DPO and
 BT, packed; micro-batches of different lengths reuse one graph), a compiled run's checkpoint
 and export are laid out as an uncompiled run's, and the flag is refused where it cannot apply.
 Compiling on CPU takes tens of seconds a graph, so the steps are few and small."""
@@ -7,24 +7,27 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
+import errors
+import flag_checks
 import flags
 import train
 from collate_functions import PreferenceCollator, SFTCollator
 from conftest import EMBEDDED_MODEL
+from test_packing import real_step
 
 
 def one_step(module, step):
-    """forward and backward of every micro-batch of the step: the summed loss and the gradients."""
-    module.zero_grad(set_to_none=True)
-    total, _ = module.accumulate_gradients(step)
-    return total, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    """One real training step (test_packing.real_step: training_step under a lightning.Trainer):
+    the step's loss and the gradients of every micro-batch's backward."""
+    loss, _, grads = real_step(module, step)
+    return loss, grads
 
 
 @pytest.mark.parametrize("training_type", ["sft", "dpo", "bt"])
 def test_compiled_step_equals_eager_step(tokenizer, training_type):
     from module import PostTrainingModule
     argv = ["--training-type", training_type, "--train-dataset-length", "60", "--batch-size", "3",
-            "--accumulate-grad-batches", "2", "--max-length", "256"]
+            "--accumulate-grad-batches", "2", "--max-length", "256", "--gradient-clip-val", "0"]
     config = flags.resolve(flags.parse_config(argv)[0])
     loaders, _, _, _ = train.build_data(config, tokenizer)
     rows = list(loaders["train"].dataset)
@@ -43,9 +46,8 @@ def test_compiled_step_equals_eager_step(tokenizer, training_type):
             mb.ref_logps = torch.zeros(2 * mb.count)
 
     def run(compile_):
-        config["compile"] = compile_
         torch.manual_seed(0)        # bt: the same new score head
-        module = PostTrainingModule(config, tokenizer=tokenizer)
+        module = PostTrainingModule(config.replace(compile=compile_), tokenizer=tokenizer)
         module.train()
         return module, one_step(module, step)
 
@@ -107,8 +109,8 @@ def test_compiled_run_checkpoint_and_export_match_uncompiled(tmp_path, tokenizer
 ])
 def test_compile_refused(argv, match):
     config, given = flags.parse_config(argv)
-    with pytest.raises(flags.ConfigError, match=match):
-        flags.validate(config, given)
+    with pytest.raises(errors.ConfigError, match=match):
+        flag_checks.validate(config, given)
 
 
 def test_compile_refused_without_torch_compile(monkeypatch):
@@ -116,5 +118,5 @@ def test_compile_refused_without_torch_compile(monkeypatch):
     monkeypatch.delattr(torch, "compile")
     assert compilation.check_available(False).startswith("--compile needs torch.compile")
     config, given = flags.parse_config(["--compile"])
-    with pytest.raises(flags.ConfigError, match="--compile needs torch.compile"):
-        flags.validate(config, given)
+    with pytest.raises(errors.ConfigError, match="--compile needs torch.compile"):
+        flag_checks.validate(config, given)

@@ -7,7 +7,9 @@ import torch
 
 import flags
 import train
-from collate_functions import IGNORE_INDEX, PreferenceCollator, tokenize_preference_rows
+from collate_functions import PreferenceCollator
+from losses.labels import IGNORE_INDEX
+from tokenization import tokenize_preference_rows
 from conftest import EMBEDDED_MODEL, read_scalars
 from reference_logps import precompute_reference_logps
 
@@ -62,7 +64,7 @@ def test_cached_and_live_reference_give_the_same_loss(tokenizer):
 def test_rpo_adds_the_chosen_nll_per_token(tokenizer):
     """In the module: the RPO loss minus the plain loss equals alpha * mean over pairs of
     -log pi(y_w|x) / |y_w|, with |y_w| the chosen reply's labelled tokens."""
-    from losses.dpo import sequence_logps
+    from losses.dpo import sequence_logps_from_logits
     from models import load_causal_lm
     from module import PostTrainingModule
     plain, _ = flags.parse_config(["--training-type", "dpo", "--train-dataset-length", "6"])
@@ -76,8 +78,8 @@ def test_rpo_adds_the_chosen_nll_per_token(tokenizer):
         plain_loss, _ = PostTrainingModule(plain, model=policy, reference=reference).compute(batch)
         rpo_loss, _ = PostTrainingModule(rpo, model=policy, reference=reference).compute(batch)
         B = batch.count
-        logps = sequence_logps(policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
-                               batch.labels)[:B]
+        logits = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logps = sequence_logps_from_logits(logits, batch.labels)[:B]
         tokens = (batch.labels[:B, 1:] != IGNORE_INDEX).sum(dim=-1)
     assert abs(plain_loss.item() - math.log(2)) < 1e-5          # policy == reference
     expected = 0.5 * (-logps / tokens).mean().item()

@@ -130,7 +130,7 @@ def test_rollout_statistics_hand_worked():
     """2 prompts x 2 completions, eos id 2: rewards [[1, 0], [1, 1]] -> one group of two with
     zero std; lengths 3, 1, 2, 4 (mean 2.5, min 1, max 4); the second and fourth completions
     end without eos (truncated 2 of 4). Merging adds sums and keeps min and max."""
-    from module import merge_sums, rollout_sums
+    from rollouts import merge_sums, rollout_sums
     rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     completions = [[5, 6, 2], [7], [8, 2], [9, 9, 9, 9]]
     sums = rollout_sums(rewards, completions, {"correctness": [1.0, 0.0, 1.0, 1.0]}, eos_id=2)

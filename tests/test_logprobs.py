@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import logprobs
 from collate_functions import pack_sft, pad_sft
 from conftest import EMBEDDED_MODEL
-from losses.dpo import sequence_logps as sequence_logps_from_logits
+from losses.dpo import sequence_logps_from_logits
 from losses.sft import sft_loss
 
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from losses.dpo import dpo_loss, sequence_logps
+from losses.dpo import dpo_loss, sequence_logps_from_logits
 
 
 def test_hand_worked():
@@ -35,13 +35,15 @@ def test_sequence_logps_counts_only_labelled_tokens():
     Changing a logit that scores an unsupervised (prompt) position changes nothing."""
     logits = torch.zeros(2, 3, 2)
     labels = torch.tensor([[-100, -100, 1], [-100, 0, 1]])
-    torch.testing.assert_close(sequence_logps(logits, labels), torch.tensor([-math.log(2), -2 * math.log(2)]))
+    torch.testing.assert_close(sequence_logps_from_logits(logits, labels),
+                               torch.tensor([-math.log(2), -2 * math.log(2)]))
     prompt_changed = logits.clone()
     prompt_changed[0, 0] = torch.tensor([3.0, -3.0])              # scores label[0, 1] = -100
-    torch.testing.assert_close(sequence_logps(prompt_changed, labels), sequence_logps(logits, labels))
+    torch.testing.assert_close(sequence_logps_from_logits(prompt_changed, labels),
+                               sequence_logps_from_logits(logits, labels))
     completion_changed = logits.clone()
     completion_changed[0, 1] = torch.tensor([3.0, -3.0])          # scores label[0, 2] = 1
-    assert sequence_logps(completion_changed, labels)[0] < -math.log(2) - 1
+    assert sequence_logps_from_logits(completion_changed, labels)[0] < -math.log(2) - 1
 
 
 def test_policy_equal_to_reference_gives_log_2():

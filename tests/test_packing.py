@@ -1,9 +1,11 @@
 """--packing: first-fit-decreasing bins, and a packed step gives the loss and gradients of the
-same examples unpacked (SFT, sft_verifier, DPO and BT, through the module, accumulation
-included); a packed sequence's log-prob or reward does not depend on the sequences beside it."""
+same examples unpacked (SFT, sft_verifier, DPO and BT, through the module's real training
+step, accumulation included); a packed sequence's log-prob or reward does not depend on the sequences beside it."""
 import pytest
 import torch
 
+import errors
+import flag_checks
 import flags
 import train
 from collate_functions import (PreferenceCollator, SFTCollator, concatenate_pairs, first_fit_decreasing, pack_or_pad,
@@ -46,13 +48,39 @@ def test_pack_or_pad_packs_only_where_it_saves_rows():
     assert pack_or_pad(examples, 0, None).position_ids is None
 
 
+def real_step(module, step) -> tuple[float, dict, dict]:
+    """One optimizer step of the real training step (training_step -> _update) on the StepBatch
+    `step`, under a lightning.Trainer on CPU with max_steps=1: the step's loss (train/loss before
+    logging), its statistics summed as _update returns them, and the gradients the optimizer step
+    found (unclipped where the run has --gradient-clip-val 0). The weights are put back after the
+    update, so that steps on one module compare."""
+    import copy
+
+    import lightning as L
+
+    class Gradients(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.grads = {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+    gradients, returned, update = Gradients(), [], module._update
+    module._update = lambda batch, batch_idx: returned.append(update(batch, batch_idx)) or returned[-1]
+    weights = copy.deepcopy(module.state_dict())
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, precision=module.config.model.precision, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[gradients])
+    try:
+        trainer.fit(module, torch.utils.data.DataLoader([step], batch_size=None, collate_fn=lambda s: s))
+    finally:
+        del module._update
+        module.load_state_dict(weights)
+    sums = returned[0][0]
+    return module.metrics(sums)["loss"], sums, gradients.grads
+
+
 def step_with(module, collator, rows):
-    """One step's forward and backward through the module: the StepBatch, the loss, the summed
-    statistics and the gradients."""
+    """One real step through the module: the StepBatch, the loss, the summed statistics and the
+    gradients."""
     batch = collator(rows)
-    module.zero_grad(set_to_none=True)
-    loss, total = module.accumulate_gradients(batch)
-    return batch, loss, total, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return batch, *real_step(module, batch)
 
 
 def assert_same_step(plain, packed):
@@ -81,7 +109,8 @@ def varied(rows: list[dict]) -> list[dict]:
 def test_packed_step_equals_unpacked_step(tokenizer, training_type):
     from module import PostTrainingModule
     config, _ = flags.parse_config(["--training-type", training_type, "--train-dataset-length", "60",
-                                    "--batch-size", "6", "--accumulate-grad-batches", "2", "--max-length", "256"])
+                                    "--batch-size", "6", "--accumulate-grad-batches", "2", "--max-length", "256",
+                                    "--gradient-clip-val", "0"])
     config = flags.resolve(config)
     loaders, _, _, _ = train.build_data(config, tokenizer)
     rows = varied(list(loaders["train"].dataset))
@@ -104,8 +133,8 @@ def test_packed_step_equals_unpacked_step(tokenizer, training_type):
 
 def test_packing_flag_not_for_grpo():
     config, given = flags.parse_config(["--training-type", "grpo", "--no-packing"])
-    with pytest.raises(flags.ConfigError, match="--packing only applies"):
-        flags.validate(config, given)
+    with pytest.raises(errors.ConfigError, match="--packing only applies"):
+        flag_checks.validate(config, given)
 
 
 PAIRS = [{"chosen_input_ids": [11, 12, 13], "chosen_labels": [-100, 12, 13],
@@ -137,7 +166,7 @@ def preference_setup(tokenizer, training_type, extra=()):
     from module import PostTrainingModule
     config, _ = flags.parse_config(["--training-type", training_type, "--train-dataset-length", "60",
                                     "--batch-size", "6", "--accumulate-grad-batches", "2", "--max-length", "256",
-                                    *extra])
+                                    "--gradient-clip-val", "0", *extra])
     config = flags.resolve(config)
     loaders, _, _, _ = train.build_data(config, tokenizer)
     rows = varied(list(loaders["train"].dataset))
@@ -174,7 +203,7 @@ def test_packed_preference_step_equals_unpacked_step(tokenizer, training_type, e
 def test_packed_sequences_do_not_see_each_other(tokenizer, training_type):
     """Change the tokens of the first sequence of a packed row that holds more: that sequence's
     log-prob (DPO) or reward (BT) changes, every other sequence's stays the same."""
-    from module import sequence_logps
+    from logprobs import preference_logps
     from reward_model import sequence_rewards
     module, rows = preference_setup(tokenizer, training_type)
     batch = concatenate_pairs(rows[:6], tokenizer.pad_token_id, pack_capacity=256)
@@ -182,7 +211,7 @@ def test_packed_sequences_do_not_see_each_other(tokenizer, training_type):
     def per_sequence(b):
         with torch.no_grad():
             if training_type == "dpo":
-                return sequence_logps(module.model, b)
+                return preference_logps(module.model, b)
             return sequence_rewards(module.model, b.input_ids, None, b.position_ids, b.packed_last_tokens())
 
     row = next(r for r in range(len(batch.input_ids)) if len(set(batch.sequence_index[r].tolist()) - {-1}) > 1)

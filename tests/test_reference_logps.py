@@ -29,12 +29,11 @@ def test_reached_indices_are_the_sampler_order_up_to_max_steps():
 
 def test_validation_reached_by_epoch_end_or_interval():
     sampler = ResumableSampler(list(range(20)), 4, seed=0)        # 5 steps an epoch
-    run = dict(validate_before_training=False, max_epochs=1, max_steps=4, val_check_interval=None,
-               check_val_every_n_epoch=1)
+    run = flags.resolve(flags.parse_config(["--max-epochs", "1", "--max-steps", "4"])[0])
     assert not validation_reached(sampler, run)
-    assert validation_reached(sampler, {**run, "max_steps": 5})
-    assert validation_reached(sampler, {**run, "val_check_interval": 2})
-    assert validation_reached(sampler, {**run, "validate_before_training": True})
+    assert validation_reached(sampler, run.replace(max_steps=5))
+    assert validation_reached(sampler, run.replace(val_check_interval=2))
+    assert validation_reached(sampler, run.replace(validate_before_training=True))
 
 
 def test_a_run_scores_what_it_reaches_and_a_resume_reads_it_back(tmp_path, caplog):

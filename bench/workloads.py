@@ -1,0 +1,72 @@
+"""The benchmarks' shared work: the random-init Qwen2 models both sides load, the hh-rlhf
+rows tokenised as train.py does, our side's train.py config, and the token counts of a batch.
+bench/run.py and bench/compile.py time what these build.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+HH_RLHF = os.path.join(REPO, "..", "shared", "data", "hh-rlhf", "harmless-base-test-part1.jsonl.gz")
+
+
+def build_model(args, folder: str) -> None:
+    """Random-init Qwen2 (causal LM and, from the same weights plus a seeded score head, a
+    one-label reward model) saved to folder/lm and folder/rm: both sides load the same bytes."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, Qwen2Config, Qwen2ForCausalLM
+    config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                         num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
+                         num_key_value_heads=max(1, args.hidden // 128), max_position_embeddings=max(args.max_length, 512),
+                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=2, bos_token_id=None)
+    torch.manual_seed(args.seed)
+    Qwen2ForCausalLM(config).save_pretrained(os.path.join(folder, "lm"))
+    torch.manual_seed(args.seed + 1)
+    rm = AutoModelForSequenceClassification.from_pretrained(os.path.join(folder, "lm"), num_labels=1,
+                                                            dtype=torch.float32)
+    rm.config.pad_token_id = 0
+    rm.save_pretrained(os.path.join(folder, "rm"))
+
+
+def tokenized_rows(workload: str, tokenizer, max_length: int, count: int) -> list[dict]:
+    """The first `count` usable rows of the hh-rlhf slice, tokenised as train.py does."""
+    from tokenization import tokenize_preference_rows, tokenize_sft_rows
+    from custom_dataset import CustomDataset
+    from reward_model import trim_pairs_to_reply_end
+    kind = "sft" if workload == "sft" else "dpo"
+    # Tokenising all 1,600 pairs takes a while: read a margin over `count` first (tokenisation
+    # drops rows whose reply is truncated away), and everything only if that is not enough.
+    for length in (4 * count + 64, None):
+        ds = CustomDataset(HH_RLHF, "train", kind, skip_bad_rows=True, length=length)
+        if workload == "sft":
+            rows, _ = tokenize_sft_rows(ds, tokenizer, max_length)
+        else:
+            # Cut after the reply's end-of-turn token, so every token TRL sees as completion is labelled here too.
+            rows = trim_pairs_to_reply_end(tokenize_preference_rows(ds, tokenizer, max_length)[0])
+        if len(rows) >= count:
+            break
+    if len(rows) < count:
+        raise SystemExit(f"The data set has {len(rows)} usable rows; {count} are needed (fewer --steps or --batch-size).")
+    return rows[:count]
+
+
+def our_config(workload: str, args, packing: bool):
+    """train.py's resolved config (config.Config) for the workload."""
+    from flags import parse_config, resolve
+    argv = ["--training-type", workload, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size),
+            "--lr", str(args.lr), "--seed", str(args.seed)]
+    argv.append("--packing" if packing else "--no-packing")
+    return resolve(parse_config(argv)[0])
+
+
+def counts_of(batch) -> tuple[int, int]:
+    """(supervised tokens, real tokens) of one of our batches."""
+    from collate_functions import PreferenceBatch
+    supervised = int((batch.labels[:, 1:] != -100).sum())
+    if isinstance(batch, PreferenceBatch) and batch.labels is None:
+        supervised = 0
+    return supervised, int(batch.attention_mask.sum())
