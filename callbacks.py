@@ -8,6 +8,7 @@ import logging
 import os
 
 import storage
+from config import Config
 
 log = logging.getLogger("train")
 FAULT_ENV = "TRAINER_FAULT_INJECT"
@@ -43,8 +44,8 @@ class CheckpointSchedule:
     one written at the cut-short epoch's end, which marks the epoch done). At an epoch's last
     batch a due checkpoint waits for the epoch's end (after its validation)."""
 
-    def __init__(self, c: dict):
-        self.every = c["checkpoint_every_n_steps"]
+    def __init__(self, c: Config):
+        self.every = c.checkpoint.checkpoint_every_n_steps
         self.at_epoch_end = False       # a step checkpoint fell on the epoch's last batch
         self._before = None             # global_step when the batch started
 

@@ -29,7 +29,7 @@ USER_ERROR_PATTERN = re.compile(r"UserError<(\w+)>: (.+)")
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "S3_ENDPOINT", "AWS_DEFAULT_REGION", "TRAINER_FAULT_INJECT")
 
 
-def lightning_parts(c: dict, schedule):
+def lightning_parts(c, schedule):
     """(strategy, plugins, checkpoint-report callback) for a Lightning Trainer in a Ray worker;
     `schedule` (callbacks.CheckpointSchedule) says when a checkpoint is due inside an epoch."""
     import ray.train
@@ -79,14 +79,14 @@ def lightning_parts(c: dict, schedule):
             if schedule.take_epoch_end() or epoch % self.every == 0 or last:
                 self._report(trainer, pl_module)
 
-    name = c["strategy"]
+    name = c.distributed.strategy
     if name in ("auto", "ddp"):
         strategy = RayDDPStrategy()
     elif name == "fsdp":
-        strategy = RayFSDPStrategy(state_dict_type=c["state_dict_type"])
+        strategy = RayFSDPStrategy(state_dict_type=c.distributed.state_dict_type)
     else:
         raise ValueError(f"unsupported strategy {name!r}")   # validate() refuses it first
-    return strategy, [RayLightningEnvironment()], ReportEveryN(c["checkpoint_frequency"])
+    return strategy, [RayLightningEnvironment()], ReportEveryN(c.checkpoint.checkpoint_frequency)
 
 
 def prepare(trainer, ckpt_path: str | None):
@@ -124,8 +124,9 @@ def _storage_for_ray(path: str):
     return path.split("://", 1)[1], pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def launch(c: dict, worker: Callable[[dict], None]) -> dict:
-    """Start (or join) Ray, run `worker(c)` in every worker, and return the last reported metrics."""
+def launch(c, worker: Callable[[dict], None]) -> dict:
+    """Start (or join) Ray, run `worker(c.flat())` in every worker, and return the last reported metrics;
+    `c` is a config.Config."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -141,14 +142,17 @@ def launch(c: dict, worker: Callable[[dict], None]) -> dict:
             # environment, and `ray job submit` passes them in --runtime-env-json).
             env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **env}})
-    c = dict(c, storage_path=storage.absolute(c["storage_path"]))    # flags.resolve did the model and data paths
-    storage_path, filesystem = _storage_for_ray(c["storage_path"])
-    scaling = ScalingConfig(num_workers=c["num_workers"], use_gpu=c["use_gpu"],
-                            accelerator_type=c["accelerator_type"], placement_strategy=c["placement_strategy"])
-    run_config = RunConfig(storage_path=storage_path, storage_filesystem=filesystem, name=c["name"],
-                           checkpoint_config=CheckpointConfig(num_to_keep=c["ckpt_to_keep"]),
-                           failure_config=FailureConfig(max_failures=c["max_failures"]))
-    trainer = TorchTrainer(_user_errors_tagged(worker), train_loop_config=c, scaling_config=scaling, run_config=run_config)
+    c = c.replace(storage_path=storage.absolute(c.run.storage_path))    # flags.resolve did the model and data paths
+    storage_path, filesystem = _storage_for_ray(c.run.storage_path)
+    d = c.distributed
+    scaling = ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, accelerator_type=d.accelerator_type,
+                            placement_strategy=d.placement_strategy)
+    run_config = RunConfig(storage_path=storage_path, storage_filesystem=filesystem, name=c.run.name,
+                           checkpoint_config=CheckpointConfig(num_to_keep=c.checkpoint.ckpt_to_keep),
+                           failure_config=FailureConfig(max_failures=d.max_failures))
+    # Workers get the flat form (a plain dict, what Ray's train_loop_config is) and rebuild the Config.
+    trainer = TorchTrainer(_user_errors_tagged(worker), train_loop_config=c.flat(), scaling_config=scaling,
+                           run_config=run_config)
     try:
         result = trainer.fit()
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own types

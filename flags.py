@@ -1,10 +1,10 @@
-"""train.py's command line: every flag declared once, YAML defaults, validation of flag
-combinations (one sentence each), and the defaults that depend on other flags (model, data,
-run name, the checkpoint to resume and the config saved with it).
+"""train.py's command line: every flag declared once, YAML defaults, and the defaults that
+depend on other flags (model, data, run name, the checkpoint to resume and the config saved
+with it). flag_checks.py refuses what cannot be honoured.
 
-    config, given = parse_config(argv)   # flags (+ --config YAML, + a resumed run's config)
-    validate(config, given)              # ConfigError for what we cannot honour
-    config = resolve(config)             # embedded defaults, run name, run folder of a checkpoint
+    config, given = parse_config(argv)   # flags (+ --config YAML, + a resumed run's config), by name
+    flag_checks.validate(config, given)  # ConfigError for what we cannot honour
+    config = resolve(config)             # embedded defaults, run name, run folder; a config.Config
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from pathlib import Path
 import chat_templates
 import storage
 from checkpoints import find_checkpoint, is_run_checkpoint_dir, saved_config
+from config import Config
 from errors import ConfigError
+from shared_flags import BATCH_SIZE, MAX_LENGTH, MAX_NEW_TOKENS, SEED, judge_flags
 
 REPO = Path(__file__).resolve().parent
 EMBEDDED_MODEL = REPO / "embedded" / "model"
@@ -26,6 +28,7 @@ EMBEDDED_DATA = {"sft": REPO / "embedded" / "data" / "sft", "dpo": REPO / "embed
                  "grpo": REPO / "embedded" / "data" / "problems"}
 TRAINING_TYPES = ("sft", "dpo", "bt", "sft_verifier", "grpo")
 STRATEGIES = ("auto", "ddp", "fsdp")
+PACKING_TYPES = ("sft", "sft_verifier", "dpo", "bt")
 PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true", "transformer-engine")
 
 
@@ -53,13 +56,13 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         help="train, or evaluate --resume-from-checkpoint (or --model-name) on the test split")
     add("--model-name", type=str, default=None,
         help="the starting model: a Hub name, a model folder, a .gguf file, a train.py run, or a packaged model's "
-             "short name (smollm2-135m-instruct, all-minilm-l6-v2; see README, Real models) (default: the bundled "
+             "short name (smollm2-135m-instruct, all-minilm-l6-v2; see README.md, Real models) (default: the bundled "
              "tiny Qwen2 model, embedded/model)")
     add("--dataset-name", type=str, default=None,
         help="Hub name, data file or folder (default: the bundled data set for the training type, embedded/data/)")
     add("--storage-path", type=str, default="runs", help="where run folders are written")
     add("--name", type=str, default=None, help="run folder name (default: <training-type>-<date>-<time>)")
-    add("--seed", type=int, default=42, help="seed for weights init, data order and sampling")
+    add("--seed", type=int, default=SEED, help="seed for weights init, data order and sampling")
     add("--verbose", action=flag, default=False, help="debug logging, library warnings")
     add("--roundoff", type=int, default=None, help="round logged metric values to this many digits")
     add("--trust-remote-code", action=flag, default=False, help="allow model code from the Hub (off for safety)")
@@ -68,7 +71,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     group("optimisation")
     add("--max-epochs", type=int, default=1, help="epochs over the training set")
     add("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: no limit)")
-    add("--batch-size", type=int, default=8, help="rows per micro-batch, per worker")
+    add("--batch-size", type=int, default=BATCH_SIZE, help="rows per micro-batch, per worker")
     add("--accumulate-grad-batches", type=int, default=1,
         help="micro-batches per optimizer step; the loss is normalised over the whole step")
     add("--lr", type=float, default=2e-5, help="peak learning rate (AdamW)")
@@ -83,13 +86,13 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--compile", action=flag, default=False,
         help="torch.compile the training forward (the decoder or reward model's base model, dynamic shapes): "
              "faster steps after a first step that compiles (about a minute on CPU); validation, reference "
-             "log-probs and generation stay eager; not with --strategy fsdp (see README, Performance)")
-    add("--max-length", type=int, default=1024, help="truncate tokenized conversations to this many tokens")
+             "log-probs and generation stay eager; not with --strategy fsdp (see bench/README.md)")
+    add("--max-length", type=int, default=MAX_LENGTH, help="truncate tokenized conversations to this many tokens")
     add("--packing", action=flag, default=True,
         help="sft, sft_verifier, dpo, bt: pack each micro-batch's sequences into rows no longer than its "
              "longest (first-fit decreasing; position_ids restart at each one and attention stays within it) "
              "where that saves rows, instead of one padded row each; same loss and gradients, less padding "
-             "(see README, Performance)")
+             "(see bench/README.md)")
     add("--precision", choices=PRECISIONS, default="32-true", help="Lightning precision")
     add("--beta", type=float, default=0.1, help="DPO beta (the seed used 1.0 and 2.0)")
     add("--rpo-alpha", type=float, default=0.0,
@@ -108,7 +111,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--temperature", type=float, default=1.0,
         help="sampling temperature of grpo rollouts and of --length-penalty samples")
     add("--top-p", type=float, default=1.0, help="nucleus sampling top-p of those samples")
-    add("--max-new-tokens", type=int, default=128,
+    add("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
         help="token budget of each sampled completion (grpo rollouts and validation, --length-penalty samples)")
     add("--advantage", choices=("grpo", "rloo", "drgrpo"), default="grpo",
         help="grpo: group-normalised (R - mean) / (std + eps), leave-one-out (RLOO, the seed's eq. 6), "
@@ -156,7 +159,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
              "one pass over the test split, minutes for a 135M model on CPU (off: the first validation comes "
              "after training, at --check-val-every-n-epoch or --val-check-interval)")
     add("--val-generations", type=int, default=4, help="validation prompts answered greedily for val/edit_distance")
-    add("--val-max-new-tokens", type=int, default=128, help="token budget of those replies")
+    add("--val-max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="token budget of those replies")
     add("--verifier-eval-rows", type=int, default=8,
         help="sft_verifier: score the first N verify rows of the test split at every validation "
              "(val/verifier_score, val/verifier_accuracy; 0: off); each row samples --verifier-k rationales "
@@ -165,13 +168,9 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--calculate-win-rate", action=flag, default=False,
         help="at every validation, log val/win_rate of the policy's replies against the reference model's, "
              "as scored by --judge (ties count half); per-prompt records go to <run>/win_rate/")
-    add("--judge", type=str, default=None,
-        help="win-rate judge: a reward-model folder, Hub name or bt run; openai:MODEL for an OpenAI-compatible "
-             "endpoint; correctness (final answer equals the reference's); length (longer wins: a bias probe)")
-    add("--judge-base-url", type=str, default="https://integrate.api.nvidia.com/v1",
-        help="base URL of the openai:MODEL judge (default: NVIDIA's API, as the seed used)")
-    add("--judge-api-key-env", type=str, default="NVIDIA_API_KEY",
-        help="environment variable holding the openai:MODEL judge's API key")
+    judge_flags(add, help="win-rate judge: a reward-model folder, Hub name or bt run; openai:MODEL for an "
+                          "OpenAI-compatible endpoint; correctness (final answer equals the reference's); length "
+                          "(longer wins: a bias probe)")
     add("--reference-model", type=str, default=None,
         help="win rate against this model (name, folder or checkpoint; default: the starting --model-name)")
     add("--win-rate-prompts", type=int, default=64, help="first N test prompts used for the win rate")
@@ -287,175 +286,10 @@ def _read_yaml_defaults(path: str, parser: argparse.ArgumentParser) -> dict:
     return out
 
 
-def validate(config: dict, given: set) -> None:
-    """Refuse flags we cannot honour and inconsistent combinations, one sentence each."""
-    c = config
-    for name in ("num_workers", "accelerator_type", "placement_strategy", "max_failures"):
-        if name in given and not c["use_ray"]:
-            raise ConfigError(f"--{name.replace('_', '-')} only applies with --use-ray.")
-    if c["strategy"] not in STRATEGIES:
-        raise ConfigError(f"--strategy {c['strategy']} is not supported: use one of {', '.join(STRATEGIES)} "
-                          f"(deepspeed is not wired; FSDP covers sharded training).")
-    if c["strategy"] != "auto" and not c["use_ray"]:
-        raise ConfigError(f"--strategy {c['strategy']} needs --use-ray (workers are Ray Train workers); "
-                          f"a local run uses one device.")
-    if c["strategy"] == "fsdp" and not c["use_gpu"]:
-        raise ConfigError("--strategy fsdp needs --use-gpu: PyTorch's FSDP does not run on CPU workers; "
-                          "use --strategy ddp there.")
-    if "state_dict_type" in given and c["strategy"] != "fsdp":
-        raise ConfigError("--state-dict-type only applies to --strategy fsdp.")
-    if c["s3_retries"] < 1 or c["s3_retry_delay"] < 0:
-        raise ConfigError("--s3-retries must be at least 1 (one attempt, no retry) and --s3-retry-delay "
-                          "at least 0 seconds.")
-    if c["use_ray"] and c["mode"] == "test":
-        raise ConfigError("--mode test runs in one process; drop --use-ray.")
-    if c["chat_template"] is not None:
-        try:
-            chat_templates.template_text(c["chat_template"])
-        except chat_templates.ChatTemplateError as e:
-            raise ConfigError(str(e)) from None
-    if c["precision"] == "transformer-engine":
-        check_transformer_engine(c["use_gpu"])
-    if c["compile"]:
-        check_compile(c, given)
-    if "beta" in given and c["training_type"] != "dpo":
-        raise ConfigError("--beta only applies to --training-type dpo.")
-    for name in ("precompute_ref_log_probs", "rpo_alpha"):
-        if name in given and c["training_type"] != "dpo":
-            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type dpo.")
-    if c["rpo_alpha"] < 0:
-        raise ConfigError(f"--rpo-alpha must not be negative (got {c['rpo_alpha']}).")
-    for name in ("lambda_", "verifier_eval_rows", "verifier_k"):
-        if name in given and c["training_type"] != "sft_verifier":
-            raise ConfigError(f"--{name.rstrip('_').replace('_', '-')} only applies to --training-type sft_verifier.")
-    if c["verifier_eval_rows"] < 0 or c["verifier_k"] < 1:
-        raise ConfigError("--verifier-eval-rows must not be negative and --verifier-k must be at least 1.")
-    if "packing" in given and c["training_type"] not in ("sft", "sft_verifier", "dpo", "bt"):
-        raise ConfigError("--packing only applies to --training-type sft, sft_verifier, dpo and bt.")
-    if "packing" in given and c["packing"] and c["length_penalty"] > 0:
-        raise ConfigError("--length-penalty does not work with --packing yet (it samples a reply for each row's "
-                          "prompt, and a packed row holds several conversations); drop one of them.")
-    if "center_rewards_coefficient" in given and c["training_type"] != "bt":
-        raise ConfigError("--center-rewards-coefficient only applies to --training-type bt.")
-    if c["center_rewards_coefficient"] < 0:
-        raise ConfigError(f"--center-rewards-coefficient must not be negative (got {c['center_rewards_coefficient']}).")
-    endpoint_reward = c["training_type"] == "grpo" and (c["reward_model"] or "").startswith("openai:")
-    win_rate_flags = ("judge", "judge_base_url", "judge_api_key_env", "reference_model", "win_rate_prompts",
-                      "win_rate_temperature", "win_rate_top_p")
-    for name in win_rate_flags:
-        if name in given and not c["calculate_win_rate"] and not (endpoint_reward and name.startswith("judge_")):
-            raise ConfigError(f"--{name.replace('_', '-')} only applies with --calculate-win-rate"
-                              f"{' (or a grpo --reward-model openai:MODEL)' if name.startswith('judge_') else ''}.")
-    validate_rl(c, given)
-    validate_monitor(c, given)
-    if c["calculate_win_rate"]:
-        if c["training_type"] == "bt":
-            raise ConfigError("--calculate-win-rate needs a generative model; a bt run trains a reward model "
-                              "(use it as the --judge of a policy's run instead).")
-        if not c["judge"]:
-            raise ConfigError("--calculate-win-rate needs --judge: a reward model (folder, Hub name or bt run), "
-                              "openai:MODEL, correctness or length.")
-        if c["judge"].startswith("openai:") and not os.environ.get(c["judge_api_key_env"]):
-            raise ConfigError(f"The endpoint judge reads its API key from ${c['judge_api_key_env']}, which is not "
-                              f"set (choose another variable with --judge-api-key-env).")
-        if c["win_rate_prompts"] < 1 or c["win_rate_temperature"] < 0 or not 0 < c["win_rate_top_p"] <= 1:
-            raise ConfigError("--win-rate-prompts must be at least 1, --win-rate-temperature not negative "
-                              "and --win-rate-top-p in (0, 1].")
-    if c["num_workers"] < 1 or c["max_failures"] < -1:
-        raise ConfigError("--num-workers must be at least 1 and --max-failures at least -1 (-1: retry forever).")
-    if c["use_gpu"]:
-        import torch
-        if not torch.cuda.is_available():
-            raise ConfigError("--use-gpu was given but no CUDA GPU is visible to this process.")
-    positive = ("batch_size", "accumulate_grad_batches", "max_epochs", "check_val_every_n_epoch",
-                "checkpoint_frequency", "ckpt_to_keep", "log_every_n_steps", "max_nonfinite_steps")
-    for name in positive:
-        if c[name] < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {c[name]}).")
-    for name in ("train_dataset_length", "test_dataset_length"):
-        if c[name] is not None and c[name] < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {c[name]}).")
-    for name in ("train_percentile", "test_percentile"):
-        if c[name] is not None and not 0 < c[name] <= 100:
-            raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 100] (got {c[name]}).")
-    if c["checkpoint_every_n_steps"] is not None and c["checkpoint_every_n_steps"] < 1:
-        raise ConfigError(f"--checkpoint-every-n-steps must be at least 1 (got {c['checkpoint_every_n_steps']}).")
-    if c["force_resume"] and not (c["resume_from_checkpoint"] and c["mode"] == "train"):
-        raise ConfigError("--force-resume only applies when resuming training with --resume-from-checkpoint.")
-    if c["max_length"] < 2:
-        raise ConfigError(f"--max-length must be at least 2 (got {c['max_length']}).")
-    if c["lr"] <= 0:
-        raise ConfigError(f"--lr must be positive (got {c['lr']}).")
-    if not 0 <= c["warmup_ratio"] < 1:
-        raise ConfigError(f"--warmup-ratio must be in [0, 1) (got {c['warmup_ratio']}).")
-    if c["max_steps"] == 0 or c["max_steps"] < -1:
-        raise ConfigError(f"--max-steps must be positive or -1 (got {c['max_steps']}).")
-    for name in ("num_sanity_val_steps", "val_generations", "val_max_new_tokens"):
-        if c[name] < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must not be negative (got {c[name]}).")
-    if c["roundoff"] is not None and c["roundoff"] < 0:
-        raise ConfigError(f"--roundoff must not be negative (got {c['roundoff']}).")
-
-
-def validate_rl(c: dict, given: set) -> None:
-    """grpo's flags, the sampling flags and the length penalty: where they apply, and their ranges."""
-    grpo_only = ("num_generations", "advantage", "loss_aggregation", "num_iterations", "clip_range", "kl_coef",
-                 "reward_funcs", "reward_weights", "reward_model", "reward_model_weight")
-    for name in grpo_only:
-        if name in given and c["training_type"] != "grpo":
-            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type grpo.")
-    for name in ("length_penalty", "length_penalty_every"):
-        if name in given and c["training_type"] != "sft":
-            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type sft.")
-    samples = c["training_type"] == "grpo" or (c["training_type"] == "sft" and c["length_penalty"] > 0)
-    for name in ("temperature", "top_p", "max_new_tokens"):
-        if name in given and not samples:
-            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type grpo and to sft with "
-                              f"--length-penalty (validation replies use --val-max-new-tokens).")
-    if c["length_penalty"] < 0 or c["length_penalty_every"] < 1:
-        raise ConfigError("--length-penalty must not be negative and --length-penalty-every must be at least 1.")
-    if c["max_new_tokens"] < 1 or not 0 < c["top_p"] <= 1 or c["temperature"] < 0:
-        raise ConfigError("--max-new-tokens must be at least 1, --top-p in (0, 1] and --temperature not negative.")
-    if c["training_type"] != "grpo":
-        return
-    if c["num_generations"] < 2:
-        raise ConfigError(f"--num-generations must be at least 2: advantages compare the completions of a prompt "
-                          f"(got {c['num_generations']}).")
-    if c["temperature"] <= 0:
-        raise ConfigError("grpo needs --temperature above 0: greedy completions of a prompt are all the same, "
-                          "so every advantage would be 0.")
-    if c["num_iterations"] < 1 or c["clip_range"] <= 0 or c["kl_coef"] < 0:
-        raise ConfigError("--num-iterations must be at least 1, --clip-range positive and --kl-coef not negative.")
-    from rewards import RewardError, parse_reward_funcs
-    try:
-        funcs = parse_reward_funcs(c["reward_funcs"] if c["reward_funcs"] is not None
-                                   else ("" if c["reward_model"] else "correctness"), c["reward_weights"])
-    except RewardError as e:
-        raise ConfigError(str(e)) from None
-    if not funcs and not c["reward_model"]:
-        raise ConfigError("grpo needs a reward: --reward-funcs and/or --reward-model.")
-    if (c["reward_model"] or "").startswith("openai:") and not os.environ.get(c["judge_api_key_env"]):
-        raise ConfigError(f"The endpoint reward model reads its API key from ${c['judge_api_key_env']}, which is "
-                          f"not set (choose another variable with --judge-api-key-env).")
-
-
-def validate_monitor(c: dict, given: set) -> None:
-    """Early stopping and the best checkpoint."""
-    for name in ("monitor", "monitor_mode"):
-        if name in given and c["early_stopping_patience"] is None and not c["save_best"]:
-            raise ConfigError(f"--{name.replace('_', '-')} only applies with --early-stopping-patience or --save-best.")
-    if c["early_stopping_patience"] is not None and c["early_stopping_patience"] < 1:
-        raise ConfigError(f"--early-stopping-patience must be at least 1 (got {c['early_stopping_patience']}).")
-    if c["val_check_interval"] is not None and c["val_check_interval"] < 1:
-        raise ConfigError(f"--val-check-interval must be at least 1 (got {c['val_check_interval']}).")
-    if c["monitor"] is not None and not c["monitor"].startswith("val/"):
-        raise ConfigError(f"--monitor must name a validation metric, val/<name> (got {c['monitor']!r}).")
-    if c["save_best"] and c["use_ray"]:
-        raise ConfigError("--save-best (and --early-stopping-patience, which implies it) does not work with "
-                          "--use-ray yet: Ray keeps the checkpoints of a Ray run; drop --use-ray or the flag.")
-    if c["early_stopping_patience"] is not None and c["use_ray"]:
-        raise ConfigError("--early-stopping-patience does not work with --use-ray yet (it keeps the best "
-                          "checkpoint, which Ray runs cannot); drop --use-ray or the flag.")
+def can_pack(training_type: str, length_penalty: float) -> bool:
+    """Whether --packing applies: the types whose rows are whole conversations, one each. grpo's rows
+    are prompts, laid out at each rollout; the length penalty samples a reply for each row's prompt."""
+    return training_type in PACKING_TYPES and not length_penalty > 0
 
 
 def monitor_settings(c: dict) -> tuple[str, str]:
@@ -466,33 +300,9 @@ def monitor_settings(c: dict) -> tuple[str, str]:
     return metric, mode
 
 
-def check_compile(c: dict, given: set) -> None:
-    """--compile: where it applies, and whether torch.compile can run here."""
-    if "compile" in given and c["mode"] != "train":
-        raise ConfigError("--compile only applies to --mode train (evaluation runs without gradients, eagerly).")
-    if c["strategy"] == "fsdp":
-        raise ConfigError("--compile does not work with --strategy fsdp yet (torch.compile inside our FSDP "
-                          "wrapping is untested and needs a GPU to test); use --strategy ddp or drop --compile.")
-    from compilation import check_available
-    reason = check_available(c["use_gpu"])
-    if reason:
-        raise ConfigError(reason)
-
-
-def check_transformer_engine(use_gpu: bool) -> None:
-    """FP8 through NVIDIA transformer-engine needs the package and a Hopper (or newer) GPU."""
-    try:
-        import transformer_engine  # noqa: F401
-    except ImportError:
-        raise ConfigError("--precision transformer-engine needs NVIDIA transformer-engine: "
-                          "`pip install -r requirements-gpu.txt` on a machine with an H100/H200 (Hopper) GPU.") from None
-    import torch
-    if not use_gpu or not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
-        raise ConfigError("--precision transformer-engine (FP8) needs --use-gpu and an H100/H200 (Hopper) or newer GPU.")
-
-
-def resolve(config: dict) -> dict:
-    """Fill the defaults that depend on other flags (model, data, run name, checkpoint)."""
+def resolve(config: dict) -> Config:
+    """Fill the defaults that depend on other flags (model, data, run name, checkpoint), and
+    group the result (config.Config)."""
     c = dict(config)
     if c["resume_from_checkpoint"]:
         ckpt_dir = storage.parent(c["resume_from_checkpoint"])
@@ -517,14 +327,11 @@ def resolve(config: dict) -> dict:
         c["reward_model"] = os.path.abspath(c["reward_model"])
     if c["early_stopping_patience"] is not None:
         c["save_best"] = True
-    if c["length_penalty"] > 0 or c["training_type"] == "grpo":
-        # The length penalty samples a reply for each row's prompt (one conversation a row);
-        # grpo's rows are prompts, laid out at each rollout.
-        c["packing"] = False
+    c["packing"] = c["packing"] and can_pack(c["training_type"], c["length_penalty"])
     if c["save_best"]:
         c["monitor"], c["monitor_mode"] = monitor_settings(c)
-    return c
+    return Config.from_flat(c)
 
 
-def run_dir(c: dict) -> str:
-    return storage.join(c["storage_path"], c["name"])
+def run_dir(c: Config) -> str:
+    return storage.join(c.run.storage_path, c.run.name)

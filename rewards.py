@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from config import Config
 from errors import UserError
 from judges import final_answer
 
@@ -94,13 +95,13 @@ class Rewards:
         self.funcs, self.model, self.model_weight = funcs, model, model_weight
 
     @classmethod
-    def from_config(cls, c: dict) -> "Rewards":
+    def from_config(cls, c: Config) -> "Rewards":
         model = None
-        if c.get("reward_model"):
+        if c.grpo.reward_model:
             from judges import make_judge
-            model = make_judge(c["reward_model"], base_url=c["judge_base_url"], api_key_env=c["judge_api_key_env"],
-                               max_length=c["max_length"])
-        return cls(parse_reward_funcs(c["reward_funcs"], c["reward_weights"]), model, c["reward_model_weight"])
+            model = make_judge(c.grpo.reward_model, base_url=c.win_rate.judge_base_url,
+                               api_key_env=c.win_rate.judge_api_key_env, max_length=c.data.max_length)
+        return cls(parse_reward_funcs(c.grpo.reward_funcs, c.grpo.reward_weights), model, c.grpo.reward_model_weight)
 
     @property
     def names(self) -> list[str]:

@@ -27,58 +27,61 @@ import storage
 from callbacks import (FAULT_ENV, CheckpointSchedule, data_position, fault_injection, step_checkpoint,
                        storage_retries, tensorboard_logger)
 from checkpoints import has_checkpoints
+from config import Config
 from errors import EXIT_USER_ERROR, ConfigError, UserError
-from flags import parse_config, resolve, run_dir, validate
+from flag_checks import validate
+from flags import parse_config, resolve, run_dir
 from logs import configure_logging
 
 log = logging.getLogger("train")
 
 
-def build_data(c: dict, tokenizer):
+def build_data(c: Config, tokenizer):
     """CustomDataset -> tokenized rows -> DataLoaders, logging what every filter kept.
     Returns the loaders, the first test rows as (prompt messages, reference reply) pairs for
     generations (edit distance, win rate), the counts logged at step 0, and for sft_verifier
     the (verification prompt, "Yes"/"No") pairs of the first --verifier-eval-rows verify rows."""
     import torch
-    from collate_functions import (PreferenceCollator, PromptCollator, ResumableLoader, ResumableSampler, SFTCollator,
-                                   tokenize_preference_rows, tokenize_prompt_rows, tokenize_sft_rows)
-    from custom_dataset import PREFERENCE_TYPES, CustomDataset, DataError, prompt_and_reference
+    from collate_functions import PreferenceCollator, PromptCollator, ResumableLoader, ResumableSampler, SFTCollator
+    from custom_dataset import CustomDataset, DataError, prompt_and_reference
+    from data_files import PREFERENCE_TYPES
     from judges import final_answer
     from reward_model import trim_pairs_to_reply_end
+    from tokenization import tokenize_preference_rows, tokenize_prompt_rows, tokenize_sft_rows
 
-    common = dict(source=c["dataset_source"], random_sample=c["dataset_random_sample"], seed=c["seed"],
-                  skip_bad_rows=c["skip_bad_rows"])
-    train = CustomDataset(c["dataset_name"], "train", c["training_type"], percentile=c["train_percentile"],
-                          length=c["train_dataset_length"], **common) if c["mode"] == "train" else None
-    if c["sanity_train"] and train is not None:
+    common = dict(source=c.data.dataset_source, random_sample=c.data.dataset_random_sample, seed=c.run.seed,
+                  skip_bad_rows=c.data.skip_bad_rows)
+    train = CustomDataset(c.data.dataset_name, "train", c.run.training_type, percentile=c.data.train_percentile,
+                          length=c.data.train_dataset_length, **common) if c.run.mode == "train" else None
+    if c.data.sanity_train and train is not None:
         test = train
     else:
-        test = CustomDataset(c["dataset_name"], "test", c["training_type"], percentile=c["test_percentile"],
-                             length=c["test_dataset_length"], **common)
-    pairs = c["training_type"] in PREFERENCE_TYPES
-    collator = PreferenceCollator if pairs else PromptCollator if c["training_type"] == "grpo" else SFTCollator
+        test = CustomDataset(c.data.dataset_name, "test", c.run.training_type, percentile=c.data.test_percentile,
+                             length=c.data.test_dataset_length, **common)
+    pairs = c.run.training_type in PREFERENCE_TYPES
+    collator = PreferenceCollator if pairs else PromptCollator if c.run.training_type == "grpo" else SFTCollator
     counts = {}
     loaders = {}
     # FP8 GEMMs need dimensions divisible by 16 (the seed's finding on H100): pad sequences to it.
-    multiple = 16 if c["precision"] == "transformer-engine" else 1
+    multiple = 16 if c.model.precision == "transformer-engine" else 1
     # Packing keeps the examples of every micro-batch (so the loss is unchanged), not its layout.
-    pack = {"pack_capacity": c["max_length"]} if c.get("packing") else {}
+    pack = {"pack_capacity": c.data.max_length} if c.data.packing else {}
     for split, ds in (("train", train), ("test", test)):
         if ds is None:
             continue
         if pairs:
-            rows, dropped = tokenize_preference_rows(ds, tokenizer, c["max_length"])
-            if c["training_type"] == "bt":
+            rows, dropped = tokenize_preference_rows(ds, tokenizer, c.data.max_length)
+            if c.run.training_type == "bt":
                 rows = trim_pairs_to_reply_end(rows)
-        elif c["training_type"] == "grpo":
-            rows, dropped = tokenize_prompt_rows(ds, tokenizer, c["max_length"])
+        elif c.run.training_type == "grpo":
+            rows, dropped = tokenize_prompt_rows(ds, tokenizer, c.data.max_length)
         else:
-            rows, truncated = tokenize_sft_rows(ds, tokenizer, c["max_length"])
+            rows, truncated = tokenize_sft_rows(ds, tokenizer, c.data.max_length)
             dropped = {"truncated": truncated}
         if not rows:
             raise DataError(f"Data set {ds.name} ({split}): no usable row is left after truncation to "
-                            f"--max-length {c['max_length']} (and dropping identical pairs).")
-        if c["training_type"] == "grpo" and "correctness" in c["reward_funcs"].split(","):
+                            f"--max-length {c.data.max_length} (and dropping identical pairs).")
+        if c.run.training_type == "grpo" and "correctness" in c.grpo.reward_funcs.split(","):
             missing = next((r for r in rows if not final_answer(r["reference"])), None)
             if missing is not None:
                 raise DataError(f"Data set {ds.name} ({split}), row {missing['row']}: the correctness reward needs a "
@@ -93,25 +96,25 @@ def build_data(c: dict, tokenizer):
             # One item = one optimizer step. The order is a function of (seed, epoch), and the
             # loader's position in the epoch travels with every checkpoint (exact resume).
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            sampler = ResumableSampler(rows, c["batch_size"] * c["accumulate_grad_batches"], c["seed"],
+            sampler = ResumableSampler(rows, c.optim.batch_size * c.optim.accumulate_grad_batches, c.run.seed,
                                        num_replicas=torch.distributed.get_world_size() if distributed else 1,
                                        rank=torch.distributed.get_rank() if distributed else 0)
-            loaders[split] = ResumableLoader(rows, sampler, collator(tokenizer.pad_token_id, c["batch_size"], multiple, **pack))
+            loaders[split] = ResumableLoader(rows, sampler, collator(tokenizer.pad_token_id, c.optim.batch_size, multiple, **pack))
         else:
             loaders[split] = torch.utils.data.DataLoader(
-                rows, batch_size=c["batch_size"], shuffle=False,
+                rows, batch_size=c.optim.batch_size, shuffle=False,
                 collate_fn=collator(tokenizer.pad_token_id, pad_to_multiple_of=multiple, **pack))
-    wanted = max(c["val_generations"], c["win_rate_prompts"] if c["calculate_win_rate"] else 0)
+    wanted = max(c.eval.val_generations, c.win_rate.win_rate_prompts if c.win_rate.calculate_win_rate else 0)
     eval_prompts = [prompt_and_reference(r) for r in list(test)[:wanted]]
     verifier_rows = []
-    if c["training_type"] == "sft_verifier":
+    if c.run.training_type == "sft_verifier":
         # A verify row's target ends with its label: "... (Yes/No)? Yes", or just "No" (direct).
-        verify = [prompt_and_reference(r) for r in test if r["task"] == "verify"][:c["verifier_eval_rows"]]
+        verify = [prompt_and_reference(r) for r in test if r["task"] == "verify"][:c.genrm.verifier_eval_rows]
         verifier_rows = [(p[-1]["content"], ref.split()[-1]) for p, ref in verify]
     return loaders, eval_prompts, counts, verifier_rows
 
 
-def build_trainer(c: dict, out: str, ray_worker: bool = False):
+def build_trainer(c: Config, out: str, ray_worker: bool = False):
     """The Lightning Trainer: local (one device, ModelCheckpoint) or inside a Ray Train worker
     (Ray's strategy and environment; checkpoints reported to Ray, which keeps and restores them)."""
     import lightning as L
@@ -124,23 +127,23 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
             return metrics
 
     logger = tensorboard_logger(out)
-    every_n_steps = c["val_check_interval"]
-    common = dict(accelerator="gpu" if c["use_gpu"] else "cpu", precision=c["precision"],
-                  max_epochs=c["max_epochs"], max_steps=c["max_steps"],
+    every_n_steps = c.eval.val_check_interval
+    common = dict(accelerator="gpu" if c.distributed.use_gpu else "cpu", precision=c.model.precision,
+                  max_epochs=c.optim.max_epochs, max_steps=c.optim.max_steps,
                   # Counted across epochs when set (Lightning needs check_val_every_n_epoch=None for that).
                   val_check_interval=every_n_steps,
-                  check_val_every_n_epoch=None if every_n_steps else c["check_val_every_n_epoch"],
-                  num_sanity_val_steps=c["num_sanity_val_steps"], log_every_n_steps=c["log_every_n_steps"],
-                  logger=logger, default_root_dir=out, enable_model_summary=c["verbose"])
+                  check_val_every_n_epoch=None if every_n_steps else c.eval.check_val_every_n_epoch,
+                  num_sanity_val_steps=c.eval.num_sanity_val_steps, log_every_n_steps=c.eval.log_every_n_steps,
+                  logger=logger, default_root_dir=out, enable_model_summary=c.run.verbose)
     # Before every checkpoint writer (Lightning runs ModelCheckpoint's hooks last, and Ray's
     # report callback is put last below), so a checkpoint written after batch k records k batches.
     extra = [data_position(), storage_retries()]
     if os.environ.get(FAULT_ENV):
         extra.append(fault_injection(os.environ[FAULT_ENV]))
-    if c["early_stopping_patience"]:
+    if c.eval.early_stopping_patience:
         from lightning.pytorch.callbacks import EarlyStopping
         # check_finite: a NaN metric stops the run rather than being "no improvement".
-        extra.append(EarlyStopping(monitor=c["monitor"], mode=c["monitor_mode"], patience=c["early_stopping_patience"],
+        extra.append(EarlyStopping(monitor=c.eval.monitor, mode=c.eval.monitor_mode, patience=c.eval.early_stopping_patience,
                                    check_on_train_epoch_end=False, strict=True, check_finite=True, verbose=False))
     if ray_worker:
         import distributed
@@ -149,61 +152,62 @@ def build_trainer(c: dict, out: str, ray_worker: bool = False):
                          callbacks=[ProgressBar(), *extra, report], **common)
     checkpoint = step_checkpoint(CheckpointSchedule(c), dirpath=storage.join(out, "checkpoints"),
                                  filename="epoch={epoch}-step={step}", auto_insert_metric_name=False,
-                                 every_n_epochs=c["checkpoint_frequency"], save_top_k=c["ckpt_to_keep"],
+                                 every_n_epochs=c.checkpoint.checkpoint_frequency, save_top_k=c.checkpoint.ckpt_to_keep,
                                  monitor="step", mode="max", save_last=True,
                                  # A resumed run re-reaching a step a killed run had saved replaces
                                  # that file (atomically) rather than adding an untracked "-v1" copy.
                                  enable_version_counter=False)
-    if c["save_best"]:
+    if c.eval.save_best:
         # Written after every validation that improves --monitor; loading the run folder as a
         # model takes it (checkpoints.find_checkpoint(best=True)), resuming takes last.ckpt.
-        extra.append(ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="best", monitor=c["monitor"],
-                                     mode=c["monitor_mode"], save_top_k=1, save_on_train_epoch_end=False,
+        extra.append(ModelCheckpoint(dirpath=storage.join(out, "checkpoints"), filename="best", monitor=c.eval.monitor,
+                                     mode=c.eval.monitor_mode, save_top_k=1, save_on_train_epoch_end=False,
                                      enable_version_counter=False, auto_insert_metric_name=False))
     return L.Trainer(devices=1, callbacks=[checkpoint, ProgressBar(), *extra], plugins=[storage.checkpoint_io()],
                      **common)
 
 
-def save_config(c: dict, out: str) -> None:
+def save_config(c: Config, out: str) -> None:
     import yaml
-    storage.write_text_atomic(storage.join(out, "config.yaml"), yaml.safe_dump(c, sort_keys=True))
+    storage.write_text_atomic(storage.join(out, "config.yaml"), yaml.safe_dump(c.flat(), sort_keys=True))
 
 
-def run(c: dict) -> dict:
+def run(c: Config) -> dict:
     """Train or test with a resolved config, here or on a Ray cluster; returns the final metrics."""
     out = run_dir(c)
     try:
-        existing = c["mode"] == "train" and not c["resume_from_checkpoint"] and has_checkpoints(out)
+        existing = c.run.mode == "train" and not c.checkpoint.resume_from_checkpoint and has_checkpoints(out)
     except Exception as e:  # noqa: BLE001 - credentials or network errors from a remote store
         raise ConfigError(f"Run folder {out} cannot be reached: {str(e).strip().splitlines()[0].rstrip('.')}.") from None
     if existing:
         raise ConfigError(f"Run folder {out} already holds checkpoints; continue it with "
                           f"--resume-from-checkpoint {out} or choose another --name.")
-    if c["use_ray"]:
+    if c.distributed.use_ray:
         import distributed
         metrics = distributed.launch(c, ray_worker)
     else:
         metrics = fit(c)
-    if c["mode"] == "test":
+    if c.run.mode == "test":
         print(json.dumps(metrics, sort_keys=True))
     else:
         tensorboard = storage.join(out, "tensorboard")
-        where = out if c["use_ray"] else storage.join(out, "checkpoints")
+        where = out if c.distributed.use_ray else storage.join(out, "checkpoints")
         print(f"Done: step {int(metrics.get('step', 0))}. Checkpoints in {where}, TensorBoard logs in "
               f"{tensorboard} (view: tensorboard --logdir {tensorboard}).")
         if "best_score" in metrics:
-            print(f"Best {c['monitor']}: {metrics['best_score']:.4g}, in {storage.join(where, 'best.ckpt')} "
+            print(f"Best {c.eval.monitor}: {metrics['best_score']:.4g}, in {storage.join(where, 'best.ckpt')} "
                   f"(loading the run folder as a model uses it).")
     return metrics
 
 
-def ray_worker(c: dict) -> None:
-    """What every Ray Train worker runs (distributed.launch): the same fit as a local run."""
-    configure_logging(c["verbose"])
+def ray_worker(flat: dict) -> None:
+    """What every Ray Train worker runs (distributed.launch hands it the flat config): the same fit as a local run."""
+    c = Config.from_flat(flat)
+    configure_logging(c.run.verbose)
     fit(c, ray_worker=True)
 
 
-def fit(c: dict, ray_worker: bool = False) -> dict:
+def fit(c: Config, ray_worker: bool = False) -> dict:
     """Build data, module and Trainer, then train (or test); the same code in every process."""
     import lightning as L
     import torch
@@ -214,68 +218,68 @@ def fit(c: dict, ray_worker: bool = False) -> dict:
 
     out = run_dir(c)
     if ray_worker:      # main() did it in this process otherwise
-        storage.configure_retries(c["s3_retries"], c["s3_retry_delay"])
-    L.seed_everything(c["seed"], workers=True, verbose=False)
-    tokenizer = load_tokenizer(c["model_name"], c["trust_remote_code"], c["chat_template"])
+        storage.configure_retries(c.checkpoint.s3_retries, c.checkpoint.s3_retry_delay)
+    L.seed_everything(c.run.seed, workers=True, verbose=False)
+    tokenizer = load_tokenizer(c.model.model_name, c.model.trust_remote_code, c.model.chat_template)
     loaders, eval_prompts, counts, verifier_rows = build_data(c, tokenizer)
     metadata = {"code_version": code_version(),
                 "data_fingerprint": data_fingerprint(loaders["train"].dataset) if "train" in loaders else None}
     # A bt run from a causal LM gets a new score head: drawn here, right after seeding.
-    model = load_model(c["training_type"], c["model_name"], tokenizer, c["trust_remote_code"])
-    if c["packing"] and not logprobs.supports_packing(model):
+    model = load_model(c.run.training_type, c.model.model_name, tokenizer, c.model.trust_remote_code)
+    if c.data.packing and not logprobs.supports_packing(model):
         # An encoder reward model attends both ways, across packed sequences; padded rows are exact.
         log.warning("%s does not keep attention within packed sequences: training without --packing.",
                     type(model).__name__)
-        c["packing"] = False
+        c = c.replace(packing=False)
         for loader in loaders.values():
             loader.collate_fn.pack_capacity = None
     reference = None
-    if c["training_type"] == "dpo":
-        if c["precompute_ref_log_probs"]:
+    if c.run.training_type == "dpo":
+        if c.dpo.precompute_ref_log_probs:
             # The policy was just loaded from the starting checkpoint (a resumed run loads its
             # trained weights later, inside fit), so here it is the reference.
             from reference_logps import precompute_reference_logps
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            precompute_reference_logps(model, loaders, c["batch_size"], tokenizer.pad_token_id,
-                                       c["max_length"] if c["packing"] else None, run=c,
+            precompute_reference_logps(model, loaders, c.optim.batch_size, tokenizer.pad_token_id,
+                                       c.data.max_length if c.data.packing else None, run=c,
                                        saved=storage.join(out, "reference_logps"),
                                        rank=torch.distributed.get_rank() if distributed else 0)
         else:
-            reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
+            reference = load_causal_lm(c.model.model_name, c.model.trust_remote_code)
     rewards = None
-    if c["training_type"] == "grpo":
+    if c.run.training_type == "grpo":
         from rewards import Rewards
         rewards = Rewards.from_config(c)
-        if c["kl_coef"] > 0:        # the KL's frozen reference: the starting model
-            reference = load_causal_lm(c["model_name"], c["trust_remote_code"])
+        if c.grpo.kl_coef > 0:        # the KL's frozen reference: the starting model
+            reference = load_causal_lm(c.model.model_name, c.model.trust_remote_code)
     # Edit distance needs a reference reply (a grpo prompt may come without one).
-    val_prompts = [] if c["training_type"] == "bt" else \
-        [(p, r) for p, r in eval_prompts[:c["val_generations"]] if r is not None]
+    val_prompts = [] if c.run.training_type == "bt" else \
+        [(p, r) for p, r in eval_prompts[:c.eval.val_generations] if r is not None]
     module = PostTrainingModule(c, model=model, tokenizer=tokenizer, val_prompts=val_prompts, reference=reference,
-                                win_rate=win_rate_setup(c, eval_prompts[:c["win_rate_prompts"]]),
+                                win_rate=win_rate_setup(c, eval_prompts[:c.win_rate.win_rate_prompts]),
                                 verifier_rows=verifier_rows, rewards=rewards, metadata=metadata)
     trainer = build_trainer(c, out, ray_worker)
-    ckpt_path = c["resume_from_checkpoint"]
+    ckpt_path = c.checkpoint.resume_from_checkpoint
     if ray_worker:
         import distributed
         trainer, ckpt_path = distributed.prepare(trainer, ckpt_path)
-    if ckpt_path and c["mode"] == "train":
-        check_resume(ckpt_path, metadata, c["force_resume"])     # before anything in the run folder changes
-    if c["mode"] == "test":
+    if ckpt_path and c.run.mode == "train":
+        check_resume(ckpt_path, metadata, c.checkpoint.force_resume)     # before anything in the run folder changes
+    if c.run.mode == "test":
         trainer.test(module, dataloaders=loaders["test"], ckpt_path=ckpt_path, verbose=False)
-        return {k: round(v, c["roundoff"]) if c["roundoff"] is not None else v
+        return {k: round(v, c.run.roundoff) if c.run.roundoff is not None else v
                 for k, v in module.test_metrics.items()}
     if trainer.is_global_zero:
         save_config(c, out)
         for name, value in counts.items():
             trainer.logger.experiment.add_scalar(name, value, 0)
-    if not ckpt_path and c["validate_before_training"]:
+    if not ckpt_path and c.eval.validate_before_training:
         # Validation metrics of the starting model, logged at step 0: the curve's baseline.
         trainer.validate(module, dataloaders=loaders["test"], verbose=False)
     trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["test"], ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["step"] = trainer.global_step
-    best = [cb for cb in trainer.checkpoint_callbacks if c["save_best"] and cb.monitor == c["monitor"]]
+    best = [cb for cb in trainer.checkpoint_callbacks if c.eval.save_best and cb.monitor == c.eval.monitor]
     if best and best[0].best_model_score is not None:
         metrics["best_score"] = float(best[0].best_model_score)
     return metrics
@@ -319,17 +323,17 @@ def check_resume(ckpt: str, metadata: dict, force: bool) -> None:
                  metadata["code_version"])
 
 
-def win_rate_setup(c: dict, prompts: list[tuple[list[dict], str]]):
+def win_rate_setup(c: Config, prompts: list[tuple[list[dict], str]]):
     """--calculate-win-rate: the judge, the model to beat and the generation settings."""
-    if not c["calculate_win_rate"]:
+    if not c.win_rate.calculate_win_rate:
         return None
     from judges import make_judge
-    from module import WinRateSetup
-    judge = make_judge(c["judge"], base_url=c["judge_base_url"], api_key_env=c["judge_api_key_env"],
-                       max_length=c["max_length"])
-    generation = dict(max_new_tokens=c["val_max_new_tokens"], temperature=c["win_rate_temperature"],
-                      top_p=c["win_rate_top_p"], seed=c["seed"], batch_size=c["batch_size"])
-    return WinRateSetup([p for p, _ in prompts], [r for _, r in prompts], c["reference_model"] or c["model_name"],
+    from val_generation import WinRateSetup
+    judge = make_judge(c.win_rate.judge, base_url=c.win_rate.judge_base_url, api_key_env=c.win_rate.judge_api_key_env,
+                       max_length=c.data.max_length)
+    generation = dict(max_new_tokens=c.eval.val_max_new_tokens, temperature=c.win_rate.win_rate_temperature,
+                      top_p=c.win_rate.win_rate_top_p, seed=c.run.seed, batch_size=c.optim.batch_size)
+    return WinRateSetup([p for p, _ in prompts], [r for _, r in prompts], c.win_rate.reference_model or c.model.model_name,
                         judge, generation, storage.join(run_dir(c), "win_rate"))
 
 

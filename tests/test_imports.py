@@ -7,7 +7,9 @@ MODULES = ["train", "module", "models", "custom_dataset", "collate_functions", "
            "losses.dpo", "losses.bt", "losses.sft_verifier", "flags", "storage", "distributed", "upload_to_hub", "reward_model", "judges",
            "win_rate", "embedded.task", "embedded.build", "extension.data_preparation", "extension.critiques", "extension.verifier", "extension.verify",
            "infer", "evaluate", "plots", "rewards", "losses.grpo", "losses.length_penalty", "experiments.replicate",
-           "experiments.probe_base"]
+           "experiments.probe_base", "errors", "checkpoints", "logs", "model_card", "config", "flag_checks",
+           "shared_flags", "text_metrics", "rollouts", "val_generation", "train_state", "losses.labels",
+           "reference_logps", "packaged_models", "chat_templates", "tokenization", "data_files"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -2,6 +2,7 @@
 refused with one sentence where it cannot run, and its padding rule is wired."""
 import pytest
 
+import flag_checks
 import flags
 import train
 from collate_functions import SFTCollator
@@ -9,7 +10,7 @@ from collate_functions import SFTCollator
 
 def trainer_for(*argv):
     config, given = flags.parse_config(list(argv))
-    flags.validate(config, given)
+    flag_checks.validate(config, given)
     return train.build_trainer(flags.resolve(config), "/tmp/unused-run")
 
 

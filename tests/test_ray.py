@@ -55,10 +55,10 @@ def ray_cluster(tmp_path_factory):
 
 
 def latest_weights(run_dir):
-    checkpoints = checkpoints.ray_checkpoint_names(os.listdir(run_dir))
-    ckpt = torch.load(os.path.join(run_dir, checkpoints[-1], "checkpoint.ckpt"), map_location="cpu",
+    names = checkpoints.ray_checkpoint_names(os.listdir(run_dir))
+    ckpt = torch.load(os.path.join(run_dir, names[-1], "checkpoint.ckpt"), map_location="cpu",
                       weights_only=True)
-    return ckpt, checkpoints
+    return ckpt, names
 
 
 def scalars(path, tag):
@@ -126,9 +126,9 @@ def test_ray_job_submit_writes_checkpoints_and_events_to_s3(ray_cluster, s3_serv
     assert "succeeded" in (out.stdout + out.stderr).lower()
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
     entries = [os.path.basename(p) for p in fs.ls("test-bucket/runs/job")]
-    checkpoints = checkpoints.ray_checkpoint_names(entries)
-    assert len(checkpoints) == 2 and "config.yaml" in entries
-    with fs.open(f"test-bucket/runs/job/{checkpoints[-1]}/checkpoint.ckpt", "rb") as f:
+    names = checkpoints.ray_checkpoint_names(entries)
+    assert len(names) == 2 and "config.yaml" in entries
+    with fs.open(f"test-bucket/runs/job/{names[-1]}/checkpoint.ckpt", "rb") as f:
         assert torch.load(f, map_location="cpu", weights_only=True)["global_step"] == 8
     steps = [s for s, _ in scalars("s3://test-bucket/runs/job/tensorboard", "train/loss")]
     assert steps == list(range(8))

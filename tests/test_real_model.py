@@ -91,7 +91,7 @@ def test_loss_is_finite_and_equals_the_full_logits_path_packed_or_not(real, trai
             reference.lm_head.weight.mul_(0.9)
         module._reference = [reference.eval()]
     assert logprobs.uses_chunked_head(module.model) and logprobs.supports_packing(module.model)
-    capacity = config["max_length"]
+    capacity = config.data.max_length
     padded = losses(module, collator(tokenizer.pad_token_id, 4), rows)
     assert collator(tokenizer.pad_token_id, 4, pack_capacity=capacity)(rows).micro_batches[0].position_ids is not None
     packed = losses(module, collator(tokenizer.pad_token_id, 4, pack_capacity=capacity), rows)

@@ -163,7 +163,6 @@ def test_reads_of_a_finished_run_are_retried(s3_server, delays, monkeypatch):
     config (checkpoints.saved_config), the checkpoint itself (models.load_checkpoint, via
     storage.load_torch), the file's size and date (storage.info, the export cache's key), and
     extension/verify.py's input rows."""
-    import flags
     from extension import verify
     ckpt, rows = "s3://test-bucket/runs/r/checkpoints/last.ckpt", "s3://test-bucket/pairs.jsonl"
     storage.checkpoint_io().save_checkpoint({"hyper_parameters": {"lr": 0.5}, "global_step": 3}, ckpt)
