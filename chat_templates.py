@@ -11,7 +11,7 @@ Built-ins:
   `\\n\\nAssistant:`, so a reply starts with its space, as in the data.
 
 Both render a conversation's prefixes as prefixes of the whole, which assistant-only masking
-needs (collate_functions.py). train.py saves the flag's value with the run (a file's text, not
+needs (tokenization.py). train.py saves the flag's value with the run (a file's text, not
 its path, so the checkpoint carries it), and the tokenizer of every export holds the template.
 """
 from __future__ import annotations

@@ -34,7 +34,8 @@ import sys
 
 import chat_templates
 import storage
-from judges import NVIDIA_API
+from shared_flags import JUDGE_KINDS, MAX_LENGTH, judge_flags, prompt_flags, reply_flags
+from text_metrics import bleu, edit_distance, reference_loss
 
 COLUMNS = ("loss", "ppl", "bleu1", "bleu2", "bleu4", "edit", "win_rate", "verifier", "len")
 
@@ -44,67 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", nargs="+", action="extend", required=True,
                    help="models to compare, one table row each (the flag may repeat)")
-    p.add_argument("--dataset-name", default=None, help="prompts and references (default: the bundled SFT data)")
-    p.add_argument("--split", choices=("train", "test"), default="test", help="which split")
-    p.add_argument("--num-prompts", type=int, default=64, help="first N rows of the split")
-    p.add_argument("--skip-bad-rows", action=argparse.BooleanOptionalAction, default=False,
-                   help="skip malformed rows instead of stopping")
+    prompt_flags(p.add_argument, default_data="the bundled SFT data")
     p.add_argument("--reference-model", default=None, help="win rate against this model (needs --judge)")
     chat_templates.add_flag(p)
-    p.add_argument("--judge", default=None,
-                   help="win-rate judge: reward model (folder, Hub name, bt run), openai:MODEL, correctness or length")
-    p.add_argument("--judge-base-url", default=NVIDIA_API, help="base URL of an openai:MODEL judge")
-    p.add_argument("--judge-api-key-env", default="NVIDIA_API_KEY", help="environment variable with its API key")
+    judge_flags(p.add_argument, help=f"win-rate judge (needs --reference-model): {JUDGE_KINDS}")
     p.add_argument("--verifier-dataset", default=None, help="verify rows for the verifier score (default: bundled problems)")
     p.add_argument("--verifier-rows", type=int, default=32, help="verify rows scored per verifier model (0: off)")
     p.add_argument("--verifier-k", type=int, default=4, help="rationales per verify row")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="reply budget")
-    p.add_argument("--max-length", type=int, default=1024, help="token limit for the loss and a reward-model judge")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling top-p")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed, the same for every model")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per forward / generate call")
-    p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=False, help="run on CUDA")
+    p.add_argument("--max-length", type=int, default=MAX_LENGTH, help="token limit for the loss and a reward-model judge")
+    reply_flags(p.add_argument)
     p.add_argument("--output", default="evaluation.json", help="JSON report (local or s3://)")
     return p
-
-
-def bleu(replies: list[str], references: list[str], order: int) -> float:
-    """Corpus BLEU (0-100) with n-grams up to `order`, sacrebleu's default tokenizer (13a)."""
-    from sacrebleu.metrics import BLEU
-    return BLEU(max_ngram_order=order).corpus_score(replies, [references]).score
-
-
-def edit_distance(replies: list[str], references: list[str]) -> float:
-    """Mean character Levenshtein distance (insertions, deletions, substitutions cost 1)."""
-    from rapidfuzz.distance import Levenshtein
-    return sum(Levenshtein.distance(a, b) for a, b in zip(replies, references, strict=True)) / len(replies)
-
-
-def reference_loss(model, tokenizer, prompts: list[list[dict]], references: list[str], max_length: int,
-                   batch_size: int) -> float:
-    """Token-mean NLL of each reference reply (its tokens and end-of-turn token) after its prompt,
-    over all rows: sum of token losses / supervised tokens (losses/sft.py), not a mean of row means."""
-    import torch
-
-    from collate_functions import IGNORE_INDEX, pad_sft, tokenize_conversation
-    from losses.sft import sft_loss
-    examples = []
-    for prompt, reference in zip(prompts, references):
-        ids, labels = tokenize_conversation(tokenizer, prompt + [{"role": "assistant", "content": reference}],
-                                            max_length, last_turn_only=True)
-        if any(label != IGNORE_INDEX for label in labels[1:]):
-            examples.append({"input_ids": ids, "labels": labels})
-    device = next(model.parameters()).device
-    nll, tokens = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            batch = pad_sft(examples[i:i + batch_size], tokenizer.pad_token_id)
-            logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
-            out = sft_loss(logits, batch.labels.to(device))
-            nll, tokens = nll + out.nll_sum.item(), tokens + int(out.num_tokens)
-    return nll / tokens if tokens else float("nan")
 
 
 def training_type(name: str) -> str | None:

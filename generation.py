@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from collate_functions import render
+from tokenization import render
 
 
 @dataclass

@@ -33,6 +33,7 @@ import sys
 
 import chat_templates
 import storage
+from shared_flags import BATCH_SIZE, SEED
 from errors import UserError
 
 PRESETS = {
@@ -69,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-return-sequences", type=int, default=None,
                    help="sequences per prompt (default: every beam for beam search, else 1)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="reply budget in tokens")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (transformers backend)")
+    p.add_argument("--seed", type=int, default=SEED, help="sampling seed")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="prompts per generate call (transformers backend)")
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=False,
                    help="run the transformers backend on CUDA")
     return p
@@ -123,7 +124,8 @@ def _messages(value, where: str) -> tuple[list[dict], str | None]:
 
 def read_prompts(name: str, split: str | None, column: str | None, limit: int | None):
     """[(row index, prompt messages, reference or None)] of a data file, folder or Hub data set."""
-    from custom_dataset import SPLIT_ALIASES, DataError, load_splits
+    from custom_dataset import DataError
+    from data_files import SPLIT_ALIASES, load_splits
     try:
         splits = load_splits(name)
     except DataError as e:
@@ -162,7 +164,7 @@ def vllm_generate(model_name: str, conversations: list[list[dict]], s: dict, tru
     path = pretrained_path(model_name)
     tokenizer = load_tokenizer(path, trust_remote_code, chat_template)
     llm = vllm.LLM(model=path, tokenizer=path, seed=s["seed"], trust_remote_code=trust_remote_code)
-    from collate_functions import render
+    from tokenization import render
     prompts = [render(tokenizer, c, add_generation_prompt=True) for c in conversations]
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     stop = [tokenizer.eos_token_id]

@@ -27,8 +27,8 @@ import urllib.request
 from dataclasses import dataclass
 
 from errors import UserError
+from shared_flags import BATCH_SIZE, JUDGE_API_KEY_ENV, JUDGE_BASE_URL, MAX_LENGTH
 
-NVIDIA_API = "https://integrate.api.nvidia.com/v1"
 _ANSWER = re.compile(r"[Tt]he (?:final )?answer is\s*:?\s*\$?\s*(-?[\d,]*\.?\d+)|\\boxed\{\s*\$?(-?[\d,]*\.?\d+)\s*\}")
 
 
@@ -77,7 +77,7 @@ class RewardModelJudge:
     """Score = a scalar reward model's reward of the conversation (e.g. a `bt` run, exported
     with upload_to_hub.py or given as its run folder / .ckpt, or a Hub reward model)."""
 
-    def __init__(self, name_or_path: str, max_length: int = 1024, batch_size: int = 8):
+    def __init__(self, name_or_path: str, max_length: int = MAX_LENGTH, batch_size: int = BATCH_SIZE):
         from models import load_trained
         self.name = name_or_path
         self.model, self.tokenizer = load_trained(name_or_path, kind="reward")
@@ -98,7 +98,7 @@ class EndpointJudge:
     """Score = the reward an OpenAI-compatible endpoint returns for the conversation."""
     batch_size = 1      # one request a reply: judge_pairs' progress bar moves a reply at a time
 
-    def __init__(self, model: str, base_url: str = NVIDIA_API, api_key_env: str = "NVIDIA_API_KEY",
+    def __init__(self, model: str, base_url: str = JUDGE_BASE_URL, api_key_env: str = JUDGE_API_KEY_ENV,
                  retries: int = 4, timeout: float = 60.0):
         self.name = f"openai:{model}"
         self.model, self.url = model, base_url.rstrip("/") + "/chat/completions"
@@ -140,8 +140,8 @@ class EndpointJudge:
         return scores
 
 
-def make_judge(spec: str, *, base_url: str = NVIDIA_API, api_key_env: str = "NVIDIA_API_KEY",
-               max_length: int = 1024):
+def make_judge(spec: str, *, base_url: str = JUDGE_BASE_URL, api_key_env: str = JUDGE_API_KEY_ENV,
+               max_length: int = MAX_LENGTH):
     """--judge value -> judge: length, correctness, openai:MODEL, or a reward model path / Hub name."""
     if spec == "length":
         return LengthJudge()

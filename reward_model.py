@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from collate_functions import IGNORE_INDEX, tokenize_conversation
+from losses.labels import IGNORE_INDEX
+from tokenization import tokenize_conversation
 from compilation import forward_of
+from shared_flags import MAX_LENGTH
 
 
 def is_decoder(model) -> bool:
@@ -54,7 +56,7 @@ def reward_inputs(tokenizer, messages: list[dict], max_length: int) -> list[int]
 
 
 @torch.no_grad()
-def score_conversations(model, tokenizer, conversations: list[list[dict]], *, max_length: int = 1024,
+def score_conversations(model, tokenizer, conversations: list[list[dict]], *, max_length: int = MAX_LENGTH,
                         batch_size: int = 8) -> list[float]:
     """Rewards of whole conversations (prompt + final assistant reply), right-padded batches.
     A conversation whose reply does not fit in max_length scores -inf."""

@@ -21,7 +21,7 @@ import sys
 
 import chat_templates
 import storage
-from judges import NVIDIA_API
+from shared_flags import MAX_LENGTH, judge_flags, prompt_flags, reply_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,23 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the policy: HF folder, Hub name, or train.py checkpoint / run")
     p.add_argument("--reference-model", required=True, help="the model to beat, in the same forms")
     chat_templates.add_flag(p)
-    p.add_argument("--judge", required=True,
-                   help="reward model (folder, Hub name, bt run), openai:MODEL, correctness or length")
-    p.add_argument("--judge-base-url", default=NVIDIA_API, help="base URL of an openai:MODEL judge")
-    p.add_argument("--judge-api-key-env", default="NVIDIA_API_KEY", help="environment variable with its API key")
-    p.add_argument("--dataset-name", default=None,
-                   help="data set of prompts (default: the bundled preference set); preference pairs or conversations")
-    p.add_argument("--split", choices=("train", "test"), default="test", help="which split's prompts")
-    p.add_argument("--num-prompts", type=int, default=64, help="first N prompts of the split")
-    p.add_argument("--skip-bad-rows", action=argparse.BooleanOptionalAction, default=False,
-                   help="skip malformed rows instead of stopping")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="reply budget")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling top-p")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed, the same for both models")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
-    p.add_argument("--max-length", type=int, default=1024, help="token limit of what a reward-model judge reads")
-    p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=False, help="generate on CUDA")
+    judge_flags(p.add_argument, required=True)
+    prompt_flags(p.add_argument, default_data="the bundled preference set; preference pairs or conversations")
+    reply_flags(p.add_argument)
+    p.add_argument("--max-length", type=int, default=MAX_LENGTH, help="token limit of what a reward-model judge reads")
     p.add_argument("--output", default="win_rate.jsonl", help="per-prompt records (JSONL, local or s3://)")
     return p
 

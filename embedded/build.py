@@ -154,7 +154,7 @@ def preference_pairs(rows: list[dict]) -> list[dict]:
     answer as its rejected reply, "The answer is N." with the one-slip solution's N and no
     working, in place of that solution. Real preference sets mix kinds of rejected reply:
     the slip needs the arithmetic checked, the bare answer is a style cue that any reward
-    model picks up (the README reports a Bradley-Terry model's accuracy on each kind).
+    model picks up (docs/results.md reports a Bradley-Terry model's accuracy on each kind).
     Applied to the written files only: the tokenizer was trained on the generated pairs, and
     its corpus is kept as it was so that the bundled tokenizer and model stay what this
     script builds."""

@@ -1,5 +1,5 @@
 """Probe what a base model can do on the bundled task's raw text, optionally after more
-pretraining: the experiment behind the README's notes on why the GenRM verifier and DPO do not
+pretraining: the experiment behind docs/genrm.md's notes on why the GenRM verifier and DPO do not
 improve on the bundled model (GenRM section, "Verification text in pretraining, and a base
 model that copies").
 

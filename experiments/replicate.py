@@ -1,6 +1,6 @@
 """One command: the seeds' pipeline and results table at CPU scale.
 
-    python experiments/replicate.py                 # the laptop setting (2 CPU cores: see README)
+    python experiments/replicate.py                 # the laptop setting (2 CPU cores: see docs/results.md)
     python experiments/replicate.py --small         # the CI setting: every stage, a few minutes
     python experiments/replicate.py --model-name Qwen/Qwen2.5-0.5B \\
         --sft-dataset HuggingFaceTB/smol-smoltalk --prefs-dataset HuggingFaceH4/ultrafeedback_binarized \\
@@ -145,7 +145,7 @@ def write_judge_data(prefs_dataset: str, folder: str) -> None:
 def evaluate(models: dict[str, str], judge_spec: str, a, s: dict) -> tuple[dict, dict]:
     """Every column of the table for every model; returns (metrics by row, replies by row)."""
     from custom_dataset import CustomDataset
-    from evaluate import bleu, reference_loss
+    from text_metrics import bleu, reference_loss
     from generation import generate_completions
     from judges import judge_pairs, make_judge, summarize
     from models import load_trained
@@ -186,7 +186,7 @@ def _adaptive(model, tokenizer, question: str, solution: str, s: dict, seed: int
 def verifier_accuracy(name: str, a, s: dict) -> dict:
     """The verifier's accuracy (score > 0.5 means "correct") on the correct and the incorrect
     solution of the first held-out problems, and its mean K under adaptive compute."""
-    from custom_dataset import load_splits, pick_split
+    from data_files import load_splits, pick_split
     from models import load_trained
     model, tokenizer = load_trained(name)
     rows = pick_split(load_splits(a.problems_dataset), "test", "sft_verifier", a.problems_dataset)

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from collate_functions import render
+from tokenization import render
 from extension.critiques import QUESTION, verification_prompt
 from generation import generate_replies, progress_bar
 

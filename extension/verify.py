@@ -30,6 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 import chat_templates  # noqa: E402
 import storage  # noqa: E402
+from shared_flags import SEED  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.7, help="rationale sampling temperature")
     p.add_argument("--top-p", type=float, default=0.95, help="rationale nucleus sampling")
     p.add_argument("--max-new-tokens", type=int, default=256, help="rationale length budget")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed")
+    p.add_argument("--seed", type=int, default=SEED, help="sampling seed")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
     p.add_argument("--use-gpu", action="store_true", help="run on CUDA")
     return p

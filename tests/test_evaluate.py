@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import evaluate
+import text_metrics
 from conftest import EMBEDDED_MODEL
 
 HYPS = ["the cat sat", "a dog barked at the mailman today", "The answer is 7."]
@@ -19,24 +20,25 @@ def test_bleu_matches_sacrebleu_and_a_hand_worked_value():
     import sacrebleu
     for order in (1, 2, 4):
         direct = sacrebleu.metrics.BLEU(max_ngram_order=order).corpus_score(HYPS, [REFS]).score
-        assert evaluate.bleu(HYPS, REFS, order) == pytest.approx(direct, abs=1e-9)
-    assert evaluate.bleu(HYPS, REFS, 4) == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score, abs=1e-9)
+        assert text_metrics.bleu(HYPS, REFS, order) == pytest.approx(direct, abs=1e-9)
+    assert text_metrics.bleu(HYPS, REFS, 4) == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score, abs=1e-9)
     # "the cat sat" against "the cat sat on the mat": unigram precision 3/3 = 1, brevity
     # penalty exp(1 - 6/3) = e^-1, so BLEU-1 = 100 / e = 36.79.
-    assert evaluate.bleu(["the cat sat"], ["the cat sat on the mat"], 1) == pytest.approx(100 / math.e, abs=1e-6)
-    assert evaluate.bleu(["same words here"], ["same words here"], 2) == pytest.approx(100.0)
+    assert text_metrics.bleu(["the cat sat"], ["the cat sat on the mat"], 1) == pytest.approx(100 / math.e, abs=1e-6)
+    assert text_metrics.bleu(["same words here"], ["same words here"], 2) == pytest.approx(100.0)
 
 
 def test_edit_distance_matches_rapidfuzz_and_by_hand():
     from rapidfuzz.distance import Levenshtein
-    assert evaluate.edit_distance(HYPS, REFS) == pytest.approx(
+    assert text_metrics.edit_distance(HYPS, REFS) == pytest.approx(
         sum(Levenshtein.distance(a, b) for a, b in zip(HYPS, REFS)) / 3)
     # kitten -> sitting: k->s, e->i, +g = 3; flaw -> lawn: -f, +n = 2; mean 2.5.
-    assert evaluate.edit_distance(["kitten", "flaw"], ["sitting", "lawn"]) == 2.5
+    assert text_metrics.edit_distance(["kitten", "flaw"], ["sitting", "lawn"]) == 2.5
 
 
 def test_loss_is_the_token_mean_over_references_and_perplexity_its_exp():
-    from collate_functions import IGNORE_INDEX, tokenize_conversation
+    from losses.labels import IGNORE_INDEX
+    from tokenization import tokenize_conversation
     from models import load_trained
     model, tokenizer = load_trained(str(EMBEDDED_MODEL))
     prompts = [[{"role": "user", "content": "What is 2 + 3?"}],
@@ -56,7 +58,7 @@ def test_loss_is_the_token_mean_over_references_and_perplexity_its_exp():
                 nll, count = nll - logp[t - 1, labels[t]].item(), count + 1
     # Only the last reply counts (the earlier "Ok." is context), its end-of-turn token included.
     assert count == sum(len(tokenizer(r + "<|im_end|>", add_special_tokens=False)["input_ids"]) for r in refs)
-    loss = evaluate.reference_loss(model, tokenizer, prompts, refs, 1024, batch_size=2)   # padded batches
+    loss = text_metrics.reference_loss(model, tokenizer, prompts, refs, 1024, batch_size=2)   # padded batches
     assert loss == pytest.approx(nll / count, abs=1e-5)
 
 
@@ -88,7 +90,7 @@ def test_report_lists_every_model_and_metric(tmp_path, capsys, verifier_copy):
         assert row["ppl"] == pytest.approx(math.exp(row["loss"]))
         assert row["win_rate"] == 0.5                # greedy replies equal the reference model's: all tie
         assert 0 <= row["bleu1"] <= 100 and row["len"] > 0
-        assert row["bleu1"] == pytest.approx(evaluate.bleu(report["replies"][models[0]], report["references"], 1))
+        assert row["bleu1"] == pytest.approx(text_metrics.bleu(report["replies"][models[0]], report["references"], 1))
     assert plain["verifier"] is None and -1 <= genrm["verifier"] <= 1
     assert {k: v for k, v in genrm.items() if k != "verifier"} == pytest.approx(
         {k: v for k, v in plain.items() if k != "verifier"})

@@ -12,8 +12,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collate_functions import (IGNORE_INDEX, PreferenceCollator, SFTCollator, StepBatch, TemplateError,
-                               tokenize_conversation, tokenize_preference_rows, tokenize_sft_rows)
+from collate_functions import PreferenceCollator, SFTCollator, StepBatch
+from losses.labels import IGNORE_INDEX
+from tokenization import TemplateError, tokenize_conversation, tokenize_preference_rows, tokenize_sft_rows
 
 END = "<|im_end|>"
 FUZZ = settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import infer
-from collate_functions import render
+from tokenization import render
 from conftest import EMBEDDED_MODEL, write_jsonl
 from generation import generate_completions, generate_replies
 

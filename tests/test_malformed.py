@@ -1,8 +1,8 @@
 """The malformed-input catalogue: every entry point, fed one bad input at a time, stops with
 exit code 2 and one sentence (`error: ...`, one line) naming the file, row and field or the
 flag, and no traceback; where the documented policy is to skip (identical preference pairs,
-rows under --skip-bad-rows) it exits 0 and counts the skip. README's "Bad input" table lists
-the same cases by name (a test below keeps the two in step).
+rows under --skip-bad-rows) it exits 0 and counts the skip. The "Bad input" table of
+docs/data.md lists the same cases by name (a test below keeps the two in step).
 
 Each case is a row of CASES: name, entry point, a function that writes the bad input under a
 temporary folder and returns the command line, the expected exit code and a phrase of the
@@ -400,7 +400,7 @@ def test_malformed_input(case, tmp_path, monkeypatch, capsys, caplog, request):
 
 
 def test_readme_table_lists_every_case():
-    section = (REPO / "README.md").read_text().split("### Bad input", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs" / "data.md").read_text().split("\n## Bad input\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ")][2:]      # after the header rows
     assert [row.split(" | ")[0][2:].strip("` ") for row in rows] == [c.name for c in CASES]
     assert len(CASES) >= 30 and len({c.entry for c in CASES}) == 6

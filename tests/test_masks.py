@@ -5,7 +5,9 @@ import copy
 import pytest
 import torch
 
-from collate_functions import IGNORE_INDEX, SFTCollator, TemplateError, tokenize_conversation, tokenize_sft_rows
+from collate_functions import SFTCollator
+from losses.labels import IGNORE_INDEX
+from tokenization import TemplateError, tokenize_conversation, tokenize_sft_rows
 
 IM_START, IM_END, NL = 1, 2, 201       # <|im_start|>, <|im_end|>, "\n" in embedded/model's vocabulary
 

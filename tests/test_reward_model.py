@@ -67,7 +67,7 @@ def test_encoder_reward_model_pools_its_own_way():
 
 
 def test_training_rows_end_at_the_end_of_turn_token(tokenizer):
-    from collate_functions import tokenize_preference_rows
+    from tokenization import tokenize_preference_rows
     rows, _ = tokenize_preference_rows([{"prompt": CONVERSATIONS[0][:1], "chosen": CONVERSATIONS[0][1:],
                                          "rejected": [{"role": "assistant", "content": "The answer is 6."}],
                                          "row": 0}], tokenizer, 1024)

@@ -1,5 +1,5 @@
 """The commands a user types work as typed: every entry-point script's --help, and the fast
-commands of README.md (and docs/*.md), from the repository root with no PYTHONPATH.
+commands of README.md, docs/*.md and bench/README.md, from the repository root with no PYTHONPATH.
 
 In-process tests cannot see a missing sys.path set-up, because pytest.ini's `pythonpath = .`
 puts the repository root on sys.path for them; `python extension/verify.py` in a user's shell
@@ -8,10 +8,11 @@ repository root, with PYTHONPATH removed and HF_HUB_OFFLINE=1.
 
 The README test copies the repository (without .git and what .gitignore names: runs/,
 __pycache__/, exported/, ...) to a temporary folder beside a link to ../shared, and runs the
-commands of its ```bash blocks in README order there, so a command that reads an earlier one's
-output (runs/sft-demo) finds it. Each command is either in FAST (run; exit 0 wanted) or matches
-a prefix in SKIP (with the reason); any other command fails the test, so a new README command
-forces a decision. The slow ones are in SKIP; FAST takes about 2 minutes on 2 CPU cores
+commands of the ```bash blocks of README.md, then docs/*.md (by name), then bench/README.md,
+in that order there, so a command that reads an earlier one's output (runs/sft-demo, made by
+the README's first run) finds it. Each command is either in FAST (run; exit 0 wanted) or matches
+a prefix in SKIP (with the reason); any other command fails the test, so a new command in any
+of those files forces a decision. The slow ones are in SKIP; FAST takes about 2 minutes on 2 CPU cores
 (1 min 50 s on 2026-12-01), most of it the quickstart's training run that the others start from.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ ENTRY_POINTS = {"train.py", "infer.py", "evaluate.py", "win_rate.py", "upload_to
 # Files with a __main__ block that are not commands.
 NOT_COMMANDS = {"embedded/task.py": "a library module whose __main__ prints sample problems; it takes no flags"}
 
-# README commands that run, as written (after joining continuation lines and dropping comments).
+# Documented commands that run, as written (after joining continuation lines and dropping comments).
 FAST = {
     "python train.py --lr 1e-3 --max-epochs 2 --name sft-demo",
     "python upload_to_hub.py --checkpoint-path runs/sft-demo --output-dir exported/sft-demo",
@@ -51,8 +52,11 @@ SKIP = {
     "python train.py --model-name Qwen/Qwen2.5-0.5B": "a Hub download and --use-gpu",
     "python bench/run.py": f"a benchmark: {SLOW} (bench/README.md)",
     "python bench/verifier.py": f"a benchmark: 100 solutions with adaptive K, {SLOW}",
+    "python bench/compile.py": f"a benchmark: compiles the training step of two models, {SLOW} (bench/README.md)",
     "python train.py --training-type dpo --model-name runs/sft-demo": f"DPO with a win rate at each validation, {SLOW}",
     "python train.py --training-type bt": f"reward-model training, {SLOW}",
+    "python train.py --length-penalty": f"SFT that samples a reply for each row every --length-penalty-every steps, "
+                                        f"{SLOW}",
     "python upload_to_hub.py --checkpoint-path runs/rm-demo": "needs runs/rm-demo (bt training, skipped)",
     "python train.py --training-type grpo": f"GRPO rollouts, {SLOW}",
     "python win_rate.py --model runs/dpo-demo": "needs runs/dpo-demo (DPO training, skipped)",
@@ -142,8 +146,8 @@ def shell_commands(markdown: str) -> list[str]:
 
 
 def documented_commands() -> list[tuple[str, str]]:
-    """(file, command) for README.md and every docs/*.md, in that order."""
-    files = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
+    """(file, command) for README.md, every docs/*.md and bench/README.md, in that order."""
+    files = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md")) + [REPO / "bench" / "README.md"]
     return [(f.relative_to(REPO).as_posix(), c) for f in files for c in shell_commands(f.read_text(encoding="utf-8"))]
 
 
@@ -170,6 +174,8 @@ def test_readme_commands_run_as_written(tmp_path):
                            "to one of them:\n" + "\n".join(undecided))
     both = [c for _, c in found if c in FAST and skip_reason(c) is not None]
     assert not both, f"in FAST and matched by SKIP: {both}"
+    unused = sorted(FAST - {c for _, c in found})
+    assert not unused, f"in FAST but in no ```bash block of the documents: {unused}"
     # A fresh clone: no .git, nothing .gitignore names; ../shared beside it as beside the checkout.
     ignored = [line.strip().rstrip("/") for line in (REPO / ".gitignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]

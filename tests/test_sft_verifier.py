@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import train
-from collate_functions import SFTCollator, tokenize_sft_rows
+from collate_functions import SFTCollator
+from tokenization import tokenize_sft_rows
 from conftest import SHARED_DATA, read_scalars
 from custom_dataset import CustomDataset, DataError
 

@@ -1,0 +1,125 @@
+"""Chat template -> token ids and assistant-only labels, for every training type's rows.
+
+collate_functions.py turns these into padded or packed, typed batches.
+
+Every conversation is rendered with `tokenizer.apply_chat_template`, the one template used
+in training, evaluation and inference. Assistant spans are found by rendering prefixes of
+the conversation (so any template works, not only ChatML):
+
+    start of turn i = len(render(messages[:i], add_generation_prompt=True))
+    end of turn i   = len(render(messages[:i + 1]))
+
+The characters in [start, end) are the assistant's reply and its end-of-turn token; they
+are mapped to tokens through the fast tokenizer's offsets, so BPE merges across the
+boundary cannot shift the mask. Whitespace-only tokens at the end of a span (ChatML's "\\n"
+after <|im_end|>) are the template's separator, not something the model must say, and are
+not supervised. System, user and tool turns and the assistant header are -100.
+"""
+from __future__ import annotations
+
+from errors import UserError
+from losses.labels import IGNORE_INDEX
+
+
+class TemplateError(UserError, ValueError):
+    """The tokenizer's chat template cannot be used for assistant-only masking."""
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise TemplateError(f"Tokenizer {tokenizer.name_or_path} has no chat template; "
+                            f"set one with --chat-template (chatml, hh for Human:/Assistant: transcripts, or a "
+                            f"Jinja file) or pick a chat tokenizer.")
+    return tokenizer.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the [start, end) character span of every assistant turn."""
+    text = render(tokenizer, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        if i == 0:      # no prefix to render: where the reply starts is unknown
+            raise TemplateError("A conversation that opens with an assistant turn cannot be masked: "
+                                "the reply has no prompt before it.")
+        head = render(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = render(tokenizer, messages[: i + 1])
+        if not text.startswith(head) or not text.startswith(upto) or len(upto) < len(head):
+            raise TemplateError(f"The chat template of {tokenizer.name_or_path} does not render "
+                                f"conversation prefixes as prefixes of the whole conversation, "
+                                f"so assistant turns cannot be located.")
+        spans.append((len(head), len(upto)))
+    return text, spans
+
+
+def tokenize_conversation(tokenizer, messages: list[dict], max_length: int,
+                          last_turn_only: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 outside assistant turns, or outside the last assistant turn
+    with `last_turn_only`, as preference completions need), right-truncated to `max_length`."""
+    text, spans = assistant_char_spans(tokenizer, messages)
+    if last_turn_only:
+        spans = spans[-1:]
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in spans:
+        inside = [t for t, (a, b) in enumerate(offsets) if a >= start and b <= end and b > a]
+        # Drop trailing separator tokens ("\n" after the end-of-turn token).
+        while inside and not tokenizer.decode([ids[inside[-1]]]).strip():
+            inside.pop()
+        for t in inside:
+            labels[t] = ids[t]
+    return ids[:max_length], labels[:max_length]
+
+
+def tokenize_sft_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """Tokenize canonical SFT rows; drop (and count) rows left with no supervised token."""
+    out, dropped = [], 0
+    for row in rows:
+        ids, labels = tokenize_conversation(tokenizer, row["messages"], max_length)
+        if all(label == IGNORE_INDEX for label in labels):
+            dropped += 1
+            continue
+        example = {"input_ids": ids, "labels": labels, "row": row["row"]}
+        if "task" in row:                  # sft_verifier: which term of the GenRM loss the row feeds
+            example["is_generate"] = row["task"] == "generate"
+        out.append(example)
+    return out, dropped
+
+
+def tokenize_preference_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], dict]:
+    """Canonical preference rows -> chosen and rejected ids/labels, where only the final reply
+    (with its end-of-turn token) is labelled; multi-turn prompts are kept whole. Pairs whose
+    replies are identical, or whose reply is truncated away, are dropped and counted."""
+    out, dropped = [], {"identical": 0, "truncated": 0}
+    for row in rows:
+        if row["chosen"] == row["rejected"]:
+            dropped["identical"] += 1
+            continue
+        example = {"row": row["row"]}
+        for side in ("chosen", "rejected"):
+            ids, labels = tokenize_conversation(tokenizer, row["prompt"] + row[side], max_length, last_turn_only=True)
+            example[f"{side}_input_ids"], example[f"{side}_labels"] = ids, labels
+        if all(x == IGNORE_INDEX for x in example["chosen_labels"]) or \
+                all(x == IGNORE_INDEX for x in example["rejected_labels"]):
+            dropped["truncated"] += 1
+            continue
+        out.append(example)
+    return out, dropped
+
+
+def tokenize_prompt_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], dict]:
+    """Canonical grpo rows -> prompt token ids (rendered with the generation prompt, so
+    sampling starts where the assistant's reply does). A prompt longer than max_length - 1
+    tokens leaves no room to answer; it is dropped and counted."""
+    out, dropped = [], {"truncated": 0}
+    for row in rows:
+        ids = tokenizer(render(tokenizer, row["prompt"], add_generation_prompt=True),
+                        add_special_tokens=False)["input_ids"]
+        if len(ids) >= max_length:
+            dropped["truncated"] += 1
+            continue
+        out.append({"prompt_ids": ids, "prompt": row["prompt"], "reference": row["reference"], "row": row["row"]})
+    return out, dropped
