@@ -54,6 +54,7 @@ class DataArgs:
     skip_bad_rows: bool
     sanity_train: bool          # validate on the training split
     max_length: int             # tokens per conversation after truncation
+    truncation: str             # keep_start | keep_end (tokenization.py)
     packing: bool               # pack a micro-batch's sequences into fewer rows
 
 

@@ -19,7 +19,7 @@ import storage
 from checkpoints import find_checkpoint, is_run_checkpoint_dir, saved_config
 from config import Config
 from errors import ConfigError
-from shared_flags import BATCH_SIZE, MAX_LENGTH, MAX_NEW_TOKENS, SEED, judge_flags
+from shared_flags import BATCH_SIZE, DEFAULT_TRUNCATION, MAX_LENGTH, MAX_NEW_TOKENS, SEED, TRUNCATION_MODES, judge_flags
 
 REPO = Path(__file__).resolve().parent
 EMBEDDED_MODEL = REPO / "embedded" / "model"
@@ -88,6 +88,10 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
              "faster steps after a first step that compiles (about a minute on CPU); validation, reference "
              "log-probs and generation stay eager; not with --strategy fsdp (see bench/README.md)")
     add("--max-length", type=int, default=MAX_LENGTH, help="truncate tokenized conversations to this many tokens")
+    add("--truncation", choices=TRUNCATION_MODES, default=DEFAULT_TRUNCATION,
+        help="how a conversation longer than --max-length is cut: keep_start keeps its first tokens (a reply "
+             "cut away drops the row), keep_end drops the oldest prompt tokens first and keeps the reply "
+             "(long multi-turn prompts, as in hh-rlhf); reward-model judges always keep the end")
     add("--packing", action=flag, default=True,
         help="sft, sft_verifier, dpo, bt: pack each micro-batch's sequences into rows no longer than its "
              "longest (first-fit decreasing; position_ids restart at each one and attention stays within it) "

@@ -101,6 +101,17 @@ def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
     return model
 
 
+def sentence_pooling(folder: str) -> str:
+    """"mean" for a sentence-transformers folder that pools by the mean of its tokens, else
+    "cls" (the classifier's own pooler)."""
+    path = os.path.join(folder, "1_Pooling", "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            if json.load(f).get("pooling_mode_mean_tokens"):
+                return "mean"
+    return "cls"
+
+
 def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: bool = False):
     """AutoModelForSequenceClassification with one output. A causal-LM checkpoint (e.g. an SFT
     model) gets a new score head, initialised from the current torch seed."""
@@ -114,6 +125,12 @@ def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: b
         raise ModelLoadError(f"Could not load '{name_or_path}' as a reward model: {first_line(e)}") from None
     # Our pooling reads the attention mask, but HF's own forward (and users) look for the pad id here.
     model.config.pad_token_id = pad_token_id
+    linear_head = isinstance(getattr(model, "classifier", None), torch.nn.Linear)      # BERT's: pooled -> score
+    if linear_head and getattr(model.config, "reward_pooling", None) is None:
+        # An encoder is read the way it was trained to summarise: a sentence-transformers
+        # folder says how (1_Pooling/config.json); mean pooling beats BERT's untuned [CLS]
+        # pooler there. Saved in config.json, so a trained run and its export score alike.
+        model.config.reward_pooling = sentence_pooling(name_or_path)
     _log_source(name_or_path)
     return model
 

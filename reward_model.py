@@ -5,17 +5,24 @@ A reward model is any `AutoModelForSequenceClassification` with one label. For d
 real token of each sequence, found from the attention mask, so it is the same under left
 and right padding; other trainers read it at "the last token that is not the pad id", which
 breaks under left padding or when the pad id equals the end-of-turn id. Conversations are
-cut right after the reply's end-of-turn token (reward_inputs), so that is the token read.
-Encoders (BERT-style) pool on their own (the first token) and are given right padding.
+cut right after the reply's end-of-turn token (reward_inputs), so that is the token read; a
+conversation longer than max_length keeps its end by default (the oldest prompt tokens go
+first), so every reply is scored, however long the prompt before it.
+Encoders (BERT-style) are given right padding and pool on their own (the [CLS] pooler), or,
+where `config.reward_pooling` is "mean" (a sentence-transformers encoder that pools so,
+models.sentence_pooling), by the mean of the last hidden states over the real tokens, then
+the classifier head.
 """
 from __future__ import annotations
 
 import torch
 
 from losses.labels import IGNORE_INDEX
-from tokenization import tokenize_conversation
+from tokenization import tokenize_conversation, truncate
 from compilation import forward_of
 from shared_flags import MAX_LENGTH
+
+KEEP_END = "keep_end"      # a judge reads every reply, however long the prompt before it
 
 
 def is_decoder(model) -> bool:
@@ -34,7 +41,12 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     sequence's last token -> (S,) rewards in that order.
     """
     if not is_decoder(model):
-        return forward_of(model)(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        if getattr(model.config, "reward_pooling", "cls") != "mean":
+            return forward_of(model)(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        hidden = forward_of(model.base_model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)        # mean over real tokens
+        return model.classifier(model.dropout(pooled))[:, 0].float()
     if attention_mask is not None:
         # Positions count real tokens only, so a left-padded row sees the positions it would see unpadded.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -47,26 +59,30 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return model.score(hidden[last])[:, 0].float()
 
 
-def reward_inputs(tokenizer, messages: list[dict], max_length: int) -> list[int] | None:
+def reward_inputs(tokenizer, messages: list[dict], max_length: int, truncation: str = KEEP_END) -> list[int] | None:
     """Token ids of a conversation up to and including its last reply's end-of-turn token
-    (the chat template's trailing newline dropped); None if truncation removed the reply."""
-    ids, labels = tokenize_conversation(tokenizer, messages, max_length, last_turn_only=True)
+    (the chat template's trailing newline dropped), cut to max_length by `truncation`
+    (tokenization.py); None if keep_start truncation removed the reply."""
+    ids, labels = tokenize_conversation(tokenizer, messages, 1 << 30, last_turn_only=True)   # untruncated
     labelled = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
-    return ids[:labelled[-1] + 1] if labelled else None
+    if not labelled:
+        return None
+    ids, labels = truncate(ids[:labelled[-1] + 1], labels[:labelled[-1] + 1], max_length, truncation)
+    return ids if any(label != IGNORE_INDEX for label in labels) else None
 
 
 @torch.no_grad()
 def score_conversations(model, tokenizer, conversations: list[list[dict]], *, max_length: int = MAX_LENGTH,
-                        batch_size: int = 8) -> list[float]:
+                        batch_size: int = 8, truncation: str = KEEP_END) -> list[float]:
     """Rewards of whole conversations (prompt + final assistant reply), right-padded batches.
-    A conversation whose reply does not fit in max_length scores -inf."""
+    Under keep_start, a conversation whose reply does not fit in max_length scores -inf."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     scores = []
     for i in range(0, len(conversations), batch_size):
-        encoded = [reward_inputs(tokenizer, c, max_length) for c in conversations[i:i + batch_size]]
+        encoded = [reward_inputs(tokenizer, c, max_length, truncation) for c in conversations[i:i + batch_size]]
         kept = [e for e in encoded if e]
         rewards = iter([])
         if kept:

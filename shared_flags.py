@@ -18,6 +18,9 @@ SEED = 42                   # weights init, data order and sampling, in every sc
 MAX_LENGTH = 1024           # tokens of a conversation: training truncation, what a reward model reads
 MAX_NEW_TOKENS = 128        # a reply's budget: sampled completions, validation and evaluation replies
 BATCH_SIZE = 8              # rows per micro-batch, forward or generate call
+# How a conversation longer than max_length is cut (tokenization.py): the first is TRL's default.
+TRUNCATION_MODES = ("keep_start", "keep_end")
+DEFAULT_TRUNCATION = "keep_start"
 # The seed project judged with NVIDIA's OpenAI-compatible API; the key is read from this variable.
 JUDGE_BASE_URL = "https://integrate.api.nvidia.com/v1"
 JUDGE_API_KEY_ENV = "NVIDIA_API_KEY"

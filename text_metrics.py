@@ -33,7 +33,7 @@ def reference_loss(model, tokenizer, prompts: list[list[dict]], references: list
     examples = []
     for prompt, reference in zip(prompts, references):
         ids, labels = tokenize_conversation(tokenizer, prompt + [{"role": "assistant", "content": reference}],
-                                            max_length, last_turn_only=True)
+                                            max_length, last_turn_only=True, truncation="keep_end")
         if any(label != IGNORE_INDEX for label in labels[1:]):
             examples.append({"input_ids": ids, "labels": labels})
     device = next(model.parameters()).device

@@ -14,11 +14,19 @@ are mapped to tokens through the fast tokenizer's offsets, so BPE merges across 
 boundary cannot shift the mask. Whitespace-only tokens at the end of a span (ChatML's "\\n"
 after <|im_end|>) are the template's separator, not something the model must say, and are
 not supervised. System, user and tool turns and the assistant header are -100.
+
+A conversation longer than max_length is cut by one of TRUNCATION_MODES: `keep_start` keeps
+its first max_length tokens (what TRL does by default; a reply at the end of a long
+multi-turn prompt is cut away, and such a row is dropped), `keep_end` keeps its last
+max_length tokens, dropping the oldest prompt tokens first, so the reply and its
+end-of-turn token survive (TRL's truncation_mode="keep_end"). Only a reply longer than
+max_length itself loses its own first tokens under keep_end.
 """
 from __future__ import annotations
 
 from errors import UserError
 from losses.labels import IGNORE_INDEX
+from shared_flags import DEFAULT_TRUNCATION, TRUNCATION_MODES
 
 
 class TemplateError(UserError, ValueError):
@@ -54,10 +62,22 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
     return text, spans
 
 
-def tokenize_conversation(tokenizer, messages: list[dict], max_length: int,
-                          last_turn_only: bool = False) -> tuple[list[int], list[int]]:
+def truncate(ids: list, labels: list, max_length: int, truncation: str) -> tuple[list, list]:
+    """Cut ids and labels to max_length tokens: the first ones (keep_start) or the last (keep_end)."""
+    if truncation not in TRUNCATION_MODES:
+        raise ValueError(f"truncation must be one of {', '.join(TRUNCATION_MODES)} (got {truncation!r})")
+    if len(ids) <= max_length:
+        return ids, labels
+    if truncation == "keep_end":
+        return ids[-max_length:], labels[-max_length:]
+    return ids[:max_length], labels[:max_length]
+
+
+def tokenize_conversation(tokenizer, messages: list[dict], max_length: int, last_turn_only: bool = False,
+                          truncation: str = DEFAULT_TRUNCATION) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 outside assistant turns, or outside the last assistant turn
-    with `last_turn_only`, as preference completions need), right-truncated to `max_length`."""
+    with `last_turn_only`, as preference completions need), cut to `max_length` tokens by
+    `truncation` (module docstring)."""
     text, spans = assistant_char_spans(tokenizer, messages)
     if last_turn_only:
         spans = spans[-1:]
@@ -71,14 +91,19 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_length: int,
             inside.pop()
         for t in inside:
             labels[t] = ids[t]
-    return ids[:max_length], labels[:max_length]
+    if truncation == "keep_end" and len(ids) > max_length:
+        # The separator after the last end-of-turn token is never supervised: do not spend a
+        # token of the budget on it.
+        while ids and labels[-1] == IGNORE_INDEX and any(label != IGNORE_INDEX for label in labels):
+            ids, labels = ids[:-1], labels[:-1]
+    return truncate(ids, labels, max_length, truncation)
 
 
-def tokenize_sft_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], int]:
+def tokenize_sft_rows(rows, tokenizer, max_length: int, truncation: str = DEFAULT_TRUNCATION) -> tuple[list[dict], int]:
     """Tokenize canonical SFT rows; drop (and count) rows left with no supervised token."""
     out, dropped = [], 0
     for row in rows:
-        ids, labels = tokenize_conversation(tokenizer, row["messages"], max_length)
+        ids, labels = tokenize_conversation(tokenizer, row["messages"], max_length, truncation=truncation)
         if all(label == IGNORE_INDEX for label in labels):
             dropped += 1
             continue
@@ -89,10 +114,11 @@ def tokenize_sft_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], int
     return out, dropped
 
 
-def tokenize_preference_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], dict]:
+def tokenize_preference_rows(rows, tokenizer, max_length: int,
+                             truncation: str = DEFAULT_TRUNCATION) -> tuple[list[dict], dict]:
     """Canonical preference rows -> chosen and rejected ids/labels, where only the final reply
-    (with its end-of-turn token) is labelled; multi-turn prompts are kept whole. Pairs whose
-    replies are identical, or whose reply is truncated away, are dropped and counted."""
+    (with its end-of-turn token) is labelled. Pairs whose replies are identical, or whose reply
+    is truncated away (keep_start only), are dropped and counted."""
     out, dropped = [], {"identical": 0, "truncated": 0}
     for row in rows:
         if row["chosen"] == row["rejected"]:
@@ -100,7 +126,8 @@ def tokenize_preference_rows(rows, tokenizer, max_length: int) -> tuple[list[dic
             continue
         example = {"row": row["row"]}
         for side in ("chosen", "rejected"):
-            ids, labels = tokenize_conversation(tokenizer, row["prompt"] + row[side], max_length, last_turn_only=True)
+            ids, labels = tokenize_conversation(tokenizer, row["prompt"] + row[side], max_length, last_turn_only=True,
+                                                truncation=truncation)
             example[f"{side}_input_ids"], example[f"{side}_labels"] = ids, labels
         if all(x == IGNORE_INDEX for x in example["chosen_labels"]) or \
                 all(x == IGNORE_INDEX for x in example["rejected_labels"]):
@@ -110,14 +137,18 @@ def tokenize_preference_rows(rows, tokenizer, max_length: int) -> tuple[list[dic
     return out, dropped
 
 
-def tokenize_prompt_rows(rows, tokenizer, max_length: int) -> tuple[list[dict], dict]:
+def tokenize_prompt_rows(rows, tokenizer, max_length: int,
+                         truncation: str = DEFAULT_TRUNCATION) -> tuple[list[dict], dict]:
     """Canonical grpo rows -> prompt token ids (rendered with the generation prompt, so
-    sampling starts where the assistant's reply does). A prompt longer than max_length - 1
-    tokens leaves no room to answer; it is dropped and counted."""
+    sampling starts where the assistant's reply does). A prompt of max_length tokens or more
+    leaves no room to answer: keep_start drops it (and counts it), keep_end keeps its last
+    max_length - 1 tokens (the latest turns and the generation prompt)."""
     out, dropped = [], {"truncated": 0}
     for row in rows:
         ids = tokenizer(render(tokenizer, row["prompt"], add_generation_prompt=True),
                         add_special_tokens=False)["input_ids"]
+        if len(ids) >= max_length and truncation == "keep_end":
+            ids = truncate(ids, ids, max_length - 1, truncation)[0]
         if len(ids) >= max_length:
             dropped["truncated"] += 1
             continue

@@ -70,13 +70,13 @@ def build_data(c: Config, tokenizer):
         if ds is None:
             continue
         if pairs:
-            rows, dropped = tokenize_preference_rows(ds, tokenizer, c.data.max_length)
+            rows, dropped = tokenize_preference_rows(ds, tokenizer, c.data.max_length, c.data.truncation)
             if c.run.training_type == "bt":
                 rows = trim_pairs_to_reply_end(rows)
         elif c.run.training_type == "grpo":
-            rows, dropped = tokenize_prompt_rows(ds, tokenizer, c.data.max_length)
+            rows, dropped = tokenize_prompt_rows(ds, tokenizer, c.data.max_length, c.data.truncation)
         else:
-            rows, truncated = tokenize_sft_rows(ds, tokenizer, c.data.max_length)
+            rows, truncated = tokenize_sft_rows(ds, tokenizer, c.data.max_length, c.data.truncation)
             dropped = {"truncated": truncated}
         if not rows:
             raise DataError(f"Data set {ds.name} ({split}): no usable row is left after truncation to "
@@ -88,6 +88,10 @@ def build_data(c: Config, tokenizer):
                                 f"reference reply with a final answer (\"The answer is N\" or \\boxed{{N}}), and this "
                                 f"row has {'none' if missing['reference'] is None else 'no final answer in it'}.")
         log.info("%s; dropped: %s", ds.describe(), ", ".join(f"{n} {k}" for k, n in dropped.items()))
+        if dropped.get("truncated") and c.data.truncation == "keep_start":
+            log.warning("%d %s rows were dropped because --max-length %d cut their reply away; --truncation "
+                        "keep_end keeps them (it drops the oldest prompt tokens instead).",
+                        dropped["truncated"], split, c.data.max_length)
         counts[f"data/{split}_rows"] = len(rows)
         counts[f"data/{split}_skipped_bad_rows"] = ds.stats.skipped_bad_rows
         for reason, n in dropped.items():

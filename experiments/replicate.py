@@ -2,6 +2,7 @@
 
     python experiments/replicate.py                 # the laptop setting (2 CPU cores: see docs/results.md)
     python experiments/replicate.py --small         # the CI setting: every stage, a few minutes
+    python experiments/replicate.py --real          # SmolLM2-135M-Instruct on hh-rlhf (experiments/real_prefs.py)
     python experiments/replicate.py --model-name Qwen/Qwen2.5-0.5B \\
         --sft-dataset HuggingFaceTB/smol-smoltalk --prefs-dataset HuggingFaceH4/ultrafeedback_binarized \\
         --problems-dataset data/problems --judge openai:nvidia/llama-3.1-nemotron-70b-reward \\
@@ -35,7 +36,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -45,6 +45,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import storage  # noqa: E402
+from experiments.stages import finished, run_stage  # noqa: E402
 from flags import EMBEDDED_DATA, EMBEDDED_MODEL  # noqa: E402
 
 # Steps per stage and evaluation sizes. "default" is the laptop setting; "small" runs every
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--small", action="store_true", help="the CI setting: every stage, tiny step counts")
+    p.add_argument("--real", action="store_true",
+                   help="the preference table on SmolLM2-135M-Instruct with the hh-rlhf slice in ../shared/data "
+                        "(experiments/real_prefs.py); takes --small, --out, --seed and --train-args")
     p.add_argument("--out", default=None, help="output folder (default: runs/replication or runs/replication-small)")
     p.add_argument("--model-name", default=str(EMBEDDED_MODEL), help="the base model")
     p.add_argument("--sft-dataset", default=str(EMBEDDED_DATA["sft"]), help="SFT conversations")
@@ -113,24 +117,6 @@ def stage_commands(a, s: dict, out: str) -> dict[str, list[str]]:
                              # 180 training pairs are 12 steps an epoch: epochs must not stop it first.
                              "--max-epochs", "1000"]
     return {name: [*args, *common] for name, args in commands.items()}
-
-
-def finished(run: str) -> bool:
-    return storage.exists(storage.join(run, "checkpoints", "last.ckpt"))
-
-
-def run_stage(name: str, args: list[str], out: str) -> float:
-    """Run one train.py stage (reused when its run folder already holds a finished run);
-    returns its wall time in seconds (0 when reused)."""
-    if finished(storage.join(out, name)):
-        print(f"[{name}] reusing the finished run in {storage.join(out, name)}", flush=True)
-        return 0.0
-    print(f"[{name}] python train.py {shlex.join(args)}", flush=True)
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO)
-    if done.returncode != 0:
-        raise SystemExit(f"error: stage {name} failed (exit {done.returncode}); its command is above.")
-    return time.perf_counter() - start
 
 
 def write_judge_data(prefs_dataset: str, folder: str) -> None:
@@ -241,7 +227,16 @@ def markdown(results: dict, commands: dict, argv: list[str], s: dict, setting: s
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.real:
+        given = [k for k in ("model_name", "sft_dataset", "prefs_dataset", "problems_dataset", "judge")
+                 if getattr(a, k) != parser.get_default(k)]
+        if given:
+            parser.error(f"--real runs its own models, data and judge (experiments/real_prefs.py); "
+                         f"--{given[0].replace('_', '-')} cannot be used with it.")
+        from experiments import real_prefs
+        return real_prefs.run(a.small, a.out, a.seed, a.train_args, argv)
     setting = "small" if a.small else "default"
     s = SETTINGS[setting]
     out = a.out or f"runs/replication{'-small' if a.small else ''}"

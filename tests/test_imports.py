@@ -9,7 +9,8 @@ MODULES = ["train", "module", "models", "custom_dataset", "collate_functions", "
            "infer", "evaluate", "plots", "rewards", "losses.grpo", "losses.length_penalty", "experiments.replicate",
            "experiments.probe_base", "errors", "checkpoints", "logs", "model_card", "config", "flag_checks",
            "shared_flags", "text_metrics", "rollouts", "val_generation", "train_state", "losses.labels",
-           "reference_logps", "packaged_models", "chat_templates", "tokenization", "data_files"]
+           "reference_logps", "packaged_models", "chat_templates", "tokenization", "data_files", "win_stats",
+           "experiments.stages", "experiments.real_prefs"]
 
 
 @pytest.mark.parametrize("name", MODULES)

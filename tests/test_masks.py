@@ -7,7 +7,8 @@ import torch
 
 from collate_functions import SFTCollator
 from losses.labels import IGNORE_INDEX
-from tokenization import TemplateError, tokenize_conversation, tokenize_sft_rows
+from tokenization import (TemplateError, render, tokenize_conversation, tokenize_preference_rows, tokenize_prompt_rows,
+                          tokenize_sft_rows)
 
 IM_START, IM_END, NL = 1, 2, 201       # <|im_start|>, <|im_end|>, "\n" in embedded/model's vocabulary
 
@@ -93,3 +94,40 @@ def test_collator_pads_right_and_groups_micro_batches(tokenizer):
     step = SFTCollator(pad_id=tokenizer.pad_token_id, micro_batch_size=2)(rows)
     assert [mb.input_ids.shape for mb in step.micro_batches] == [torch.Size([2, 34]), torch.Size([1, 46])]
     assert step.count == batch.num_tokens
+
+
+def test_keep_end_drops_the_oldest_tokens_and_keeps_the_reply(tokenizer):
+    full_ids, full_labels = tokenize_conversation(tokenizer, SINGLE, 1024)
+    ids, labels = tokenize_conversation(tokenizer, SINGLE, 20, truncation="keep_end")
+    # The trailing separator (the "\n" after <|im_end|>, never supervised) goes first, then the oldest tokens.
+    assert ids == full_ids[12:32] and labels == full_labels[12:32]
+    assert supervised(ids, labels) == full_ids[17:32] and ids[-1] == IM_END
+    # A conversation that fits is not changed by either mode.
+    assert tokenize_conversation(tokenizer, SINGLE, 33, truncation="keep_end") == (full_ids, full_labels)
+
+
+def test_keep_end_keeps_rows_that_keep_start_drops(tokenizer):
+    rows = [{"messages": SINGLE, "row": 0}, {"messages": SYSTEM, "row": 1}]
+    kept, dropped = tokenize_sft_rows(rows, tokenizer, max_length=20, truncation="keep_end")
+    assert dropped == 0 and [r["row"] for r in kept] == [0, 1]
+    assert tokenizer.decode(supervised(kept[1]["input_ids"], kept[1]["labels"])) == "The answer is 5.<|im_end|>"
+    pairs = [{"prompt": MULTI[:3], "chosen": [MULTI[3]], "rejected": [{"role": "assistant", "content": "No."}],
+              "row": 0}]
+    assert tokenize_preference_rows(pairs, tokenizer, 12)[1] == {"identical": 0, "truncated": 1}
+    examples, dropped = tokenize_preference_rows(pairs, tokenizer, 12, truncation="keep_end")
+    assert dropped == {"identical": 0, "truncated": 0}
+    assert tokenizer.decode(supervised(examples[0]["chosen_input_ids"], examples[0]["chosen_labels"])) == \
+        "The answer is 7.<|im_end|>"
+    assert len(examples[0]["chosen_input_ids"]) == 12
+    prompts = [{"prompt": MULTI[:3], "reference": "7", "row": 0}]
+    assert tokenize_prompt_rows(prompts, tokenizer, 10)[1] == {"truncated": 1}
+    kept_prompts, dropped = tokenize_prompt_rows(prompts, tokenizer, 10, truncation="keep_end")
+    whole = tokenizer(render(tokenizer, MULTI[:3], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    assert dropped == {"truncated": 0} and kept_prompts[0]["prompt_ids"] == whole[-9:]
+
+
+def test_reward_inputs_keep_the_reply_under_keep_end(tokenizer):
+    from reward_model import reward_inputs
+    whole = reward_inputs(tokenizer, SYSTEM, 1024)
+    assert whole[-1] == IM_END and reward_inputs(tokenizer, SYSTEM, 10) == whole[-10:]
+    assert reward_inputs(tokenizer, SYSTEM, 20, truncation="keep_start") is None      # reply starts at token 26

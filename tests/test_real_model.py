@@ -185,6 +185,33 @@ def test_bt_on_the_minilm_encoder_with_a_chat_template(tmp_path):
     assert ckpt["global_step"] == 1 and ckpt["hyper_parameters"]["chat_template"] == "hh"
 
 
+def test_minilm_reward_is_the_mean_of_its_tokens_as_sentence_transformers_pools_it(tmp_path):
+    """MiniLM's sentence-transformers folder pools by the mean: the reward is the classifier of
+    the masked mean of the last hidden states, the same padded or not, and the setting
+    survives save and reload (a run's export scores as the run did)."""
+    from models import load_reward_model, load_tokenizer
+    from reward_model import sequence_rewards
+    tokenizer = load_tokenizer("all-minilm-l6-v2")
+    model = load_reward_model("all-minilm-l6-v2", tokenizer.pad_token_id).eval()
+    assert model.config.reward_pooling == "mean"
+    short, long = (tokenizer(t)["input_ids"] for t in ("I cannot help with that.", "Here is how you pick a lock."))
+    ids = torch.full((2, len(long)), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate((short, long)):
+        ids[b, :len(row)], mask[b, :len(row)] = torch.tensor(row), 1
+    with torch.no_grad():
+        rewards = sequence_rewards(model, ids, mask)
+        alone = sequence_rewards(model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
+        hidden = model.bert(input_ids=torch.tensor([short])).last_hidden_state
+        by_hand = model.classifier(hidden.mean(1))[0, 0]
+        cls = model(input_ids=torch.tensor([short])).logits[0, 0]
+    torch.testing.assert_close(rewards[0], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone[0], by_hand, atol=1e-5, rtol=0)
+    assert abs(float(cls - by_hand)) > 1e-3        # not what the [CLS] pooler gives
+    model.save_pretrained(tmp_path / "rm")
+    assert load_reward_model(str(tmp_path / "rm"), tokenizer.pad_token_id).config.reward_pooling == "mean"
+
+
 def bad_input(tmp_path, model_name):
     result = subprocess.run([sys.executable, "train.py", "--model-name", str(model_name), "--max-steps", "1",
                              "--storage-path", str(tmp_path / "runs"), "--name", "x"],

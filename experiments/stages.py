@@ -1,0 +1,35 @@
+"""Running the train.py stages of an experiment: each stage is one command, printed before it
+runs, and a stage whose run folder already holds a finished run is reused, so an
+interrupted experiment continues where it stopped.
+
+    seconds = run_stage("sft", ["--training-type", "sft", ..., "--storage-path", out], out)
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import storage
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def finished(run: str) -> bool:
+    return storage.exists(storage.join(run, "checkpoints", "last.ckpt"))
+
+
+def run_stage(name: str, args: list[str], out: str) -> float:
+    """Run one train.py stage (reused when its run folder already holds a finished run);
+    returns its wall time in seconds (0 when reused)."""
+    if finished(storage.join(out, name)):
+        print(f"[{name}] reusing the finished run in {storage.join(out, name)}", flush=True)
+        return 0.0
+    print(f"[{name}] python train.py {shlex.join(args)}", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"error: stage {name} failed (exit {done.returncode}); its command is above.")
+    return time.perf_counter() - start
