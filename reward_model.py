@@ -20,7 +20,7 @@ import torch
 from losses.labels import IGNORE_INDEX
 from tokenization import tokenize_conversation, truncate
 from compilation import forward_of
-from shared_flags import MAX_LENGTH
+from shared_flags import DEFAULT_TRUNCATION, MAX_LENGTH
 
 KEEP_END = "keep_end"      # a judge reads every reply, however long the prompt before it
 
@@ -68,7 +68,22 @@ def reward_inputs(tokenizer, messages: list[dict], max_length: int, truncation: 
     if not labelled:
         return None
     ids, labels = truncate(ids[:labelled[-1] + 1], labels[:labelled[-1] + 1], max_length, truncation)
-    return ids if any(label != IGNORE_INDEX for label in labels) else None
+    if not any(label != IGNORE_INDEX for label in labels):
+        return None
+    return with_encoder_tokens(tokenizer, ids, labels, max_length, truncation)[0]
+
+
+def with_encoder_tokens(tokenizer, ids: list[int], labels: list[int], max_length: int,
+                        truncation: str) -> tuple[list[int], list[int]]:
+    """[CLS] ids [SEP] for a BERT-style tokenizer (it has both), cut to max_length by
+    `truncation` first: the encoder was pretrained on such inputs, and the chat template
+    alone renders none (MiniLM's [CLS] pooler would read the first word). Chat (decoder)
+    tokenizers have neither; their ids are returned as they are."""
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if cls is None or sep is None:
+        return ids, labels
+    ids, labels = truncate(ids, labels, max_length - 2, truncation)
+    return [cls, *ids, sep], [IGNORE_INDEX, *labels, IGNORE_INDEX]
 
 
 @torch.no_grad()
@@ -98,13 +113,18 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], *, ma
     return scores
 
 
-def trim_pairs_to_reply_end(rows: list[dict]) -> list[dict]:
+def trim_pairs_to_reply_end(rows: list[dict], tokenizer=None, max_length: int | None = None,
+                            truncation: str = DEFAULT_TRUNCATION) -> list[dict]:
     """Tokenized preference rows (tokenize_preference_rows) -> the same rows cut after each
     reply's last labelled token, so the last real token of every sequence is the reply's
-    end-of-turn token: the token the reward is read at."""
+    end-of-turn token: the token the reward is read at. Given the tokenizer, a BERT-style
+    one's sequences get [CLS] and [SEP] (with_encoder_tokens), as reward_inputs gives them."""
     for row in rows:
         for side in ("chosen", "rejected"):
             labels = row[f"{side}_labels"]
             end = max(i for i, label in enumerate(labels) if label != IGNORE_INDEX) + 1
-            row[f"{side}_input_ids"], row[f"{side}_labels"] = row[f"{side}_input_ids"][:end], labels[:end]
+            ids, labels = row[f"{side}_input_ids"][:end], labels[:end]
+            if tokenizer is not None:
+                ids, labels = with_encoder_tokens(tokenizer, ids, labels, max_length, truncation)
+            row[f"{side}_input_ids"], row[f"{side}_labels"] = ids, labels
     return rows

@@ -72,7 +72,7 @@ def build_data(c: Config, tokenizer):
         if pairs:
             rows, dropped = tokenize_preference_rows(ds, tokenizer, c.data.max_length, c.data.truncation)
             if c.run.training_type == "bt":
-                rows = trim_pairs_to_reply_end(rows)
+                rows = trim_pairs_to_reply_end(rows, tokenizer, c.data.max_length, c.data.truncation)
         elif c.run.training_type == "grpo":
             rows, dropped = tokenize_prompt_rows(ds, tokenizer, c.data.max_length, c.data.truncation)
         else:

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from flags import EMBEDDED_DATA
     from generation import generate_replies
     from judges import judge_pairs, make_judge, summarize
+    from win_stats import bootstrap_interval, outcome_scores
     from logs import configure_logging
     from models import load_trained
 
@@ -75,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     storage.write_text_atomic(args.output, "".join(json.dumps(r) + "\n" for r in records))
     result = summarize(records)
-    print(f"win rate {result.rate:.4f} of {args.model} against {args.reference_model} "
-          f"({result.wins} wins, {result.ties} ties, {result.losses} losses over {result.n} prompts; "
-          f"judge {judge.name}); records in {args.output}")
-    print(json.dumps({"win_rate": result.rate, "wins": result.wins, "ties": result.ties, "losses": result.losses,
+    low, high = bootstrap_interval(outcome_scores(records), seed=args.seed)
+    print(f"win rate {result.rate:.4f} [95% bootstrap interval {low:.4f}, {high:.4f}] of {args.model} against "
+          f"{args.reference_model} ({result.wins} wins, {result.ties} ties, {result.losses} losses over {result.n} "
+          f"prompts; judge {judge.name}); records in {args.output}")
+    print(json.dumps({"win_rate": result.rate, "ci95": [low, high], "wins": result.wins, "ties": result.ties,
+                      "losses": result.losses,
                       "n": result.n, "judge": judge.name, "model": args.model,
                       "reference_model": args.reference_model}))
     return 0

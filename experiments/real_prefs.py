@@ -48,8 +48,8 @@ BETAS = (0.1, 0.5)
 # "real" fits the 2-core machine in about 90 minutes; "small" runs every stage on a few rows.
 SETTINGS = {
     "real": dict(rows=None, eval_prompts=160, judge_test=100, policy_val=100, prompt_chars=1000,
-                 judge_epochs=2, judge_lm_epochs=1, sft_steps=60, dpo_steps=50, grpo_steps=30, lp_every=10,
-                 max_length=256, judge_max_length=128, max_new_tokens=96, batch_size=8, dpo_batch_size=4,
+                 judge_epochs=2, judge_lm_epochs=1, sft_steps=60, dpo_steps=30, grpo_steps=20, lp_every=10,
+                 max_length=256, judge_max_length=128, max_new_tokens=64, batch_size=8, dpo_batch_size=4,
                  grpo_prompts=2, generations=4),
     "small": dict(rows=40, eval_prompts=4, judge_test=4, policy_val=4, prompt_chars=600,
                   judge_epochs=1, judge_lm_epochs=1, sft_steps=2, dpo_steps=1, grpo_steps=1, lp_every=1,

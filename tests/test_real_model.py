@@ -202,14 +202,32 @@ def test_minilm_reward_is_the_mean_of_its_tokens_as_sentence_transformers_pools_
     with torch.no_grad():
         rewards = sequence_rewards(model, ids, mask)
         alone = sequence_rewards(model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
-        hidden = model.bert(input_ids=torch.tensor([short])).last_hidden_state
-        by_hand = model.classifier(hidden.mean(1))[0, 0]
-        cls = model(input_ids=torch.tensor([short])).logits[0, 0]
+        out = model.bert(input_ids=torch.tensor([short]))
+        by_hand = model.classifier(out.last_hidden_state.mean(1))[0, 0]
     torch.testing.assert_close(rewards[0], alone[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(alone[0], by_hand, atol=1e-5, rtol=0)
-    assert abs(float(cls - by_hand)) > 1e-3        # not what the [CLS] pooler gives
+    # Not what the [CLS] pooler gives: the pooled vectors differ by far more than rounding.
+    assert (out.last_hidden_state.mean(1) - out.pooler_output).abs().max() > 0.1
     model.save_pretrained(tmp_path / "rm")
     assert load_reward_model(str(tmp_path / "rm"), tokenizer.pad_token_id).config.reward_pooling == "mean"
+
+
+def test_minilm_reads_cls_and_sep_around_the_conversation_within_max_length():
+    """The hh template renders no special tokens; an encoder gets its pretraining's [CLS] ... [SEP]
+    in scoring and in bt training alike, inside --max-length (keep_end cuts the oldest tokens)."""
+    from models import load_tokenizer
+    from reward_model import reward_inputs, trim_pairs_to_reply_end
+    from tokenization import tokenize_preference_rows
+    tokenizer = load_tokenizer("all-minilm-l6-v2", chat_template="hh")
+    prompt = [{"role": "user", "content": "how do I pick a lock?"}]
+    reply = [{"role": "assistant", "content": "I can't help with that."}]
+    whole = reward_inputs(tokenizer, prompt + reply, 128)
+    assert tokenizer.decode(whole) == "[CLS] human : how do i pick a lock? assistant : i can ' t help with that. [SEP]"
+    cut = reward_inputs(tokenizer, prompt + reply, 8)
+    assert cut == [tokenizer.cls_token_id, *whole[-7:-1], tokenizer.sep_token_id]
+    rows, _ = tokenize_preference_rows([{"prompt": prompt, "chosen": reply, "row": 0,
+                                         "rejected": [{"role": "assistant", "content": "Sure."}]}], tokenizer, 128)
+    assert trim_pairs_to_reply_end(rows, tokenizer, 128)[0]["chosen_input_ids"] == whole
 
 
 def bad_input(tmp_path, model_name):

@@ -24,6 +24,7 @@ def test_a_model_against_itself_ties_everywhere(tmp_path, capsys):
                           "--temperature", "0.8", "--top-p", "0.9", "--output", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["win_rate"] == 0.5 and summary["ties"] == summary["n"] == 6
+    assert summary["ci95"] == [0.5, 0.5]            # every prompt a tie: no spread to resample
     records = [json.loads(line) for line in out.read_text().splitlines()]
     # Same seed and settings: sampled replies are identical, so every pair ties.
     assert len(records) == 6 and all(r["policy_reply"] == r["reference_reply"] for r in records)
