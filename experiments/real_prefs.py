@@ -136,7 +136,10 @@ def policy_commands(s: dict, folders: dict, common: list[str], run, reward_model
     sft = ["--training-type", "sft", "--model-name", START, *data, "--batch-size", str(s["batch_size"]),
            "--lr", "1e-5", "--max-steps", str(s["sft_steps"]), *LONG]
     dpo = ["--training-type", "dpo", *data, "--batch-size", str(s["dpo_batch_size"]), "--lr", "1e-5",
-           "--max-steps", str(s["dpo_steps"]), *LONG]
+           "--max-steps", str(s["dpo_steps"]), *LONG,
+           # Validate at the last step: --max-steps ends the run inside its first epoch, whose end
+           # (the default validation point) never comes, and beta is chosen on this validation.
+           "--val-check-interval", str(s["dpo_steps"])]
     commands = {
         "sft": [*sft, "--name", "sft"],
         "sft_lp": [*sft, "--length-penalty", "0.001", "--length-penalty-every", str(s["lp_every"]),

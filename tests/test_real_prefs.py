@@ -64,7 +64,7 @@ def tiny(tmp_path_factory):
 
 def test_the_tiny_real_variant_runs_every_stage_and_reports_every_reply(tiny):
     report = json.loads((tiny / "results.json").read_text())
-    stages = ["judge_minilm", "judge_smollm", report["judge"].replace("judge_", "reward_"), "sft", "sft_lp",
+    stages = ["judge_minilm", "judge_smollm", report["judge"].replace("judge_", "reward_"), "bt_anchor", "sft", "sft_lp",
               "dpo_beta0.1", "dpo_beta0.5", "grpo", "dpo_from_sft"]
     assert sorted(report["commands"]) == sorted(stages)
     for stage in stages:
