@@ -1,6 +1,7 @@
 """Shared fixtures: paths to the bundled model and data and to ../shared/data."""
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +25,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Checkpoints used as --model-name are exported into this cache: one per test session.
 os.environ["POST_TRAINING_CACHE"] = tempfile.mkdtemp(prefix="post-training-cache-")
+
+
+# The suite writes tens of GB of checkpoints (a SmolLM2 one with its optimizer is 1.6 GB), and
+# pytest keeps every test's folder to the session's end: one CI run filled its disk. A passed
+# test's tmp_path goes at once (tmp_path_retention_policy = failed in pytest.ini); a module's
+# tmp_path_factory folders go when the module ends with no failure; the cache at the end.
+@pytest.fixture(scope="module", autouse=True)
+def _module_folders_removed_after_passing(request, tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            # pytest also links "<name>current" to a folder: a link is unlinked, not followed.
+            path.unlink() if path.is_symlink() else shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_removed_at_the_end():
+    yield
+    shutil.rmtree(os.environ["POST_TRAINING_CACHE"], ignore_errors=True)
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
