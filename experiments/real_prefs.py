@@ -179,24 +179,23 @@ def pair_accuracy(judge_run: str, folder: str, max_length: int, seed: int) -> di
 
 
 def pair_logratios(model, tokenizer, pairs: list[dict], max_length: int) -> list[float]:
-    """log p(chosen) - log p(rejected) of every pair's reply under `model` (keep_end)."""
+    """log p(chosen) - log p(rejected) of every pair's reply under `model` (keep_end), scored
+    as DPO's step scores a batch (concatenate_pairs, preference_logps)."""
     import torch
 
-    from collate_functions import pad_sft
-    from logprobs import sequence_logps
+    from collate_functions import concatenate_pairs
+    from logprobs import preference_logps
     from tokenization import tokenize_preference_rows
-    rows, _ = tokenize_preference_rows([{**p, "row": i} for i, p in enumerate(pairs)], tokenizer, max_length,
-                                       "keep_end")
+    rows, dropped = tokenize_preference_rows([{**p, "row": i} for i, p in enumerate(pairs)], tokenizer, max_length,
+                                             "keep_end")
+    if len(rows) != len(pairs):     # the split skips such pairs; a dropped one would shift every later row
+        raise ValueError(f"{len(pairs) - len(rows)} evaluation pairs could not be scored: {dropped}")
     model.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(rows), 8):
-            sides = []
-            for side in ("chosen", "rejected"):
-                batch = pad_sft([{"input_ids": r[f"{side}_input_ids"], "labels": r[f"{side}_labels"]}
-                                 for r in rows[i:i + 8]], tokenizer.pad_token_id)
-                sides.append(sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels))
-            out += (sides[0] - sides[1]).tolist()
+            chosen, rejected = preference_logps(model, concatenate_pairs(rows[i:i + 8], tokenizer.pad_token_id)).chunk(2)
+            out += (chosen - rejected).tolist()
     return out
 
 
