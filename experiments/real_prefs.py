@@ -199,48 +199,62 @@ def pair_logratios(model, tokenizer, pairs: list[dict], max_length: int) -> list
     return out
 
 
+def model_outputs(name: str, row: str, pairs: list[dict], s: dict) -> dict:
+    """One model on the evaluation pairs: its greedy replies and their token counts, the
+    perplexity of the chosen replies and every pair's log-ratio (pair_logratios)."""
+    from generation import generate_completions
+    from models import load_trained
+    from text_metrics import reference_loss
+    prompts, chosen = [p["prompt"] for p in pairs], [p["chosen"][-1]["content"] for p in pairs]
+    model, tokenizer = load_trained(name)
+    outs = [g[0] for g in generate_completions(model, tokenizer, prompts, max_new_tokens=s["max_new_tokens"],
+                                               batch_size=16, progress=f"{row}: replies")]
+    loss = reference_loss(model, tokenizer, prompts, chosen, s["max_length"], 8)
+    return {"replies": [o.text for o in outs], "lengths": [o.completion_tokens for o in outs],
+            "ppl": math.exp(min(loss, 50.0)), "logratios": pair_logratios(model, tokenizer, pairs, s["max_length"])}
+
+
+def win_columns(scores: list[float], start_scores: list[float], lengths: list[int], start_lengths: list[int],
+                seed: int) -> dict:
+    """A model's win rate against the start model under the judge (ties half), its bootstrap
+    interval, the length-controlled rate and the wins, ties and losses."""
+    from judges import outcome
+    from win_stats import bootstrap_interval, length_controlled_win_rate, outcome_scores
+    wins = outcome_scores([{"outcome": outcome(a, b)} for a, b in zip(scores, start_scores)])
+    return dict(win_rate=sum(wins) / len(wins), ci95=list(bootstrap_interval(wins, seed=seed)),
+                lc_win_rate=length_controlled_win_rate(wins, lengths, start_lengths),
+                wins=wins.count(1.0), ties=wins.count(0.5), losses=wins.count(0.0))
+
+
+def reward_accuracy(logratios: list[float], reference: list[float]) -> float:
+    """DPO's implicit reward r = beta * log(pi / pi_ref) ranks chosen over rejected iff the
+    log-ratio log p(chosen) - log p(rejected) is above the reference model's."""
+    return sum(float(a > b) for a, b in zip(logratios, reference)) / len(logratios)
+
+
 def evaluate(models: dict[str, str], judge_run: str, folder: str, s: dict, seed: int) -> dict:
     """Replies of every model to the evaluation prompts, their judge scores and the table's
     columns; the start model ("start") is every win rate's reference."""
     from custom_dataset import CustomDataset
-    from generation import generate_completions
-    from judges import RewardModelJudge, outcome
-    from models import load_trained
-    from text_metrics import bleu, reference_loss
-    from win_stats import bootstrap_interval, length_controlled_win_rate, outcome_scores
+    from judges import RewardModelJudge
+    from text_metrics import bleu
     pairs = list(CustomDataset(folder, "test", "dpo"))
     prompts, chosen = [p["prompt"] for p in pairs], [p["chosen"][-1]["content"] for p in pairs]
-    replies, lengths, logratios, table = {}, {}, {}, {}
-    for row, name in models.items():
-        model, tokenizer = load_trained(name)
-        outs = [g[0] for g in generate_completions(model, tokenizer, prompts, max_new_tokens=s["max_new_tokens"],
-                                                   batch_size=16, progress=f"{row}: replies")]
-        replies[row], lengths[row] = [o.text for o in outs], [o.completion_tokens for o in outs]
-        loss = reference_loss(model, tokenizer, prompts, chosen, s["max_length"], 8)
-        logratios[row] = pair_logratios(model, tokenizer, pairs, s["max_length"])
-        table[row] = {"bleu4": bleu(replies[row], chosen, 4), "ppl": math.exp(min(loss, 50.0)),
-                      "len": sum(lengths[row]) / len(outs)}
-        del model
+    outputs = {row: model_outputs(name, row, pairs, s) for row, name in models.items()}
     judge = RewardModelJudge(judge_run, max_length=s["judge_max_length"])
-    scores = {row: judge.score(prompts, replies[row]) for row in models}
-    for row in models:
-        # DPO's implicit reward r = beta * log(pi / pi_ref) ranks chosen over rejected iff the
-        # log-ratio log p(chosen) - log p(rejected) is above the reference model's.
-        reference = logratios[DPO_REFERENCE.get(row, "start")]
-        implicit = [float(a > b) for a, b in zip(logratios[row], reference)]
-        table[row]["dpo_reward_acc"] = sum(implicit) / len(implicit) if row != "start" else None
-        if row == "start":
-            continue
-        records = [{"outcome": outcome(a, b)} for a, b in zip(scores[row], scores["start"])]
-        wins = outcome_scores(records)
-        table[row].update(win_rate=sum(wins) / len(wins), ci95=list(bootstrap_interval(wins, seed=seed)),
-                          lc_win_rate=length_controlled_win_rate(wins, lengths[row], lengths["start"]),
-                          wins=wins.count(1.0), ties=wins.count(0.5), losses=wins.count(0.0))
+    scores = {row: judge.score(prompts, o["replies"]) for row, o in outputs.items()}
+    table = {}
+    for row, o in outputs.items():
+        table[row] = {"bleu4": bleu(o["replies"], chosen, 4), "ppl": o["ppl"], "len": sum(o["lengths"]) / len(pairs),
+                      "dpo_reward_acc": None if row == "start" else reward_accuracy(
+                          o["logratios"], outputs[DPO_REFERENCE.get(row, "start")]["logratios"])}
+        if row != "start":
+            table[row].update(win_columns(scores[row], scores["start"], o["lengths"], outputs["start"]["lengths"], seed))
     prompts_out = [{"prompt": p, "chosen": c, "rejected": pair["rejected"][-1]["content"],
-                    "replies": {row: replies[row][i] for row in models},
-                    "reply_tokens": {row: lengths[row][i] for row in models},
+                    "replies": {row: o["replies"][i] for row, o in outputs.items()},
+                    "reply_tokens": {row: o["lengths"][i] for row, o in outputs.items()},
                     "judge_scores": {row: scores[row][i] for row in models},
-                    "logratio": {row: logratios[row][i] for row in models}}
+                    "logratio": {row: o["logratios"][i] for row, o in outputs.items()}}
                    for i, (p, c, pair) in enumerate(zip(prompts, chosen, pairs))]
     return {"table": table, "prompts": prompts_out}
 

@@ -86,3 +86,14 @@ def test_the_tiny_real_variant_runs_every_stage_and_reports_every_reply(tiny):
     split = json.loads((tiny / "data" / "split.json").read_text())
     assert split["counts"]["eval"] == len(report["prompts"]) == real_prefs.SETTINGS["small"]["eval_prompts"]
     assert "| method | win rate vs start |" in (tiny / "results.md").read_text()
+
+
+def test_the_trl_comparison_mirrors_our_stage_settings():
+    from experiments.trl_compare import trl_common
+    report = {"seed": 7, "commands": {"grpo": ["--lr", "5e-6", "--warmup-ratio", "0", "--max-steps", "20"],
+                                      "dpo_beta0.1": ["--lr", "1e-5", "--max-steps", "30"]}}
+    grpo, dpo = trl_common(report, "grpo", "out"), trl_common(report, "dpo_beta0.1", "out")
+    assert (grpo["learning_rate"], grpo["warmup_steps"], grpo["max_steps"], grpo["seed"]) == (5e-6, 1, 20, 7)
+    # train.py's defaults where the command says nothing: 5% warm-up (of 30 steps: 2), linear decay, clipping at 1.
+    assert (dpo["learning_rate"], dpo["warmup_steps"], dpo["max_steps"]) == (1e-5, 2, 30)
+    assert dpo["lr_scheduler_type"] == "linear" and dpo["max_grad_norm"] == 1.0
