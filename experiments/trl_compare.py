@@ -125,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     s, records = report["settings"], report["prompts"]
     pairs = list(CustomDataset(storage.join(a.run, "data", "eval"), "test", "dpo"))
     assert [p["prompt"] for p in pairs] == [r["prompt"] for r in records], "the evaluation prompts changed"
-    ours = {"dpo": "dpo", "grpo": "grpo"}[a.method]
     o = model_outputs(model_dir, f"trl_{a.method}", pairs, s)
     judge = RewardModelJudge(storage.join(a.run, report["judge"]), max_length=s["judge_max_length"])
     scores = judge.score([r["prompt"] for r in records], o["replies"])
@@ -135,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
            "dpo_reward_acc": reward_accuracy(o["logratios"], [r["logratio"]["start"] for r in records]),
            **win_columns(scores, start, o["lengths"], [r["reply_tokens"]["start"] for r in records], report["seed"]),
            "train_seconds": trained}
-    result = {"method": a.method, "row": row, "ours": report["table"][ours], "date": time.strftime("%Y-%m-%d"),
+    result = {"method": a.method, "row": row, "ours": report["table"][a.method], "date": time.strftime("%Y-%m-%d"),
               "replies": o["replies"], "reply_tokens": o["lengths"], "judge_scores": scores, "logratios": o["logratios"]}
     storage.write_text_atomic(storage.join(a.run, f"trl_{a.method}.json"), json.dumps(result, indent=1) + "\n")
-    for name, m in (("ours", report["table"][ours]), ("trl", row)):
+    for name, m in (("ours", report["table"][a.method]), ("trl", row)):
         print(f"{name} {a.method}: win rate {m['win_rate']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}], "
               f"LC {m['lc_win_rate']:.3f}, W/T/L {m['wins']}/{m['ties']}/{m['losses']}, length {m['len']:.1f}, "
               f"DPO reward acc {m['dpo_reward_acc']:.3f}")
