@@ -26,16 +26,6 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 
-def auroc(scores: list[float], labels: list[bool]) -> float:
-    """Mann-Whitney estimate of P(score of a positive > score of a negative), ties half."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -56,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
+    from extension.selection import auroc
     from extension.verifier import adaptive_verify, compute_verifier_scores
     from flags import EMBEDDED_DATA
     from models import load_trained

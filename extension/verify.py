@@ -6,7 +6,8 @@
 
 --input is a JSONL file of {"question", "solution"} rows (scoring) or {"question",
 "candidates": [solution, ...]} rows (--best-of-n); an optional "answer" column lets the
-command report how often the pick is right. Each solution is scored with
+command report how often the pick is right, beside a random pick, a majority vote over
+the candidates' final answers (self-consistency) and the first candidate alone. Each solution is scored with
 extension/verifier.py: adaptive compute by default (rounds of --step rationales from
 --k-min to --k-max, stopping when the variance of the scores is below --tau), or exactly
 --fixed-k rationales; --mode direct asks for Yes/No with no rationale. Output rows add
@@ -89,6 +90,7 @@ def read_rows(path: str, best_of_n: bool, limit: int | None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from extension.selection import selection_outcomes
     from extension.verifier import adaptive_verify, compute_verifier_scores
     from errors import UserError
     from judges import final_answer
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                                  -1.0 if args.fixed_k else args.tau)
         return {"score": result.score, "k": result.k, "variance": result.variance}
 
-    out, ks, right, chance, known = [], [], 0, 0.0, 0
+    out, ks, judged = [], [], []
     for i, row in enumerate(tqdm(rows, desc="verifying", unit="row")):
         if not args.best_of_n:
             result = score(row["question"], row["solution"], args.seed + 1000 * i)
@@ -130,18 +132,23 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results = [score(row["question"], c, args.seed + 1000 * i + 100 * j) for j, c in enumerate(row["candidates"])]
         ks += [r["k"] for r in results]
-        pick = max(range(len(results)), key=lambda j: results[j]["score"])
-        record = {**row, "scores": [r["score"] for r in results], "ks": [r["k"] for r in results], "pick": pick,
+        scores = [r["score"] for r in results]
+        pick = max(range(len(results)), key=lambda j: (scores[j], -j))
+        record = {**row, "scores": scores, "ks": [r["k"] for r in results], "pick": pick,
                   "picked_solution": row["candidates"][pick]}
         if row.get("answer") is not None:
-            correct = [final_answer(c) == final_answer(f"The answer is {row['answer']}.") for c in row["candidates"]]
-            record["picked_correct"] = correct[pick]
-            right, chance, known = right + correct[pick], chance + sum(correct) / len(correct), known + 1
+            answers = [final_answer(c) for c in row["candidates"]]
+            judged.append({"answers": answers, "gold": final_answer(f"The answer is {row['answer']}."),
+                           "scores": scores})
+            record["picked_correct"] = answers[pick] == judged[-1]["gold"]
         out.append(record)
     storage.write_text_atomic(args.output, "".join(json.dumps(r) + "\n" for r in out))
     summary = {"rows": len(out), "mean_k": sum(ks) / len(ks), "output": args.output}
-    if known:
-        summary.update(best_of_n_accuracy=right / known, random_pick_accuracy=chance / known)
+    if judged:
+        outcomes = selection_outcomes(judged)
+        summary.update({f"{name}_accuracy": sum(outcomes[method]) / len(judged) for name, method in (
+            ("best_of_n", "verifier"), ("random_pick", "random"), ("majority_vote", "majority"),
+            ("first_sample", "first"))})
     print(json.dumps(summary))
     return 0
 

@@ -44,6 +44,8 @@ def test_best_of_n_picks_the_highest_score_and_reports_accuracy(tmp_path, capsys
     result = json.loads(summary)
     assert result["random_pick_accuracy"] == 0.5
     assert result["best_of_n_accuracy"] == sum(p["picked_correct"] for p in picks) / 2
+    # One vote each for 4 and 3: the tie goes to the answer seen first, the wrong 4, as does the first sample.
+    assert result["majority_vote_accuracy"] == 0.0 and result["first_sample_accuracy"] == 0.0
 
 
 def test_bad_input_is_one_sentence(tmp_path, capsys):

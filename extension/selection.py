@@ -1,0 +1,59 @@
+"""Choosing one of N sampled solutions, and scoring a verifier: the baselines a verifier must beat.
+
+    acc = selection_outcomes(rows)     # rows: {"answers": [...], "gold": ..., "scores": [...]}
+    acc["verifier"], acc["majority"], acc["random"], acc["first"]   # one value per row, 0..1
+    auroc(scores, labels)
+
+For a problem with candidates c_1..c_N, their final answers a_i and the gold answer g:
+- first:    [a_1 = g], one sample, what the policy gives without selection;
+- random:   (1/N) sum_i [a_i = g], the expected accuracy of a uniformly random pick;
+- majority: [mode(a) = g], self-consistency (Wang et al., 2023), the mode over the answers
+            that could be read (a missing answer never wins), ties to the answer seen first;
+- verifier: [a_j = g] for j = argmax_i score_i, ties to the first candidate (best-of-N).
+
+The per-row values are what a bootstrap interval resamples (win_stats.bootstrap_interval).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+METHODS = ("first", "random", "majority", "verifier")
+
+
+def majority_answer(answers: list):
+    """The most frequent answer that is not None, ties to the one that appears first; None if none."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return next(a for a in answers if a is not None and counts[a] == top)
+
+
+def selection_outcomes(rows: list[dict]) -> dict[str, list[float]]:
+    """{method: one 0..1 value a row} for METHODS; each row holds "answers" (one per candidate,
+    None where no answer was found), "gold" and "scores" (the verifier's, one per candidate)."""
+    out = {m: [] for m in METHODS}
+    for i, row in enumerate(rows):
+        answers, scores, gold = row["answers"], row["scores"], row["gold"]
+        if not answers or len(answers) != len(scores):
+            raise ValueError(f"row {i}: needs one verifier score per candidate answer "
+                             f"({len(answers)} answers, {len(scores)} scores).")
+        right = [float(a is not None and a == gold) for a in answers]
+        pick = max(range(len(scores)), key=lambda j: (scores[j], -j))
+        majority = majority_answer(answers)
+        out["first"].append(right[0])
+        out["random"].append(sum(right) / len(right))
+        out["majority"].append(float(majority is not None and majority == gold))
+        out["verifier"].append(right[pick])
+    return out
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float:
+    """Mann-Whitney estimate of P(score of a positive > score of a negative), ties counted half;
+    nan without both a positive and a negative."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
