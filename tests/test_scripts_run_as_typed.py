@@ -66,6 +66,7 @@ SKIP = {
         "`...` stands for a model the reader picks",
     "python extension/verify.py": "reads the reader's own pairs.jsonl / cands.jsonl (and runs/genrm-demo, skipped)",
     "python experiments/replicate.py": f"the whole SFT -> DPO -> GenRM pipeline, {SLOW}",
+    "python experiments/bt_anchor.py": f"MiniLM bt training once a seed on the whole hh-rlhf slice, {SLOW}",
     "python evaluate.py --models embedded/model runs/sft-demo runs/genrm-demo":
         "needs runs/genrm-demo (GenRM training, skipped)",
     "python plots.py --run runs/genrm-demo": "needs runs/genrm-demo (GenRM training, skipped)",
