@@ -25,7 +25,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import storage  # noqa: E402
-from experiments.real_prefs import DATA_PATH, SETTINGS, bt_command, git_commit, pair_accuracy  # noqa: E402
+from experiments.real_prefs import (DATA_PATH, SETTINGS, anchor_source, bt_command, common_args, git_commit,  # noqa: E402
+                                    pair_accuracy)
 from experiments.stages import run_stage  # noqa: E402
 
 
@@ -40,19 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     s = SETTINGS["small" if args.small else "real"]
     out = args.out if "://" in args.out else os.path.abspath(args.out)
-    source = DATA_PATH
-    if s["rows"] is not None:       # the small setting reads the slice's first rows, as real_prefs does
-        from data_files import load_splits
-        raw = list(next(iter(load_splits(DATA_PATH).values())))[:s["rows"]]
-        source = storage.join(out, "data", "slice")
-        storage.write_text_atomic(storage.join(source, "train.jsonl"), "".join(json.dumps(r) + "\n" for r in raw))
+    from data_files import load_splits
+    source = anchor_source(list(next(iter(load_splits(DATA_PATH).values())))[:s["rows"]], s, out)
     seeds = {}
     for seed in args.seeds:
         name = f"bt_anchor_seed{seed}"
-        common = ["--storage-path", out, "--seed", str(seed), "--truncation", "keep_end", "--val-generations", "0",
-                  "--num-sanity-val-steps", "0"]
-        command = bt_command("minilm", source, name, s, ["--skip-bad-rows", *common], max_length=args.max_length,
-                             epochs=args.epochs)
+        command = bt_command("minilm", source, name, s, ["--skip-bad-rows", *common_args(out, seed)],
+                             max_length=args.max_length, epochs=args.epochs)
         seconds = run_stage(name, command, out)
         result = pair_accuracy(storage.join(out, name), source, args.max_length or s["judge_max_length"], seed)
         seeds[seed] = {**{k: result[k] for k in ("accuracy", "ci95", "pairs")}, "seconds": seconds,

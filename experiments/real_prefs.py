@@ -119,6 +119,22 @@ def write_split(split: dict, data: str) -> dict[str, str]:
     return {folder: storage.join(data, folder) for folder in files}
 
 
+def common_args(out: str, seed: int, train_args: str = "") -> list[str]:
+    """The train.py arguments every stage shares: where runs go, the seed, keep_end truncation."""
+    return ["--storage-path", out, "--seed", str(seed), "--truncation", "keep_end", "--val-generations", "0",
+            "--num-sanity-val-steps", "0", *shlex.split(train_args)]
+
+
+def anchor_source(raw: list[dict], s: dict, out: str) -> str:
+    """The anchor check's data: the whole slice, or, in the small setting, its first rows
+    (`raw`) written to <out>/data/slice."""
+    if s["rows"] is None:
+        return DATA_PATH
+    source = storage.join(out, "data", "slice")
+    storage.write_text_atomic(storage.join(source, "train.jsonl"), "".join(json.dumps(r) + "\n" for r in raw))
+    return source
+
+
 def bt_command(backbone: str, folder: str, name: str, s: dict, common: list[str], *,
                max_length: int | None = None, epochs: int | None = None) -> list[str]:
     """A bt reward model on `folder`'s pairs: MiniLM with the anchor's recipe (batch 16,
@@ -315,17 +331,14 @@ def run(small: bool, out: str | None, seed: int, train_args: str, argv: list[str
     s = SETTINGS[setting]
     out = out or f"runs/real-prefs{'-small' if small else ''}"
     out = out if "://" in out else os.path.abspath(out)
-    source = DATA_PATH if s["rows"] is None else storage.join(out, "data", "slice")
     raw = list(next(iter(load_splits(DATA_PATH).values())))[:s["rows"]]
-    if s["rows"] is not None:       # the small setting's anchor check reads the same few rows
-        storage.write_text_atomic(storage.join(source, "train.jsonl"), "".join(json.dumps(r) + "\n" for r in raw))
+    source = anchor_source(raw, s, out)
     split = split_pairs(raw, s, seed)
     folders = write_split(split, storage.join(out, "data"))
     run_dir = lambda name: storage.join(out, name)   # noqa: E731
     # No --validate-before-training: the start model's numbers are the table's first row, and
     # the step-0 validation cost 8 minutes of the 90 (5 of them GRPO's sampled replies).
-    common = ["--storage-path", out, "--seed", str(seed), "--truncation", "keep_end", "--val-generations", "0",
-              "--num-sanity-val-steps", "0", *shlex.split(train_args)]
+    common = common_args(out, seed, train_args)
     commands = {f"judge_{b}": bt_command(b, folders["judge"], f"judge_{b}", s, common) for b in BACKBONES}
     seconds = {name: run_stage(name, args, out) for name, args in commands.items()}
     judges = {name: pair_accuracy(run_dir(name), folders["judge"], s["judge_max_length"], seed) for name in commands}

@@ -29,6 +29,11 @@ def majority_answer(answers: list):
     return next(a for a in answers if a is not None and counts[a] == top)
 
 
+def best_index(scores: list[float]) -> int:
+    """The best-of-N pick: the highest score, ties to the first candidate."""
+    return max(range(len(scores)), key=lambda j: (scores[j], -j))
+
+
 def selection_outcomes(rows: list[dict]) -> dict[str, list[float]]:
     """{method: one 0..1 value a row} for METHODS; each row holds "answers" (one per candidate,
     None where no answer was found), "gold" and "scores" (the verifier's, one per candidate)."""
@@ -39,7 +44,7 @@ def selection_outcomes(rows: list[dict]) -> dict[str, list[float]]:
             raise ValueError(f"row {i}: needs one verifier score per candidate answer "
                              f"({len(answers)} answers, {len(scores)} scores).")
         right = [float(a is not None and a == gold) for a in answers]
-        pick = max(range(len(scores)), key=lambda j: (scores[j], -j))
+        pick = best_index(scores)
         majority = majority_answer(answers)
         out["first"].append(right[0])
         out["random"].append(sum(right) / len(right))

@@ -90,7 +90,7 @@ def read_rows(path: str, best_of_n: bool, limit: int | None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from extension.selection import selection_outcomes
+    from extension.selection import best_index, selection_outcomes
     from extension.verifier import adaptive_verify, compute_verifier_scores
     from errors import UserError
     from judges import final_answer
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [score(row["question"], c, args.seed + 1000 * i + 100 * j) for j, c in enumerate(row["candidates"])]
         ks += [r["k"] for r in results]
         scores = [r["score"] for r in results]
-        pick = max(range(len(results)), key=lambda j: (scores[j], -j))
+        pick = best_index(scores)
         record = {**row, "scores": scores, "ks": [r["k"] for r in results], "pick": pick,
                   "picked_solution": row["candidates"][pick]}
         if row.get("answer") is not None:
