@@ -39,6 +39,7 @@ class ModelArgs:
     precision: str              # Lightning precision
     compile: bool               # torch.compile the training forward
     activation_checkpointing: bool
+    disable_dropout: bool       # every dropout probability set to 0 (flags.NO_DROPOUT_TYPES by default)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ EMBEDDED_DATA = {"sft": REPO / "embedded" / "data" / "sft", "dpo": REPO / "embed
 TRAINING_TYPES = ("sft", "dpo", "bt", "sft_verifier", "grpo")
 STRATEGIES = ("auto", "ddp", "fsdp")
 PACKING_TYPES = ("sft", "sft_verifier", "dpo", "bt")
+# Pairwise losses compare two forwards (chosen, rejected); dropout would draw a different mask
+# for each and add its noise to their difference. TRL's DPO and reward trainers turn it off too.
+NO_DROPOUT_TYPES = ("dpo", "bt")
 PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true", "transformer-engine")
 
 
@@ -83,6 +86,10 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--activation-checkpointing", action=flag, default=False,
         help="recompute each decoder layer's activations in the backward pass instead of keeping them "
              "(transformers' activation checkpointing): less memory, about one more forward of compute a step")
+    add("--disable-dropout", action=flag, default=None,
+        help="set every dropout probability of the trained model to 0 (default: on for "
+             f"{' and '.join(NO_DROPOUT_TYPES)}, whose pairwise losses would see two dropout masks in one "
+             "difference; off for the others)")
     add("--compile", action=flag, default=False,
         help="torch.compile the training forward (the decoder or reward model's base model, dynamic shapes): "
              "faster steps after a first step that compiles (about a minute on CPU); validation, reference "
@@ -331,6 +338,8 @@ def resolve(config: dict) -> Config:
         c["reward_model"] = os.path.abspath(c["reward_model"])
     if c["early_stopping_patience"] is not None:
         c["save_best"] = True
+    if c["disable_dropout"] is None:
+        c["disable_dropout"] = c["training_type"] in NO_DROPOUT_TYPES
     c["packing"] = c["packing"] and can_pack(c["training_type"], c["length_penalty"])
     if c["save_best"]:
         c["monitor"], c["monitor_mode"] = monitor_settings(c)

@@ -149,6 +149,22 @@ def load_model(training_type: str, name_or_path: str, tokenizer, trust_remote_co
     return load_causal_lm(name_or_path, trust_remote_code)
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability in `model` to 0, in place; returns how many were above 0.
+    Dropout modules are zeroed, and so are the float rates that attention layers pass to their
+    kernels (Llama's and Qwen's `attention_dropout`, copied from the config when built)."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            changed += module.p > 0
+            module.p = 0.0
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, float):
+            changed += rate > 0
+            module.attention_dropout = 0.0
+    return changed
+
+
 def load_checkpoint(ckpt_path: str):
     """A train.py checkpoint (.ckpt, run folder or Ray checkpoint; local or s3://) ->
     (model with the trained weights, tokenizer, saved config, global step)."""

@@ -36,7 +36,7 @@ from errors import ConfigError, UserError
 from logprobs import batch_attention_mask, preference_logps, token_logps
 from losses import LOSSES
 from losses.labels import IGNORE_INDEX
-from models import load_model
+from models import disable_dropout, load_model
 from reward_model import sequence_rewards
 from val_generation import WinRateSetup, generation_metrics
 
@@ -87,6 +87,8 @@ class PostTrainingModule(L.LightningModule):
         m = config.model
         self.model = model if model is not None else load_model(
             config.run.training_type, m.model_name, tokenizer, m.trust_remote_code)
+        if m.disable_dropout:
+            disable_dropout(self.model)
         if m.activation_checkpointing:
             if not getattr(self.model, "supports_gradient_checkpointing", False):
                 raise ConfigError(f"--activation-checkpointing: {type(self.model).__name__} does not support "
