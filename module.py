@@ -87,6 +87,10 @@ class PostTrainingModule(L.LightningModule):
         m = config.model
         self.model = model if model is not None else load_model(
             config.run.training_type, m.model_name, tokenizer, m.trust_remote_code)
+        # from_pretrained returns a model in eval mode and Lightning does not switch it back (it
+        # only warns, and logs.py quiets Lightning's warnings): without this every run trained
+        # with dropout off and transformers' activation checkpointing (gated on .training) inactive.
+        self.model.train()
         if m.disable_dropout:
             disable_dropout(self.model)
         if m.activation_checkpointing:

@@ -51,8 +51,9 @@ def tensorboard_dir(run: str) -> str:
     return sub if storage.isdir(sub) else run
 
 
-def figure_png(title: str, ylabel: str, curves: dict) -> bytes:
-    """One line per tag (markers where there are few points, as for validation curves)."""
+def figure_png(title: str, ylabel: str, curves: dict, xlabel: str = "optimizer step") -> bytes:
+    """One line per tag, curves {tag: [(x, y), ...]} (markers where there are few points, as
+    for validation curves)."""
     import matplotlib
     matplotlib.use("Agg")                 # no display: files only
     import matplotlib.pyplot as plt
@@ -60,7 +61,7 @@ def figure_png(title: str, ylabel: str, curves: dict) -> bytes:
     for tag, points in curves.items():
         steps, values = zip(*points)
         ax.plot(steps, values, label=tag, marker="o" if len(points) <= 30 else None, linewidth=1.2)
-    ax.set(title=title, xlabel="optimizer step", ylabel=ylabel)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -3,11 +3,12 @@ bundled task (and any data set of worked arithmetic solutions) provides without 
 
     verification_prompt(question, solution)  ->  the verify row's user turn
     rule_based_critique(solution)            ->  (critique ending in the Yes/No question, label)
+    direct_prompt(question, solution)        ->  the same, asking Yes/No with no rationale
 
 The prompt has the layout of the genrm-critiques data (data_preparation.py): the problem after
 "Q: ", "A: Let's think step by step.", the solution, then the cue "Verification: Let's
 verify step by step.". The critique re-does every "a op b = c" of the solution, one line a
-step, and ends with "Verification: Is the answer correct (Yes/No)? Yes" when every step
+step (the result first, then the solution's number and the verdict), and ends with "Verification: Is the answer correct (Yes/No)? Yes" when every step
 holds, "... No" otherwise: a step-by-step rationale a verifier can learn to produce, in place
 of the LLM-written critiques of Zhang et al. (2024).
 """
@@ -24,6 +25,11 @@ def verification_prompt(question: str, solution: str) -> str:
     return f"Q: {question.strip()}\nA: Let's think step by step.\n{solution.strip()}\n{COT_CUE}"
 
 
+def direct_prompt(question: str, solution: str) -> str:
+    """Direct verification: the Yes/No question in place of the rationale's cue."""
+    return verification_prompt(question, solution).rsplit("\n", 1)[0] + "\n" + QUESTION
+
+
 def _apply(a: int, op: str, b: int) -> float:
     if op == "+":
         return a + b
@@ -34,19 +40,34 @@ def _apply(a: int, op: str, b: int) -> float:
     return a / b if b else float("nan")
 
 
-def rule_based_critique(solution: str) -> tuple[str, str]:
-    """(critique, "Yes" | "No"). Raises ValueError when the solution has no "a op b = c" step."""
+STYLES = ("check", "verdict_first")
+
+
+def rule_based_critique(solution: str, style: str = "check") -> tuple[str, str]:
+    """(critique, "Yes" | "No"). Raises ValueError when the solution has no "a op b = c" step.
+
+    style "check" redoes each step before judging it: "Step 1: 70 - 44 gives 26; the solution
+    wrote 25. This is wrong." The result is computed where nothing written follows "70 - 44"
+    to copy, and the verdict compares two numbers already in the text. "verdict_first" (the
+    format until 2026-12-03) judges right after copying the step: "Step 1: 70 - 44 = 25. This
+    is wrong: 70 - 44 = 26.", so the verdict comes before any computation is written."""
+    if style not in STYLES:
+        raise ValueError(f"style: expected one of {', '.join(STYLES)}, got {style!r}")
     lines, all_right = [], True
     steps = _STEP.findall(solution)
     if not steps:
         raise ValueError("solution: no 'a op b = c' step to verify")
     for k, (a, op, b, c) in enumerate(steps, start=1):
         value = _apply(int(a), op, int(b))
-        if value == int(c):
+        right = value == int(c)
+        all_right &= right
+        shown = int(value) if value == int(value) else round(value, 4)
+        if style == "check":
+            lines.append(f"Step {k}: {a} {op} {b} gives {shown}; the solution wrote {c}. "
+                         f"This is {'correct' if right else 'wrong'}.")
+        elif right:
             lines.append(f"Step {k}: {a} {op} {b} = {c}. This is correct.")
         else:
-            all_right = False
-            shown = int(value) if value == int(value) else round(value, 4)
             lines.append(f"Step {k}: {a} {op} {b} = {c}. This is wrong: {a} {op} {b} = {shown}.")
     label = "Yes" if all_right else "No"
     return "\n".join(lines + [f"{QUESTION} {label}"]), label

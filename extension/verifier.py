@@ -25,8 +25,8 @@ from typing import Callable
 import torch
 
 from tokenization import render
-from extension.critiques import QUESTION, verification_prompt
-from generation import generate_replies, progress_bar
+from extension.critiques import QUESTION, direct_prompt, verification_prompt
+from generation import generate_completions, generate_replies, progress_bar
 
 def _first_difference(tokenizer, text: str, yes: str, no: str) -> tuple[list[int], int, int]:
     """Token ids of `text` up to where its "yes" and "no" continuations part, and the
@@ -71,9 +71,14 @@ def score_verification(model, tokenizer, prompt: str, k: int = 8, *, temperature
         return p_yes(model, tokenizer, [head], yes="Yes", no="No")
     rationales = generate_replies(model, tokenizer, [user] * k, max_new_tokens=max_new_tokens, batch_size=k,
                                   temperature=temperature, top_p=top_p, seed=seed)
-    # The model writes the question itself at the end of its critique: cut there and ask it anew.
-    kept = [r.split(QUESTION)[0].rstrip() for r in rationales]
-    return p_yes(model, tokenizer, [head + (r + "\n" if r else "") + QUESTION for r in kept])
+    return p_yes(model, tokenizer, [asked(head, r) for r in rationales])
+
+
+def asked(head: str, rationale: str) -> str:
+    """The text eq. 9 reads p(Yes) after: the prompt, the rationale and the question. The
+    model writes the question itself at the end of its critique: cut there and ask it anew."""
+    kept = rationale.split(QUESTION)[0].rstrip()
+    return head + (kept + "\n" if kept else "") + QUESTION
 
 
 def verifier_metrics_sums(model, tokenizer, rows: list[tuple[str, str]], indices, k: int, *,
@@ -105,10 +110,32 @@ def compute_verifier_scores(model, tokenizer, question: str, solution: str, k: i
                             **sampling) -> list[float]:
     """K scores of one solution: eq. 9 per sampled rationale ("cot"), or one direct score
     p(Yes) with no rationale ("direct", k ignored). `sampling`: see score_verification."""
-    prompt = verification_prompt(question, solution)
-    if mode == "direct":
-        prompt = prompt.rsplit("\n", 1)[0] + "\n" + QUESTION
+    prompt = direct_prompt(question, solution) if mode == "direct" else verification_prompt(question, solution)
     return score_verification(model, tokenizer, prompt, k, **sampling)
+
+
+def direct_scores(model, tokenizer, items: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
+    """Direct-mode p(Yes) of many (question, solution) pairs, batch_size a forward."""
+    texts = [render(tokenizer, [{"role": "user", "content": direct_prompt(q, s)}], add_generation_prompt=True)
+             for q, s in items]
+    return [x for i in range(0, len(texts), batch_size)
+            for x in p_yes(model, tokenizer, texts[i:i + batch_size], yes="Yes", no="No")]
+
+
+def cot_pool(model, tokenizer, items: list[tuple[str, str]], k: int, *, batch_size: int = 4, temperature: float = 0.7,
+             top_p: float = 0.95, max_new_tokens: int = 256, seed: int = 0,
+             progress: str | None = None) -> tuple[list[list[float]], list[list[str]]]:
+    """k eq. 9 scores of each (question, solution) pair and their rationales, generation batched
+    across pairs (batch_size pairs x k rationales a batch). The first n of a pair's k are n
+    independent draws, so one pool serves fixed K = n and adaptive rounds alike (pool_study)."""
+    users = [[{"role": "user", "content": verification_prompt(q, s)}] for q, s in items]
+    groups = generate_completions(model, tokenizer, users, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  temperature=temperature, top_p=top_p, num_return_sequences=k, seed=seed,
+                                  progress=progress)
+    rationales = [[c.text for c in group] for group in groups]
+    texts = [asked(render(tokenizer, u, add_generation_prompt=True), r) for u, rs in zip(users, rationales) for r in rs]
+    flat = [x for i in range(0, len(texts), 4 * k) for x in p_yes(model, tokenizer, texts[i:i + 4 * k])]
+    return [flat[i * k:(i + 1) * k] for i in range(len(items))], rationales
 
 
 @dataclass
@@ -136,3 +163,28 @@ def adaptive_verify(sample_scores: Callable[[int], list[float]], k_min: int = 8,
     while len(scores) < k_max and _variance(scores) >= tau:
         scores += list(sample_scores(min(step, k_max - len(scores))))
     return AdaptiveResult(sum(scores) / len(scores), len(scores), _variance(scores), scores)
+
+
+def pool_study(pool: list[list[float]], labels: list[bool], ks: tuple[int, ...], taus: tuple[float, ...], *,
+               k_min: int, step: int) -> list[dict]:
+    """Fixed K against adaptive compute on a pool of scores (cot_pool): fixed K = n scores each
+    solution by its first n; adaptive (adaptive_verify, up to the pool's size) takes rounds from
+    the pool in order. One row a method: mean rationales, AUROC and accuracy (score > 0.5)."""
+    from extension.selection import auroc
+
+    def row(method, results):
+        scores = [r.score for r in results]
+        return {"method": method, "mean_k": sum(r.k for r in results) / len(results), "auroc": auroc(scores, labels),
+                "accuracy": sum((x > 0.5) == y for x, y in zip(scores, labels)) / len(labels)}
+
+    def drawn(scores):
+        it = iter(scores)
+        return lambda n: [next(it) for _ in range(n)]
+
+    k_max = min(len(p) for p in pool)
+    rows = [row(f"fixed K={n}", [adaptive_verify(drawn(p), k_min=n, k_max=n, step=1, tau=-1.0) for p in pool])
+            for n in ks if n <= k_max]
+    rows += [{**row(f"adaptive tau={tau}", [adaptive_verify(drawn(p), k_min=k_min, k_max=k_max, step=step, tau=tau)
+                                            for p in pool]), "tau": tau} for tau in taus]
+    return rows
+

@@ -56,3 +56,22 @@ def test_a_decoder_attention_dropout_rate_is_turned_off_too():
     assert disable_dropout(model) == 2                    # the float rate of each attention layer
     first, second = _two_forwards(model, input_ids)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_a_run_trains_its_model_in_training_mode(tmp_path, monkeypatch):
+    """from_pretrained hands back a model in eval mode, and Lightning does not switch it: the
+    module must, or dropout and activation checkpointing stay off (as they did until 2026-12-03)."""
+    import train
+    from module import PostTrainingModule
+    modes = []
+    step = PostTrainingModule.training_step
+
+    def recording(self, batch, batch_idx):
+        modes.append(all(m.training for m in self.model.modules()))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(PostTrainingModule, "training_step", recording)
+    assert train.main(["--storage-path", str(tmp_path), "--name", "sft", "--train-dataset-length", "16",
+                       "--test-dataset-length", "8", "--batch-size", "8", "--max-epochs", "2",
+                       "--val-generations", "0"]) == 0
+    assert modes == [True] * 4          # also the steps after the first epoch's validation

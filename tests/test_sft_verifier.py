@@ -23,9 +23,9 @@ def test_problems_become_verify_and_generate_rows(tmp_path, tokenizer):
     assert [r["task"] for r in rows] == ["verify", "verify", "generate"] and {r["row"] for r in rows} == {0}
     good, bad, generate = rows
     assert good["messages"][0]["content"].endswith("5 - 2 = 3. The answer is 3.\nVerification: Let's verify step by step.")
-    assert good["messages"][1]["content"] == ("Step 1: 5 - 2 = 3. This is correct.\n"
+    assert good["messages"][1]["content"] == ("Step 1: 5 - 2 gives 3; the solution wrote 3. This is correct.\n"
                                               "Verification: Is the answer correct (Yes/No)? Yes")
-    assert bad["messages"][1]["content"] == ("Step 1: 5 - 2 = 4. This is wrong: 5 - 2 = 3.\n"
+    assert bad["messages"][1]["content"] == ("Step 1: 5 - 2 gives 3; the solution wrote 4. This is wrong.\n"
                                              "Verification: Is the answer correct (Yes/No)? No")
     assert generate["messages"][1]["content"] == row["correct_solution"]
     tokenized, _ = tokenize_sft_rows(rows, tokenizer, 1024)
@@ -82,3 +82,13 @@ def test_prepared_genrm_critiques_train(tmp_path):
                        "--validate-before-training"]) == 0
     s = read_scalars(tmp_path / "real" / "tensorboard")
     assert [step for step, _ in s["train/loss"]] == [0, 1, 2] and s["val/loss_verify"][-1][1] > 0
+
+
+def test_the_verdict_first_critique_style_is_kept_for_comparison_and_an_unknown_style_is_refused():
+    from extension.critiques import rule_based_critique
+    critique, label = rule_based_critique("He has 5 - 2 = 4, then 4 + 1 = 5. The answer is 5.", "verdict_first")
+    assert label == "No" and critique == ("Step 1: 5 - 2 = 4. This is wrong: 5 - 2 = 3.\n"
+                                          "Step 2: 4 + 1 = 5. This is correct.\n"
+                                          "Verification: Is the answer correct (Yes/No)? No")
+    with pytest.raises(ValueError, match="style: expected one of check, verdict_first"):
+        rule_based_critique("1 + 1 = 2", "loose")

@@ -1,0 +1,355 @@
+"""GenRM-CoT on a real model: sft_verifier on SmolLM2-135M-Instruct with the bundled arithmetic
+problems, verification before and after training, best-of-N against majority vote, and
+adaptive compute against fixed K.
+
+    python experiments/genrm_real.py                 # about an hour on 2 CPU cores
+    python experiments/genrm_real.py --small         # every stage on a few rows (what CI runs)
+
+1. Data (<out>/data): the first TRAIN problems of the bundled `problems/` train split train;
+   the next VAL ones are train.py's validation split and the validation part that tau is
+   chosen on; the bundled test split is held out from both (its question ids and texts are
+   checked to be disjoint from the rest). A problem gives three rows: the rule-based
+   critique of its correct and of its incorrect solution (extension/critiques.py) and the
+   generation of its correct solution; <out>/data/<style> holds them in each critique style.
+2. Verifiers: `sft_verifier` from SmolLM2-135M-Instruct, once for each lambda in LAMBDAS
+   (eq. 7: L_verify + lambda * L_correct) with the "check" critiques, and once at lambda 0.1
+   with the "verdict_first" ones (the format before): the same problems, steps and seed.
+3. Every model (the start model and each verifier) on the held-out problems: direct-mode
+   p(Yes) of both solutions of each problem; CoT-mode scores (eqs. 9-10) with K rationales
+   on the first problems; and its own greedy solve rate.
+4. Compute (the lambda = 0.1 verifier, the seed's): a pool of K_max rationales a solution,
+   on held-out and validation solutions. Fixed K = n reads the first n; adaptive compute
+   takes rounds of 8 from the pool in order (both are independent draws, so this is the
+   same as sampling each scheme anew, at one scheme's cost). tau is also chosen on the
+   validation solutions: the one with the fewest rationales at 98% of fixed K_max's AUROC.
+5. Best-of-N: N solutions a held-out problem sampled from the start model (temperature 1),
+   picked by the verifier's direct score, against the first sample, a random pick and a
+   majority vote over final answers, for N = 4 and 8, each with a bootstrap 95% interval.
+
+Each model's evaluation is cached in <out>/eval/ and each train.py stage is reused when
+finished, so a re-run continues where it stopped. Output in --out: results.md (the tables),
+results.json (every score, rationale and reply) and figures/ (AUROC against mean K;
+best-of-N accuracy against N).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import sys
+import time
+
+# `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import storage  # noqa: E402
+from experiments.real_prefs import START, common_args, git_commit  # noqa: E402
+from experiments.stages import run_stage  # noqa: E402
+from extension.critiques import STYLES  # noqa: E402
+from shared_flags import SEED  # noqa: E402
+
+PROBLEMS = os.path.join(REPO, "embedded", "data", "problems")
+LAMBDAS = (0.0, 0.1, 1.0)
+COMPUTE_LAMBDA = 0.1        # the seed's; the verifier of the compute and best-of-N studies
+TAUS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+AUROC_SHARE = 0.98          # the issue's bar: adaptive at 98% of fixed K_max's AUROC
+SETTINGS = {
+    "real": dict(train=400, val=40, test=200, cot_problems=50, pool_problems=30, bon_problems=100, ns=(4, 8),
+                 k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8, lr=5e-5, max_length=256,
+                 max_new_tokens=64, solve_tokens=96, max_steps=None),
+    "small": dict(train=6, val=2, test=3, cot_problems=2, pool_problems=2, bon_problems=2, ns=(2, 4),
+                  k_eval=2, ks=(2, 4), k_min=2, step=2, epochs=1, batch_size=2, lr=5e-5, max_length=128,
+                  max_new_tokens=8, solve_tokens=8, max_steps=1),
+}
+_NUMBER = re.compile(r"-?\d+")
+
+
+def answer_of(text: str) -> str | None:
+    """A solution's final answer: its "The answer is N" (judges.final_answer), else its last
+    integer (the start model writes free text), else None."""
+    from judges import final_answer
+    found = final_answer(text)
+    if found is not None:
+        return found
+    numbers = _NUMBER.findall(text.replace(",", ""))
+    return numbers[-1] if numbers else None
+
+
+def read_problems(name: str) -> list[dict]:
+    with open(os.path.join(PROBLEMS, name), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_data(s: dict, out: str) -> dict:
+    """The three parts (module docstring, 1.); raises if the held-out part shares a question
+    id or text with the others."""
+    train_rows = read_problems("train.jsonl")
+    parts = {"train": train_rows[:s["train"]], "val": train_rows[s["train"]:s["train"] + s["val"]],
+             "test": read_problems("test.jsonl")[:s["test"]]}
+    seen = {key for part in ("train", "val") for r in parts[part] for key in (r["question_id"], r["question"])}
+    shared = [r["question_id"] for r in parts["test"] if r["question_id"] in seen or r["question"] in seen]
+    if shared:
+        raise ValueError(f"held-out problems {shared[:5]} are also in the training or validation part")
+    for style in STYLES:
+        for part, name in (("train", "train.jsonl"), ("val", "test.jsonl")):    # train.py's splits
+            rows = [r for p in parts[part] for r in verifier_rows(p, style)]
+            storage.write_text_atomic(storage.join(out, "data", style, name), "".join(json.dumps(r) + "\n" for r in rows))
+    return parts
+
+
+def verifier_rows(problem: dict, style: str) -> list[dict]:
+    """A problem's three sft_verifier rows: the critique (in `style`) of its correct and of its
+    incorrect solution, and the generation of the correct one."""
+    from extension.critiques import rule_based_critique, verification_prompt
+    rows = [{"messages": [{"role": "user", "content": verification_prompt(problem["question"], problem[key])},
+                          {"role": "assistant", "content": rule_based_critique(problem[key], style)[0]}],
+             "task": "verify"} for key in ("correct_solution", "incorrect_solution")]
+    return rows + [{"messages": [{"role": "user", "content": problem["question"]},
+                                 {"role": "assistant", "content": problem["correct_solution"]}], "task": "generate"}]
+
+
+def verifier_command(s: dict, out: str, name: str, lam: float, style: str, seed: int) -> list[str]:
+    return ["--training-type", "sft_verifier", "--model-name", START, "--dataset-name", storage.join(out, "data", style),
+            "--lambda", str(lam), "--lr", str(s["lr"]), "--batch-size", str(s["batch_size"]),
+            "--max-epochs", str(s["epochs"]), "--max-length", str(s["max_length"]), "--verifier-eval-rows", "0",
+            *(["--max-steps", str(s["max_steps"])] if s["max_steps"] else []),
+            "--name", name, *common_args(out, seed)]
+
+
+def solutions(problems: list[dict]) -> tuple[list[tuple[str, str]], list[bool]]:
+    """Each problem's correct (label True) and incorrect solution, in that order."""
+    items = [(p["question"], p[key]) for p in problems for key in ("correct_solution", "incorrect_solution")]
+    return items, [i % 2 == 0 for i in range(len(items))]
+
+
+def cached(path: str, compute):
+    """The JSON at `path`, or compute() written there (atomically) first."""
+    if storage.exists(path):
+        return json.loads(storage.read_text(path))
+    value = compute()
+    storage.write_text_atomic(path, json.dumps(value, indent=1) + "\n")
+    return value
+
+
+def verification_metrics(scores: list[float], labels: list[bool], seed: int) -> dict:
+    from extension.selection import auroc
+    from win_stats import bootstrap_interval
+    right = [float((x > 0.5) == y) for x, y in zip(scores, labels)]
+    return {"auroc": auroc(scores, labels), "accuracy": sum(right) / len(right),
+            "accuracy_ci95": list(bootstrap_interval(right, seed=seed)), "solutions": len(scores)}
+
+
+def evaluate_model(model_path: str, parts: dict, s: dict, seed: int) -> dict:
+    """Direct and CoT verification of the held-out solutions, and the greedy solve rate."""
+    from extension.verifier import cot_pool, direct_scores
+    from generation import generate_replies
+    from models import load_trained
+    from win_stats import bootstrap_interval
+    model, tokenizer = load_trained(model_path)
+    items, labels = solutions(parts["test"])
+    began = time.perf_counter()
+    direct = direct_scores(model, tokenizer, items)
+    direct_seconds = time.perf_counter() - began
+    cot_items, cot_labels = solutions(parts["test"][:s["cot_problems"]])
+    began = time.perf_counter()
+    pool, rationales = cot_pool(model, tokenizer, cot_items, s["k_eval"], max_new_tokens=s["max_new_tokens"],
+                                seed=seed, progress="CoT verification")
+    cot_seconds = time.perf_counter() - began
+    cot = [sum(p) / len(p) for p in pool]
+    replies = generate_replies(model, tokenizer, [[{"role": "user", "content": p["question"]}] for p in parts["test"]],
+                               max_new_tokens=s["solve_tokens"], batch_size=16, progress="solving")
+    solved = [float(answer_of(r) == str(p["answer"])) for r, p in zip(replies, parts["test"])]
+    return {"direct": {**verification_metrics(direct, labels, seed), "seconds": direct_seconds, "scores": direct},
+            "cot": {**verification_metrics(cot, cot_labels, seed), "k": s["k_eval"], "seconds": cot_seconds,
+                    "scores": pool, "rationales": rationales},
+            "solve": {"accuracy": sum(solved) / len(solved), "ci95": list(bootstrap_interval(solved, seed=seed)),
+                      "replies": replies}}
+
+
+def compute_study(model_path: str, parts: dict, s: dict, seed: int) -> dict:
+    """The pool of K_max rationales on held-out and validation solutions (module docstring, 4.)."""
+    from extension.verifier import cot_pool
+    from models import load_trained
+    model, tokenizer = load_trained(model_path)
+    out = {}
+    for part in ("test", "val"):
+        items, labels = solutions(parts[part][:s["pool_problems"]])
+        began = time.perf_counter()
+        pool, rationales = cot_pool(model, tokenizer, items, max(s["ks"]), max_new_tokens=s["max_new_tokens"],
+                                    seed=seed + 1, progress=f"rationale pool ({part})")
+        out[part] = {"labels": labels, "scores": pool, "rationales": rationales,
+                     "seconds_per_rationale": (time.perf_counter() - began) / (len(items) * max(s["ks"]))}
+    return out
+
+
+def compute_tables(pool: dict, s: dict) -> dict:
+    """Fixed K and adaptive rows on the held-out pool, tau chosen on the validation pool, and
+    the spread of Var(p_yes) after the first round."""
+    from extension.verifier import pool_study
+    study = {part: pool_study(pool[part]["scores"], pool[part]["labels"], s["ks"], TAUS, k_min=s["k_min"],
+                              step=s["step"]) for part in ("test", "val")}
+    full = {part: next(r for r in study[part] if r["method"] == f"fixed K={max(s['ks'])}") for part in study}
+    good = [r for r in study["val"] if "tau" in r and r["auroc"] >= AUROC_SHARE * full["val"]["auroc"]]
+    chosen = min(good, key=lambda r: (r["mean_k"], -r["tau"]))["tau"] if good else None
+    per = pool["test"]["seconds_per_rationale"]
+    for row in study["test"]:
+        row["share_of_kmax"] = row["mean_k"] / max(s["ks"])
+        row["auroc_share"] = row["auroc"] / full["test"]["auroc"] if full["test"]["auroc"] else float("nan")
+        row["seconds"] = row["mean_k"] * per * len(pool["test"]["labels"])      # rationales x their measured cost
+    first = [sum((x - sum(p[:s["k_min"]]) / s["k_min"]) ** 2 for x in p[:s["k_min"]]) / s["k_min"]
+             for p in pool["test"]["scores"]]
+    cuts = (0.001, 0.01, 0.05, 0.1)
+    return {"test": study["test"], "val": study["val"], "tau_chosen_on_val": chosen,
+            "first_round_variance": {"values": first, "share_below": {c: sum(v < c for v in first) / len(first)
+                                                                      for c in cuts}}}
+
+
+def best_of_n(verifier_path: str, parts: dict, s: dict, seed: int, out: str) -> dict:
+    """Candidates from the start model, scored by the verifier (module docstring, 5.)."""
+    from extension.selection import selection_outcomes
+    from win_stats import bootstrap_interval
+    problems = parts["test"][:s["bon_problems"]]
+    n = max(s["ns"])
+
+    def sample():
+        from generation import generate_completions
+        from models import load_trained
+        model, tokenizer = load_trained(START)
+        groups = generate_completions(model, tokenizer, [[{"role": "user", "content": p["question"]}] for p in problems],
+                                      max_new_tokens=s["solve_tokens"], batch_size=2, temperature=1.0,
+                                      num_return_sequences=n, seed=seed + 2, progress="policy samples")
+        return [[c.text for c in g] for g in groups]
+
+    candidates = cached(storage.join(out, "eval", "candidates.json"), sample)
+
+    def score():
+        from extension.verifier import direct_scores
+        from models import load_trained
+        model, tokenizer = load_trained(verifier_path)
+        flat = direct_scores(model, tokenizer, [(p["question"], c) for p, cs in zip(problems, candidates) for c in cs])
+        return [flat[i * n:(i + 1) * n] for i in range(len(problems))]
+
+    scores = cached(storage.join(out, "eval", "candidate_scores.json"), score)
+    table = {}
+    for k in s["ns"]:
+        rows = [{"answers": [answer_of(c) for c in cs[:k]], "gold": str(p["answer"]), "scores": sc[:k]}
+                for p, cs, sc in zip(problems, candidates, scores)]
+        outcomes = selection_outcomes(rows)
+        table[k] = {m: {"accuracy": sum(v) / len(v), "ci95": list(bootstrap_interval(v, seed=seed))}
+                    for m, v in outcomes.items()}
+    return {"problems": len(problems), "table": table, "candidates": candidates, "scores": scores}
+
+
+def figures(report: dict, out: str) -> None:
+    """AUROC against mean K (fixed and adaptive); best-of-N accuracy against N."""
+    from plots import figure_png
+    rows = report["compute"]["test"]
+    fixed = [(r["mean_k"], r["auroc"]) for r in rows if r["method"].startswith("fixed")]
+    adaptive = sorted((r["mean_k"], r["auroc"]) for r in rows if "tau" in r)
+    storage.write_bytes_atomic(storage.join(out, "figures", "auroc_vs_k.png"), figure_png(
+        "Verifier AUROC against rationales a solution", "AUROC (held-out solutions)",
+        {"fixed K": fixed, "adaptive (tau sweep)": adaptive}, xlabel="mean rationales per solution (K)"))
+    bon = report["best_of_n"]["table"]
+    curves = {m: [(int(n), bon[n][m]["accuracy"]) for n in bon] for m in ("verifier", "majority", "random", "first")}
+    storage.write_bytes_atomic(storage.join(out, "figures", "best_of_n.png"), figure_png(
+        "Best-of-N final-answer accuracy", "accuracy (held-out problems)", curves, xlabel="N candidates"))
+
+
+def _ci(v: dict, key: str = "ci95") -> str:
+    return f"[{v[key][0]:.3f}, {v[key][1]:.3f}]"
+
+
+def markdown(r: dict) -> str:
+    s = r["settings"]
+    lines = [f"# GenRM-CoT on {START}: the bundled arithmetic task ({r['date']}, commit {r['commit']}, "
+             f"{r['wall_minutes']:.1f} min)", "", f"`{r['command']}`", "",
+             f"Data: {s['train']} training problems, {s['val']} validation problems, {s['test']} held-out problems "
+             "(bundled test split; question ids and texts disjoint from the others: checked).", "",
+             "## Verification of held-out solutions, and the solve rate", "",
+             f"Direct: p(Yes) with no rationale, {2 * s['test']} solutions. CoT: mean p(Yes) over K = {s['k_eval']} "
+             f"sampled rationales (eqs. 9-10), {2 * s['cot_problems']} solutions. Accuracy: score > 0.5 is Yes. "
+             "Solve rate: greedy, the final answer equal to the gold one.", "",
+             "| model | direct AUROC | direct acc [95%] | CoT AUROC | CoT acc [95%] | solve rate [95%] |",
+             "|---|---|---|---|---|---|"]
+    for name, e in r["models"].items():
+        d, c, g = e["direct"], e["cot"], e["solve"]
+        lines.append(f"| {name} | {d['auroc']:.3f} | {d['accuracy']:.3f} {_ci(d, 'accuracy_ci95')} | {c['auroc']:.3f} | "
+                     f"{c['accuracy']:.3f} {_ci(c, 'accuracy_ci95')} | {g['accuracy']:.3f} {_ci(g)} |")
+    comp = r["compute"]
+    lines += ["", f"## Adaptive compute against fixed K (verifier lambda = {COMPUTE_LAMBDA})", "",
+              f"{2 * s['pool_problems']} held-out solutions, a pool of {max(s['ks'])} rationales each; adaptive: "
+              f"rounds of {s['step']} from {s['k_min']}, stopping once Var(p_yes) < tau. Wall time: the rationales "
+              "times their measured cost.", "",
+              "| method | mean K | share of K_max | AUROC | share of K_max's AUROC | accuracy | wall time (s) |",
+              "|---|---|---|---|---|---|---|"]
+    for row in comp["test"]:
+        lines.append(f"| {row['method']} | {row['mean_k']:.1f} | {row['share_of_kmax']:.2f} | {row['auroc']:.3f} | "
+                     f"{row['auroc_share']:.3f} | {row['accuracy']:.3f} | {row['seconds']:.0f} |")
+    below = comp["first_round_variance"]["share_below"]
+    lines += ["", f"Var(p_yes) after the first round of {s['k_min']}: share of solutions below " +
+              ", ".join(f"{c}: {v:.2f}" for c, v in below.items()) +
+              f". tau chosen on the validation solutions (fewest rationales at {AUROC_SHARE:.0%} of fixed "
+              f"K_max's AUROC there): {comp['tau_chosen_on_val']}.", ""]
+    bon = r["best_of_n"]
+    lines += [f"## Best-of-N ({bon['problems']} held-out problems; candidates sampled from {START} at "
+              f"temperature 1; picked by the lambda = {COMPUTE_LAMBDA} verifier's direct score)", "",
+              "| N | verifier pick [95%] | majority vote [95%] | random pick [95%] | first sample [95%] |",
+              "|---|---|---|---|---|"]
+    for n, t in bon["table"].items():
+        lines.append(f"| {n} | " + " | ".join(f"{t[m]['accuracy']:.3f} {_ci(t[m])}"
+                                             for m in ("verifier", "majority", "random", "first")) + " |")
+    lines += ["", "## Stage commands (run from the repository root)", ""]
+    lines += [f"- {name} ({r['stage_seconds'][name]:.0f} s): `python train.py {shlex.join(args)}`"
+              for name, args in r["commands"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def run(small: bool, out: str | None, seed: int, argv: list[str]) -> int:
+    """The whole experiment (module docstring); returns the exit status."""
+    began = time.perf_counter()
+    s = SETTINGS["small" if small else "real"]
+    out = out or f"runs/genrm-real{'-small' if small else ''}"
+    out = out if "://" in out else os.path.abspath(out)
+    parts = write_data(s, out)
+    stages = {**{f"lambda {lam}": (f"verifier_lambda{lam}", lam, STYLES[0]) for lam in LAMBDAS},
+              f"lambda {COMPUTE_LAMBDA}, {STYLES[1]}": (f"verifier_{STYLES[1]}", COMPUTE_LAMBDA, STYLES[1])}
+    commands = {run: verifier_command(s, out, run, lam, style, seed) for run, lam, style in stages.values()}
+    seconds = {name: run_stage(name, args, out) for name, args in commands.items()}
+    models = {"start": START, **{label: storage.join(out, run) for label, (run, _, _) in stages.items()}}
+    evaluation = {name: cached(storage.join(out, "eval", re.sub(r"[^\w.]+", "_", name) + ".json"),
+                               lambda path=path: evaluate_model(path, parts, s, seed))
+                  for name, path in models.items()}
+    verifier = models[f"lambda {COMPUTE_LAMBDA}"]
+    pool = cached(storage.join(out, "eval", "pool.json"), lambda: compute_study(verifier, parts, s, seed))
+    report = {"setting": "small" if small else "real", "settings": s, "seed": seed, "date": time.strftime("%Y-%m-%d"),
+              "commit": git_commit(), "command": f"python experiments/genrm_real.py {shlex.join(argv)}",
+              "question_ids": {part: [p["question_id"] for p in rows] for part, rows in parts.items()},
+              "commands": commands, "stage_seconds": seconds, "models": evaluation,
+              "compute": compute_tables(pool, s), "pool": pool,
+              "best_of_n": best_of_n(verifier, parts, s, seed, out)}
+    report["wall_minutes"] = (time.perf_counter() - began) / 60
+    figures(report, out)
+    storage.write_text_atomic(storage.join(out, "results.json"), json.dumps(report, indent=1) + "\n")
+    table = markdown(report)
+    storage.write_text_atomic(storage.join(out, "results.md"), table)
+    print(table)
+    print(f"Report: {storage.join(out, 'results.md')} and results.json; figures in {storage.join(out, 'figures')}.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--small", action="store_true", help="every stage on a few rows and steps (what CI runs)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/genrm-real[-small])")
+    p.add_argument("--seed", type=int, default=SEED)
+    args = p.parse_args(argv)
+    return run(args.small, args.out, args.seed, list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

