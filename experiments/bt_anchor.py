@@ -4,7 +4,7 @@ its accuracy beats the 40-line loop's 61.4-62.4% beyond the spread a single seed
 
     python experiments/bt_anchor.py --seeds 42 1 2 3 --out runs/bt-anchor     # ~4 min a seed
     python experiments/bt_anchor.py --seeds 42 1 --max-length 256 --epochs 1 --out runs/bt-anchor-256
-    python experiments/bt_anchor.py --seeds 42 1 --train-args "--no-disable-dropout" --out runs/bt-anchor-dropout
+    python experiments/bt_anchor.py --seeds 42 1 --train-args=--no-disable-dropout --out runs/bt-anchor-dropout
     python experiments/bt_anchor.py --small --seeds 42 --out /tmp/bt-anchor    # a few rows
 
 Each seed is one train.py stage (reused when finished); the seed sets the score head's
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true", help="the small setting: a few rows, one step")
     p.add_argument("--max-length", type=int, default=None, help="tokens a pair (default: the setting's, 128)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the setting's, 2)")
-    p.add_argument("--train-args", default="", help="more train.py flags for every seed, e.g. '--no-disable-dropout'")
+    p.add_argument("--train-args", default="", help="more train.py flags for every seed, as one argument: --train-args=--no-disable-dropout")
     args = p.parse_args(argv)
     s = SETTINGS["small" if args.small else "real"]
     out = args.out if "://" in args.out else os.path.abspath(args.out)

@@ -16,14 +16,15 @@ adaptive compute against fixed K.
    with the "verdict_first" ones (the format before): the same problems, steps and seed.
 3. Every model (the start model and each verifier) on the held-out problems: direct-mode
    p(Yes) of both solutions of each problem; CoT-mode scores (eqs. 9-10) with K rationales
-   on the first problems; and its own greedy solve rate.
+   on the first problems; and its own greedy solve rate on the first problems.
 4. Compute (the lambda = 0.1 verifier, the seed's): a pool of K_max rationales a solution,
    on held-out and validation solutions. Fixed K = n reads the first n; adaptive compute
    takes rounds of 8 from the pool in order (both are independent draws, so this is the
    same as sampling each scheme anew, at one scheme's cost). tau is also chosen on the
    validation solutions: the one with the fewest rationales at 98% of fixed K_max's AUROC.
-5. Best-of-N: N solutions a held-out problem sampled from the start model (temperature 1),
-   picked by the verifier's direct score, against the first sample, a random pick and a
+5. Best-of-N: N solutions a held-out problem sampled at temperature 1 from the lambda = 0.1
+   model itself (the unified GenRM model generates and verifies; the start model answers
+   few of these problems and not in their format), picked by its direct score, against the first sample, a random pick and a
    majority vote over final answers, for N = 4 and 8, each with a bootstrap 95% interval.
 
 Each model's evaluation is cached in <out>/eval/ and each train.py stage is reused when
@@ -58,12 +59,12 @@ COMPUTE_LAMBDA = 0.1        # the seed's; the verifier of the compute and best-o
 TAUS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 AUROC_SHARE = 0.98          # the issue's bar: adaptive at 98% of fixed K_max's AUROC
 SETTINGS = {
-    "real": dict(train=400, val=40, test=200, cot_problems=50, pool_problems=30, bon_problems=100, ns=(4, 8),
-                 k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8, lr=5e-5, max_length=256,
-                 max_new_tokens=64, solve_tokens=96, max_steps=None),
-    "small": dict(train=6, val=2, test=3, cot_problems=2, pool_problems=2, bon_problems=2, ns=(2, 4),
-                  k_eval=2, ks=(2, 4), k_min=2, step=2, epochs=1, batch_size=2, lr=5e-5, max_length=128,
-                  max_new_tokens=8, solve_tokens=8, max_steps=1),
+    "real": dict(train=200, val=20, test=200, solve_problems=100, cot_problems=25, pool_test=20, pool_val=10,
+                 bon_problems=60, ns=(4, 8), k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8,
+                 lr=1e-4, max_length=256, max_new_tokens=80, solve_tokens=96, max_steps=None),
+    "small": dict(train=6, val=2, test=3, solve_problems=2, cot_problems=2, pool_test=2, pool_val=2,
+                  bon_problems=2, ns=(2, 4), k_eval=2, ks=(2, 4), k_min=2, step=2, epochs=1, batch_size=2,
+                  lr=1e-4, max_length=128, max_new_tokens=8, solve_tokens=8, max_steps=1),
 }
 _NUMBER = re.compile(r"-?\d+")
 
@@ -160,9 +161,10 @@ def evaluate_model(model_path: str, parts: dict, s: dict, seed: int) -> dict:
                                 seed=seed, progress="CoT verification")
     cot_seconds = time.perf_counter() - began
     cot = [sum(p) / len(p) for p in pool]
-    replies = generate_replies(model, tokenizer, [[{"role": "user", "content": p["question"]}] for p in parts["test"]],
+    solve = parts["test"][:s["solve_problems"]]
+    replies = generate_replies(model, tokenizer, [[{"role": "user", "content": p["question"]}] for p in solve],
                                max_new_tokens=s["solve_tokens"], batch_size=16, progress="solving")
-    solved = [float(answer_of(r) == str(p["answer"])) for r, p in zip(replies, parts["test"])]
+    solved = [float(answer_of(r) == str(p["answer"])) for r, p in zip(replies, solve)]
     return {"direct": {**verification_metrics(direct, labels, seed), "seconds": direct_seconds, "scores": direct},
             "cot": {**verification_metrics(cot, cot_labels, seed), "k": s["k_eval"], "seconds": cot_seconds,
                     "scores": pool, "rationales": rationales},
@@ -177,7 +179,7 @@ def compute_study(model_path: str, parts: dict, s: dict, seed: int) -> dict:
     model, tokenizer = load_trained(model_path)
     out = {}
     for part in ("test", "val"):
-        items, labels = solutions(parts[part][:s["pool_problems"]])
+        items, labels = solutions(parts[part][:s[f"pool_{part}"]])
         began = time.perf_counter()
         pool, rationales = cot_pool(model, tokenizer, items, max(s["ks"]), max_new_tokens=s["max_new_tokens"],
                                     seed=seed + 1, progress=f"rationale pool ({part})")
@@ -209,7 +211,8 @@ def compute_tables(pool: dict, s: dict) -> dict:
 
 
 def best_of_n(verifier_path: str, parts: dict, s: dict, seed: int, out: str) -> dict:
-    """Candidates from the start model, scored by the verifier (module docstring, 5.)."""
+    """Candidates sampled from the verifier itself (the unified GenRM model: its generation
+    term trained it to solve), scored by its direct p(Yes) (module docstring, 5.)."""
     from extension.selection import selection_outcomes
     from win_stats import bootstrap_interval
     problems = parts["test"][:s["bon_problems"]]
@@ -218,7 +221,7 @@ def best_of_n(verifier_path: str, parts: dict, s: dict, seed: int, out: str) -> 
     def sample():
         from generation import generate_completions
         from models import load_trained
-        model, tokenizer = load_trained(START)
+        model, tokenizer = load_trained(verifier_path)
         groups = generate_completions(model, tokenizer, [[{"role": "user", "content": p["question"]}] for p in problems],
                                       max_new_tokens=s["solve_tokens"], batch_size=2, temperature=1.0,
                                       num_return_sequences=n, seed=seed + 2, progress="policy samples")
@@ -272,7 +275,7 @@ def markdown(r: dict) -> str:
              "## Verification of held-out solutions, and the solve rate", "",
              f"Direct: p(Yes) with no rationale, {2 * s['test']} solutions. CoT: mean p(Yes) over K = {s['k_eval']} "
              f"sampled rationales (eqs. 9-10), {2 * s['cot_problems']} solutions. Accuracy: score > 0.5 is Yes. "
-             "Solve rate: greedy, the final answer equal to the gold one.", "",
+             f"Solve rate: greedy, the final answer equal to the gold one, on {s['solve_problems']} problems.", "",
              "| model | direct AUROC | direct acc [95%] | CoT AUROC | CoT acc [95%] | solve rate [95%] |",
              "|---|---|---|---|---|---|"]
     for name, e in r["models"].items():
@@ -281,7 +284,7 @@ def markdown(r: dict) -> str:
                      f"{c['accuracy']:.3f} {_ci(c, 'accuracy_ci95')} | {g['accuracy']:.3f} {_ci(g)} |")
     comp = r["compute"]
     lines += ["", f"## Adaptive compute against fixed K (verifier lambda = {COMPUTE_LAMBDA})", "",
-              f"{2 * s['pool_problems']} held-out solutions, a pool of {max(s['ks'])} rationales each; adaptive: "
+              f"{2 * s['pool_test']} held-out solutions, a pool of {max(s['ks'])} rationales each; adaptive: "
               f"rounds of {s['step']} from {s['k_min']}, stopping once Var(p_yes) < tau. Wall time: the rationales "
               "times their measured cost.", "",
               "| method | mean K | share of K_max | AUROC | share of K_max's AUROC | accuracy | wall time (s) |",
@@ -295,8 +298,8 @@ def markdown(r: dict) -> str:
               f". tau chosen on the validation solutions (fewest rationales at {AUROC_SHARE:.0%} of fixed "
               f"K_max's AUROC there): {comp['tau_chosen_on_val']}.", ""]
     bon = r["best_of_n"]
-    lines += [f"## Best-of-N ({bon['problems']} held-out problems; candidates sampled from {START} at "
-              f"temperature 1; picked by the lambda = {COMPUTE_LAMBDA} verifier's direct score)", "",
+    lines += [f"## Best-of-N ({bon['problems']} held-out problems; candidates sampled at temperature 1 from the "
+              f"lambda = {COMPUTE_LAMBDA} model, picked by its own direct score)", "",
               "| N | verifier pick [95%] | majority vote [95%] | random pick [95%] | first sample [95%] |",
               "|---|---|---|---|---|"]
     for n, t in bon["table"].items():

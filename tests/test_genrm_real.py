@@ -88,7 +88,7 @@ def test_the_small_variant_runs_every_stage_and_reports(tmp_path):
         assert len(e["direct"]["scores"]) == 2 * s["test"]
         assert all(0 <= x <= 1 for x in e["direct"]["scores"])
         assert [len(p) for p in e["cot"]["scores"]] == [s["k_eval"]] * 2 * s["cot_problems"]
-        assert len(e["solve"]["replies"]) == s["test"]
+        assert len(e["solve"]["replies"]) == s["solve_problems"]
     assert not math.isnan(report["models"]["lambda 0.1"]["direct"]["auroc"])
     methods = [r["method"] for r in report["compute"]["test"]]
     assert methods[:2] == ["fixed K=2", "fixed K=4"] and len(methods) == 2 + len(genrm_real.TAUS)
