@@ -24,7 +24,8 @@ adaptive compute against fixed K.
    validation solutions: the one with the fewest rationales at 98% of fixed K_max's AUROC.
 5. Best-of-N: N solutions a held-out problem sampled at temperature 1 from the lambda = 0.1
    model itself (the unified GenRM model generates and verifies; the start model answers
-   few of these problems and not in their format), picked by its direct score, against the first sample, a random pick and a
+   few of these problems and not in their format), picked by its CoT score (K = bon_k
+   rationales) or its direct score, against the first sample, a random pick and a
    majority vote over final answers, for N = 4 and 8, each with a bootstrap 95% interval.
 
 Each model's evaluation is cached in <out>/eval/ and each train.py stage is reused when
@@ -57,13 +58,14 @@ PROBLEMS = os.path.join(REPO, "embedded", "data", "problems")
 LAMBDAS = (0.0, 0.1, 1.0)
 COMPUTE_LAMBDA = 0.1        # the seed's; the verifier of the compute and best-of-N studies
 TAUS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+BON_METHODS = ("verifier_cot", "verifier_direct", "majority", "random", "first")
 AUROC_SHARE = 0.98          # the issue's bar: adaptive at 98% of fixed K_max's AUROC
 SETTINGS = {
     "real": dict(train=200, val=20, test=200, solve_problems=100, cot_problems=25, pool_test=20, pool_val=10,
-                 bon_problems=60, ns=(4, 8), k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8,
+                 bon_problems=60, ns=(4, 8), bon_k=1, k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8,
                  lr=1e-4, max_length=256, max_new_tokens=80, solve_tokens=96, max_steps=None),
     "small": dict(train=6, val=2, test=3, solve_problems=2, cot_problems=2, pool_test=2, pool_val=2,
-                  bon_problems=2, ns=(2, 4), k_eval=2, ks=(2, 4), k_min=2, step=2, epochs=1, batch_size=2,
+                  bon_problems=2, ns=(2, 4), bon_k=1, k_eval=2, ks=(2, 4), k_min=2, step=2, epochs=1, batch_size=2,
                   lr=1e-4, max_length=128, max_new_tokens=8, solve_tokens=8, max_steps=1),
 }
 _NUMBER = re.compile(r"-?\d+")
@@ -212,7 +214,7 @@ def compute_tables(pool: dict, s: dict) -> dict:
 
 def best_of_n(verifier_path: str, parts: dict, s: dict, seed: int, out: str) -> dict:
     """Candidates sampled from the verifier itself (the unified GenRM model: its generation
-    term trained it to solve), scored by its direct p(Yes) (module docstring, 5.)."""
+    term trained it to solve), scored by it in CoT mode (K = bon_k) and direct mode (module docstring, 5.)."""
     from extension.selection import selection_outcomes
     from win_stats import bootstrap_interval
     problems = parts["test"][:s["bon_problems"]]
@@ -223,25 +225,32 @@ def best_of_n(verifier_path: str, parts: dict, s: dict, seed: int, out: str) -> 
         from models import load_trained
         model, tokenizer = load_trained(verifier_path)
         groups = generate_completions(model, tokenizer, [[{"role": "user", "content": p["question"]}] for p in problems],
-                                      max_new_tokens=s["solve_tokens"], batch_size=2, temperature=1.0,
+                                      max_new_tokens=s["solve_tokens"], batch_size=4, temperature=1.0,
                                       num_return_sequences=n, seed=seed + 2, progress="policy samples")
         return [[c.text for c in g] for g in groups]
 
     candidates = cached(storage.join(out, "eval", "candidates.json"), sample)
 
     def score():
-        from extension.verifier import direct_scores
+        from extension.verifier import cot_pool, direct_scores
         from models import load_trained
         model, tokenizer = load_trained(verifier_path)
-        flat = direct_scores(model, tokenizer, [(p["question"], c) for p, cs in zip(problems, candidates) for c in cs])
-        return [flat[i * n:(i + 1) * n] for i in range(len(problems))]
+        flat = [(p["question"], c) for p, cs in zip(problems, candidates) for c in cs]
+        direct = direct_scores(model, tokenizer, flat)
+        cot = [sum(x) / len(x) for x in cot_pool(model, tokenizer, flat, s["bon_k"], max_new_tokens=s["max_new_tokens"],
+                                                 seed=seed + 3, progress="verifying candidates")[0]]
+        return {mode: [v[i * n:(i + 1) * n] for i in range(len(problems))] for mode, v in
+                (("direct", direct), ("cot", cot))}
 
     scores = cached(storage.join(out, "eval", "candidate_scores.json"), score)
     table = {}
     for k in s["ns"]:
-        rows = [{"answers": [answer_of(c) for c in cs[:k]], "gold": str(p["answer"]), "scores": sc[:k]}
-                for p, cs, sc in zip(problems, candidates, scores)]
-        outcomes = selection_outcomes(rows)
+        outcomes = {}
+        for mode in ("cot", "direct"):
+            rows = [{"answers": [answer_of(c) for c in cs[:k]], "gold": str(p["answer"]), "scores": sc[:k]}
+                    for p, cs, sc in zip(problems, candidates, scores[mode])]
+            found = selection_outcomes(rows)
+            outcomes.update({m: v for m, v in found.items() if m != "verifier"}, **{f"verifier_{mode}": found["verifier"]})
         table[k] = {m: {"accuracy": sum(v) / len(v), "ci95": list(bootstrap_interval(v, seed=seed))}
                     for m, v in outcomes.items()}
     return {"problems": len(problems), "table": table, "candidates": candidates, "scores": scores}
@@ -257,7 +266,7 @@ def figures(report: dict, out: str) -> None:
         "Verifier AUROC against rationales a solution", "AUROC (held-out solutions)",
         {"fixed K": fixed, "adaptive (tau sweep)": adaptive}, xlabel="mean rationales per solution (K)"))
     bon = report["best_of_n"]["table"]
-    curves = {m: [(int(n), bon[n][m]["accuracy"]) for n in bon] for m in ("verifier", "majority", "random", "first")}
+    curves = {m: [(int(n), bon[n][m]["accuracy"]) for n in bon] for m in BON_METHODS}
     storage.write_bytes_atomic(storage.join(out, "figures", "best_of_n.png"), figure_png(
         "Best-of-N final-answer accuracy", "accuracy (held-out problems)", curves, xlabel="N candidates"))
 
@@ -299,12 +308,12 @@ def markdown(r: dict) -> str:
               f"K_max's AUROC there): {comp['tau_chosen_on_val']}.", ""]
     bon = r["best_of_n"]
     lines += [f"## Best-of-N ({bon['problems']} held-out problems; candidates sampled at temperature 1 from the "
-              f"lambda = {COMPUTE_LAMBDA} model, picked by its own direct score)", "",
-              "| N | verifier pick [95%] | majority vote [95%] | random pick [95%] | first sample [95%] |",
-              "|---|---|---|---|---|"]
+              f"lambda = {COMPUTE_LAMBDA} model, picked by its own score: CoT with K = {s['bon_k']}, or direct)", "",
+              "| N | " + " | ".join(f"{m.replace('_', ' ')} [95%]" for m in BON_METHODS) + " |",
+              "|---" * (len(BON_METHODS) + 1) + "|"]
     for n, t in bon["table"].items():
         lines.append(f"| {n} | " + " | ".join(f"{t[m]['accuracy']:.3f} {_ci(t[m])}"
-                                             for m in ("verifier", "majority", "random", "first")) + " |")
+                                             for m in BON_METHODS) + " |")
     lines += ["", "## Stage commands (run from the repository root)", ""]
     lines += [f"- {name} ({r['stage_seconds'][name]:.0f} s): `python train.py {shlex.join(args)}`"
               for name, args in r["commands"].items()]

@@ -122,19 +122,19 @@ def direct_scores(model, tokenizer, items: list[tuple[str, str]], batch_size: in
             for x in p_yes(model, tokenizer, texts[i:i + batch_size], yes="Yes", no="No")]
 
 
-def cot_pool(model, tokenizer, items: list[tuple[str, str]], k: int, *, batch_size: int = 4, temperature: float = 0.7,
+def cot_pool(model, tokenizer, items: list[tuple[str, str]], k: int, *, rows: int = 32, temperature: float = 0.7,
              top_p: float = 0.95, max_new_tokens: int = 256, seed: int = 0,
              progress: str | None = None) -> tuple[list[list[float]], list[list[str]]]:
     """k eq. 9 scores of each (question, solution) pair and their rationales, generation batched
-    across pairs (batch_size pairs x k rationales a batch). The first n of a pair's k are n
+    across pairs (about `rows` rationales a generate call: rows // k pairs of k). The first n of a pair's k are n
     independent draws, so one pool serves fixed K = n and adaptive rounds alike (pool_study)."""
     users = [[{"role": "user", "content": verification_prompt(q, s)}] for q, s in items]
-    groups = generate_completions(model, tokenizer, users, max_new_tokens=max_new_tokens, batch_size=batch_size,
+    groups = generate_completions(model, tokenizer, users, max_new_tokens=max_new_tokens, batch_size=max(1, rows // k),
                                   temperature=temperature, top_p=top_p, num_return_sequences=k, seed=seed,
                                   progress=progress)
     rationales = [[c.text for c in group] for group in groups]
     texts = [asked(render(tokenizer, u, add_generation_prompt=True), r) for u, rs in zip(users, rationales) for r in rs]
-    flat = [x for i in range(0, len(texts), 4 * k) for x in p_yes(model, tokenizer, texts[i:i + 4 * k])]
+    flat = [x for i in range(0, len(texts), rows) for x in p_yes(model, tokenizer, texts[i:i + rows])]
     return [flat[i * k:(i + 1) * k] for i in range(len(items))], rationales
 
 
