@@ -61,10 +61,11 @@ TAUS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 BON_METHODS = ("verifier_cot", "verifier_direct", "majority", "random", "first")
 AUROC_SHARE = 0.98          # the bar: adaptive at 98% of fixed K_max's AUROC
 SETTINGS = {
-    # Sized to about an hour on 2 CPU cores: a training step of 8 rows (~180 tokens each, padded to
-    # the longest) takes ~15 s, and sampling runs at ~100 tokens/s.
-    "real": dict(train=80, val=10, test=100, solve_problems=50, cot_problems=20, pool_test=10, pool_val=5,
-                 bon_problems=30, ns=(4, 8), bon_k=1, k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8,
+    # Measured on 2 CPU cores (2026-12-03): a training step of 8 rows (~180 tokens each, padded to
+    # the longest) takes ~13 s (7 min a verifier), a model's evaluation 5 to 7 min, and a sampled
+    # rationale after a ~150-token prompt ~2 s (32 a batch), so the pool's 32 a solution dominate.
+    "real": dict(train=80, val=10, test=100, solve_problems=50, cot_problems=20, pool_test=6, pool_val=3,
+                 bon_problems=20, ns=(4, 8), bon_k=1, k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8,
                  lr=1e-4, max_length=256, max_new_tokens=80, solve_tokens=96, max_steps=None),
     "small": dict(train=6, val=2, test=3, solve_problems=2, cot_problems=2, pool_test=2, pool_val=2,
                   bon_problems=2, ns=(2, 4), bon_k=1, k_eval=2, ks=(2, 4), k_min=2, step=2, epochs=1, batch_size=2,
