@@ -50,7 +50,7 @@ if REPO not in sys.path:
 
 import storage  # noqa: E402
 from experiments.real_prefs import START, common_args, git_commit  # noqa: E402
-from experiments.stages import run_stage  # noqa: E402
+from experiments.stages import run_stage, write_report  # noqa: E402
 from extension.critiques import STYLES  # noqa: E402
 from shared_flags import SEED  # noqa: E402
 
@@ -348,11 +348,7 @@ def run(small: bool, out: str | None, seed: int, argv: list[str]) -> int:
               "best_of_n": best_of_n(verifier, parts, s, seed, out)}
     report["wall_minutes"] = (time.perf_counter() - began) / 60
     figures(report, out)
-    storage.write_text_atomic(storage.join(out, "results.json"), json.dumps(report, indent=1) + "\n")
-    table = markdown(report)
-    storage.write_text_atomic(storage.join(out, "results.md"), table)
-    print(table)
-    print(f"Report: {storage.join(out, 'results.md')} and results.json; figures in {storage.join(out, 'figures')}.")
+    write_report(out, report, markdown(report))
     return 0
 
 

@@ -38,7 +38,7 @@ import shlex
 import time
 
 import storage
-from experiments.stages import REPO, run_stage
+from experiments.stages import REPO, run_stage, write_report
 
 DATA = "../shared/data/hh-rlhf/harmless-base-test-part1.jsonl.gz"   # from the repository root
 DATA_PATH = os.path.join(REPO, DATA)
@@ -372,9 +372,5 @@ def run(small: bool, out: str | None, seed: int, train_args: str, argv: list[str
               "judges": judges, "judge": judge, "bt_anchor": anchor_accuracy, "beta": beta, "beta_choice": choice,
               "commands": {"bt_anchor": anchor, **commands}, "stage_seconds": seconds, "models": models,
               "wall_minutes": (time.perf_counter() - began) / 60, **evaluation}
-    storage.write_text_atomic(storage.join(out, "results.json"), json.dumps(report, indent=1) + "\n")
-    table = markdown(report)
-    storage.write_text_atomic(storage.join(out, "results.md"), table)
-    print(table)
-    print(f"Report: {storage.join(out, 'results.md')} and results.json; figures in {storage.join(out, 'figures')}.")
+    write_report(out, report, markdown(report))
     return 0

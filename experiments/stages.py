@@ -10,6 +10,7 @@ import os
 import shlex
 import subprocess
 import sys
+import json
 import time
 
 import storage
@@ -33,3 +34,12 @@ def run_stage(name: str, args: list[str], out: str) -> float:
     if done.returncode != 0:
         raise SystemExit(f"error: stage {name} failed (exit {done.returncode}); its command is above.")
     return time.perf_counter() - start
+
+
+def write_report(out: str, report: dict, table: str) -> None:
+    """results.json (every number) and results.md (the tables) into `out`, each written whole;
+    prints the table and where both went."""
+    storage.write_text_atomic(storage.join(out, "results.json"), json.dumps(report, indent=1) + "\n")
+    storage.write_text_atomic(storage.join(out, "results.md"), table)
+    print(table)
+    print(f"Report: {storage.join(out, 'results.md')} and results.json; figures in {storage.join(out, 'figures')}.")
