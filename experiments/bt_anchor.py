@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3])
     p.add_argument("--out", default="runs/bt-anchor")
     p.add_argument("--small", action="store_true", help="the small setting: a few rows, one step")
-    p.add_argument("--max-length", type=int, default=None, help="tokens a pair (default: the setting's, 128)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the setting's, 2)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens a pair; None: the setting's, 128")
+    p.add_argument("--epochs", type=int, default=None, help="epochs; None: the setting's, 2")
     p.add_argument("--validation", action="store_true",
                    help="hold the test pairs out: train on the training pairs' 90%% and score their other 10%%")
     p.add_argument("--train-args", default="", help="more train.py flags for every seed, as one argument: --train-args=--no-disable-dropout")

@@ -4,6 +4,8 @@ adaptive compute against fixed K.
 
     python experiments/genrm_real.py                 # about an hour on 2 CPU cores
     python experiments/genrm_real.py --small         # every stage on a few rows (what CI runs)
+    python experiments/genrm_real.py --train-problems 240 --lambdas 0.1 --styles inverse check \
+        --verification-only --out runs/genrm-inverse  # screen a recipe: verifiers and their table only
 
 1. Data (<out>/data): the first TRAIN problems of the bundled `problems/` train split train;
    the next VAL ones are train.py's validation split and the validation part that tau is
@@ -14,6 +16,7 @@ adaptive compute against fixed K.
 2. Verifiers: `sft_verifier` from SmolLM2-135M-Instruct, once for each lambda in LAMBDAS
    (eq. 7: L_verify + lambda * L_correct) with the "check" critiques, and once at lambda 0.1
    with the "verdict_first" ones (the format before): the same problems, steps and seed.
+   --styles and --lambdas choose other stages: the first style at every lambda, the others at 0.1.
 3. Every model (the start model and each verifier) on the held-out problems: direct-mode
    p(Yes) of both solutions of each problem; CoT-mode scores (eqs. 9-10) with K rationales
    on the first problems; and its own greedy solve rate on the first problems.
@@ -294,6 +297,9 @@ def markdown(r: dict) -> str:
         d, c, g = e["direct"], e["cot"], e["solve"]
         lines.append(f"| {name} | {d['auroc']:.3f} | {d['accuracy']:.3f} {_ci(d, 'accuracy_ci95')} | {c['auroc']:.3f} | "
                      f"{c['accuracy']:.3f} {_ci(c, 'accuracy_ci95')} | {g['accuracy']:.3f} {_ci(g)} |")
+    lines += ["", f"Critique style of the lambda rows: {r.get('style', STYLES[0])}."]
+    if "compute" not in r:
+        return "\n".join(lines + _commands(r)) + "\n"
     comp = r["compute"]
     lines += ["", f"## Adaptive compute against fixed K (verifier lambda = {COMPUTE_LAMBDA})", "",
               f"{2 * s['pool_test']} held-out solutions, a pool of {max(s['ks'])} rationales each; adaptive: "
@@ -317,37 +323,49 @@ def markdown(r: dict) -> str:
     for n, t in bon["table"].items():
         lines.append(f"| {n} | " + " | ".join(f"{t[m]['accuracy']:.3f} {_ci(t[m])}"
                                              for m in BON_METHODS) + " |")
-    lines += ["", "## Stage commands (run from the repository root)", ""]
-    lines += [f"- {name} ({r['stage_seconds'][name]:.0f} s): `python train.py {shlex.join(args)}`"
-              for name, args in r["commands"].items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _commands(r)) + "\n"
 
 
-def run(small: bool, out: str | None, seed: int, argv: list[str]) -> int:
-    """The whole experiment (module docstring); returns the exit status."""
+def _commands(r: dict) -> list[str]:
+    return ["", "## Stage commands (run from the repository root)", ""] + [
+        f"- {name} ({r['stage_seconds'][name]:.0f} s): `python train.py {shlex.join(args)}`"
+        for name, args in r["commands"].items()]
+
+
+def run(small: bool, out: str | None, seed: int, argv: list[str], *, overrides: dict | None = None,
+        lambdas: tuple[float, ...] = LAMBDAS, styles: tuple[str, ...] = STYLES[:2], verification_only: bool = False) -> int:
+    """The whole experiment (module docstring); returns the exit status. `overrides` replace
+    settings (train problems, epochs); `styles[0]` is trained at every lambda in `lambdas`, each
+    other style at COMPUTE_LAMBDA; `verification_only` stops after the verification table."""
     began = time.perf_counter()
-    s = SETTINGS["small" if small else "real"]
+    s = {**SETTINGS["small" if small else "real"], **(overrides or {})}
     out = out or f"runs/genrm-real{'-small' if small else ''}"
     out = out if "://" in out else os.path.abspath(out)
     parts = write_data(s, out)
-    stages = {**{f"lambda {lam}": (f"verifier_lambda{lam}", lam, STYLES[0]) for lam in LAMBDAS},
-              f"lambda {COMPUTE_LAMBDA}, {STYLES[1]}": (f"verifier_{STYLES[1]}", COMPUTE_LAMBDA, STYLES[1])}
+    primary = styles[0]
+    stages = {**{f"lambda {lam}": (f"verifier_lambda{lam}", lam, primary) for lam in lambdas},
+              **{f"lambda {COMPUTE_LAMBDA}, {style}": (f"verifier_{style}", COMPUTE_LAMBDA, style) for style in styles[1:]}}
     commands = {run: verifier_command(s, out, run, lam, style, seed) for run, lam, style in stages.values()}
     seconds = {name: run_stage(name, args, out) for name, args in commands.items()}
     models = {"start": START, **{label: storage.join(out, run) for label, (run, _, _) in stages.items()}}
     evaluation = {name: cached(storage.join(out, "eval", re.sub(r"[^\w.]+", "_", name) + ".json"),
                                lambda path=path: evaluate_model(path, parts, s, seed))
                   for name, path in models.items()}
-    verifier = models[f"lambda {COMPUTE_LAMBDA}"]
-    pool = cached(storage.join(out, "eval", "pool.json"), lambda: compute_study(verifier, parts, s, seed))
-    report = {"setting": "small" if small else "real", "settings": s, "seed": seed, "date": time.strftime("%Y-%m-%d"),
-              "commit": git_commit(), "command": f"python experiments/genrm_real.py {shlex.join(argv)}",
+    report = {"setting": "small" if small else "real", "settings": s, "style": primary, "seed": seed,
+              "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+              "command": f"python experiments/genrm_real.py {shlex.join(argv)}",
               "question_ids": {part: [p["question_id"] for p in rows] for part, rows in parts.items()},
-              "commands": commands, "stage_seconds": seconds, "models": evaluation,
-              "compute": compute_tables(pool, s), "pool": pool,
-              "best_of_n": best_of_n(verifier, parts, s, seed, out)}
+              "commands": commands, "stage_seconds": seconds, "models": evaluation}
+    verifier = models.get(f"lambda {COMPUTE_LAMBDA}")
+    if not verification_only:
+        if verifier is None:
+            raise ValueError(f"--lambdas: the compute and best-of-N studies use the lambda {COMPUTE_LAMBDA} verifier; "
+                             f"add {COMPUTE_LAMBDA} or pass --verification-only")
+        pool = cached(storage.join(out, "eval", "pool.json"), lambda: compute_study(verifier, parts, s, seed))
+        report.update(compute=compute_tables(pool, s), pool=pool, best_of_n=best_of_n(verifier, parts, s, seed, out))
     report["wall_minutes"] = (time.perf_counter() - began) / 60
-    figures(report, out)
+    if not verification_only:
+        figures(report, out)
     write_report(out, report, markdown(report))
     return 0
 
@@ -356,10 +374,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--small", action="store_true", help="every stage on a few rows and steps (what CI runs)")
-    p.add_argument("--out", default=None, help="output folder (default: runs/genrm-real[-small])")
+    p.add_argument("--out", default=None, help="output folder; None: runs/genrm-real[-small]")
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--train-problems", type=int, default=None, help="training problems; None: the setting's")
+    p.add_argument("--epochs", type=int, default=None, help="epochs a verifier; None: the setting's")
+    p.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS),
+                   help="the generation term's weights, each a verifier in the first style")
+    p.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES[:2]),
+                   help=f"critique styles: the first at every lambda, the others at lambda {COMPUTE_LAMBDA}")
+    p.add_argument("--verification-only", action="store_true",
+                   help="stop after the verification table (no rationale pool, no best-of-N)")
     args = p.parse_args(argv)
-    return run(args.small, args.out, args.seed, list(sys.argv[1:] if argv is None else argv))
+    overrides = {k: v for k, v in (("train", args.train_problems), ("epochs", args.epochs)) if v is not None}
+    return run(args.small, args.out, args.seed, list(sys.argv[1:] if argv is None else argv), overrides=overrides,
+               lambdas=tuple(args.lambdas), styles=tuple(args.styles), verification_only=args.verification_only)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ def _apply(a: int, op: str, b: int) -> float:
     return a / b if b else float("nan")
 
 
-STYLES = ("check", "verdict_first")
+STYLES = ("check", "verdict_first", "inverse")
+_INVERSE = {"+": "-", "-": "+"}     # a + b = c holds iff c - b = a; a - b = c iff c + b = a
 
 
 def rule_based_critique(solution: str, style: str = "check") -> tuple[str, str]:
@@ -50,7 +51,10 @@ def rule_based_critique(solution: str, style: str = "check") -> tuple[str, str]:
     wrote 25. This is wrong." The result is computed where nothing written follows "70 - 44"
     to copy, and the verdict compares two numbers already in the text. "verdict_first" (the
     format until 2026-12-03) judges right after copying the step: "Step 1: 70 - 44 = 25. This
-    is wrong: 70 - 44 = 26.", so the verdict comes before any computation is written."""
+    is wrong: 70 - 44 = 26.", so the verdict comes before any computation is written.
+    "inverse" undoes each + and - step from the solution's own result, a sum that appears
+    nowhere in the text to copy: "Step 1: 25 + 44 gives 69; it should give 70. This is
+    wrong." (a * b = c is checked forwards, as in "check")."""
     if style not in STYLES:
         raise ValueError(f"style: expected one of {', '.join(STYLES)}, got {style!r}")
     lines, all_right = [], True
@@ -62,7 +66,11 @@ def rule_based_critique(solution: str, style: str = "check") -> tuple[str, str]:
         right = value == int(c)
         all_right &= right
         shown = int(value) if value == int(value) else round(value, 4)
-        if style == "check":
+        if style == "inverse" and op in _INVERSE:
+            undone = _apply(int(c), _INVERSE[op], int(b))
+            lines.append(f"Step {k}: {c} {_INVERSE[op]} {b} gives {int(undone)}; it should give {a}. "
+                         f"This is {'correct' if right else 'wrong'}.")
+        elif style in ("check", "inverse"):
             lines.append(f"Step {k}: {a} {op} {b} gives {shown}; the solution wrote {c}. "
                          f"This is {'correct' if right else 'wrong'}.")
         elif right:

@@ -92,3 +92,13 @@ def test_the_verdict_first_critique_style_is_kept_for_comparison_and_an_unknown_
                                           "Verification: Is the answer correct (Yes/No)? No")
     with pytest.raises(ValueError, match="style: expected one of check, verdict_first"):
         rule_based_critique("1 + 1 = 2", "loose")
+
+
+def test_the_inverse_critique_undoes_each_sum_from_the_written_result():
+    from extension.critiques import rule_based_critique
+    critique, label = rule_based_critique("He has 5 - 2 = 4, then 4 + 1 = 5, so 5 * 2 = 10. The answer is 10.", "inverse")
+    assert label == "No" and critique == ("Step 1: 4 + 2 gives 6; it should give 5. This is wrong.\n"
+                                          "Step 2: 5 - 1 gives 4; it should give 4. This is correct.\n"
+                                          "Step 3: 5 * 2 gives 10; the solution wrote 10. This is correct.\n"
+                                          "Verification: Is the answer correct (Yes/No)? No")
+    assert rule_based_critique("3 + 4 = 7, 7 - 5 = 2", "inverse")[1] == "Yes"
