@@ -295,3 +295,32 @@ def test_grpo_step_on_the_real_model_logs_a_finite_loss(real, tmp_path):
     s = read_scalars(tmp_path / "grpo" / "tensorboard")
     assert [step for step, _ in s["train/loss"]] == [0] and math.isfinite(s["train/loss"][0][1])
     assert all(1 <= v <= 8 for _, v in s["train/completion_length_max"])
+
+
+def test_p_yes_reads_the_answer_position_after_a_rationale_as_a_hand_softmax_does(real):
+    """Eq. 9 on SmolLM2 by hand: one unpadded forward of the text asked() builds, softmax over the
+    whole vocabulary at its last position, p(" Yes") / (p(" Yes") + p(" No")). p_yes gets the same
+    number in a right-padded batch beside a longer text. The text is a prefix of how sft_verifier
+    renders the training row, so the score is read where training put the label."""
+    from models import load_causal_lm
+    from tokenization import render
+    from extension.critiques import direct_prompt, rule_based_critique, verification_prompt
+    from extension.verifier import asked, p_yes
+    folder, tokenizer = real
+    model = load_causal_lm(str(folder)).eval()
+    question, solution = "Tom has 25 apples and buys 44 more. How many now?", "25 + 44 = 70. The answer is 70."
+    user = [{"role": "user", "content": verification_prompt(question, solution)}]
+    critique, label = rule_based_critique(solution)
+    assert label == "No"
+    text = asked(render(tokenizer, user, add_generation_prompt=True), critique)
+    assert render(tokenizer, user + [{"role": "assistant", "content": critique}]).startswith(text + " No")
+    yes, no = (tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" Yes", " No"))
+    assert len(yes) == len(no) == 1                            # one token each: the hand softmax reads them whole
+    with torch.no_grad():
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        probs = torch.softmax(model(input_ids=ids).logits[0, -1].double(), dim=-1)
+    hand = (probs[yes[0]] / (probs[yes[0]] + probs[no[0]])).item()
+    longer = render(tokenizer, [{"role": "user", "content": direct_prompt(question, solution) * 2}]) + "x"
+    ours = p_yes(model, tokenizer, [text, longer])[0]
+    assert ours == pytest.approx(hand, abs=1e-5)
+    assert 0.01 < hand < 0.99                                  # a real distribution, not a saturated one
