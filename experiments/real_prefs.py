@@ -47,7 +47,10 @@ ENCODER = "all-minilm-l6-v2"
 BETAS = (0.1, 0.5)
 # Learning rates of every setting. The first real run's DPO at 1e-5 x 30 steps and GRPO at 5e-6 x 20
 # barely moved the start model (docs/results.md).
-LR = {"sft": 1e-5, "dpo": 3e-5, "grpo": 2e-5}
+LR = {"sft": 1e-5, "dpo": 3e-5, "grpo": 2e-5,
+      # The judges. MiniLM: 1e-4, chosen over the anchor loop's 3e-5 on bt_anchor.py --validation
+      # (0.680 against 0.637, seeds 42 and 1, 2026-12-04; docs/results.md).
+      "judge_minilm": 1e-4, "judge_smollm2": 1e-5}
 # "real" fits the 2-core machine in about 90 minutes; "small" runs every stage on a few rows.
 SETTINGS = {
     "real": dict(rows=None, eval_prompts=160, judge_test=100, policy_val=100, prompt_chars=1000,
@@ -138,15 +141,15 @@ def anchor_source(raw: list[dict], s: dict, out: str) -> str:
 def bt_command(backbone: str, folder: str, name: str, s: dict, common: list[str], *,
                max_length: int | None = None, epochs: int | None = None) -> list[str]:
     """A bt reward model on `folder`'s pairs: MiniLM with the anchor's recipe (batch 16,
-    lr 3e-5, two epochs), or SmolLM2 with a score head (one epoch: it costs ~6x a step).
+    two epochs; its lr chosen on validation), or SmolLM2 with a score head (one epoch: it costs ~6x a step).
     `max_length` and `epochs` replace the setting's (experiments/bt_anchor.py's variants)."""
     bt = ["--training-type", "bt", "--dataset-name", folder, "--max-length", str(max_length or s["judge_max_length"]),
           "--name", name]
     small = ["--max-steps", "1"] if s["rows"] is not None else []
     if backbone == "minilm":
-        return [*bt, "--model-name", ENCODER, "--chat-template", "hh", "--batch-size", "16", "--lr", "3e-5",
+        return [*bt, "--model-name", ENCODER, "--chat-template", "hh", "--batch-size", "16", "--lr", str(LR["judge_minilm"]),
                 "--max-epochs", str(epochs or s["judge_epochs"]), *small, *common]
-    return [*bt, "--model-name", START, "--batch-size", str(s["batch_size"]), "--lr", "1e-5",
+    return [*bt, "--model-name", START, "--batch-size", str(s["batch_size"]), "--lr", str(LR["judge_smollm2"]),
             "--max-epochs", str(s["judge_lm_epochs"]), *small, *common]
 
 
