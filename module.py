@@ -8,8 +8,9 @@
     -> the --dpo-loss (losses/preference.py) against the reference log-probs (cached with the
     data, or a live frozen reference; none for the reference-free simpo). Preference batches
     (bt): chosen and rejected in one forward of the reward model -> one reward per sequence
-    (reward_model.sequence_rewards) -> Bradley-Terry loss. Prompt batches (grpo): a rollout first (rollouts.py: k sampled completions a prompt -> rewards ->
-    group advantages), then the completions' token log-probs -> clipped policy-gradient loss.
+    (reward_model.sequence_rewards) -> Bradley-Terry loss. Prompt batches (grpo): a rollout
+    first (rollouts.py: k sampled completions a prompt -> rewards -> group advantages), then
+    the completions' token log-probs -> clipped policy-gradient loss.
 
 Optimization is manual so that a gradient-accumulation window is one DataLoader item (a
 `StepBatch`): the loss of each micro-batch is divided by the supervised tokens (SFT) or pairs
@@ -35,8 +36,8 @@ from config import Config
 from errors import ConfigError, UserError
 from logprobs import batch_attention_mask, preference_logps, token_logps
 from losses import LOSSES
-from losses.preference import PREFERENCE_LOSSES, PairLogps
 from losses.labels import IGNORE_INDEX
+from losses.preference import PREFERENCE_LOSSES, PairLogps
 from models import disable_dropout, load_model
 from reward_model import sequence_rewards
 from val_generation import WinRateSetup, generation_metrics
@@ -211,8 +212,8 @@ class PostTrainingModule(L.LightningModule):
         ref = None if PREFERENCE_LOSSES[d.dpo_loss].reference_free else self.reference_logps(batch)
         B = batch.count
         tokens = batch.per_sequence(batch.labels[:, 1:] != IGNORE_INDEX)                 # (2B,) completion tokens
-        pairs = PairLogps(logps[:B], logps[B:], None if ref is None else ref[:B], None if ref is None else ref[B:],
-                          tokens[:B], tokens[B:])
+        ref_chosen, ref_rejected = (None, None) if ref is None else (ref[:B], ref[B:])
+        pairs = PairLogps(logps[:B], logps[B:], ref_chosen, ref_rejected, tokens[:B], tokens[B:])
         own = {name: getattr(d, name) for name in PREFERENCE_LOSSES[d.dpo_loss].params}     # e.g. rpo_alpha
         out = self.loss_fn(pairs, d.dpo_loss, d.beta, **own)
         denom = torch.as_tensor(B if normalizer is None else normalizer, dtype=torch.float32)

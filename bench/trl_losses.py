@@ -3,6 +3,7 @@
 the table of docs/preference_losses.md.
 
     python bench/trl_losses.py          # prints the markdown table (TRL from bench/requirements.txt)
+    python bench/trl_losses.py --seed 1 # another batch of pairs
 
 TRL's own code runs, not a copy of it. sigmoid, hinge and ipo: DPOTrainer._compute_loss, on a
 trainer made with object.__new__ (only the attributes that method reads) and a stand-in model
@@ -111,9 +112,9 @@ def compare(loss: str, batch: dict) -> dict:
             "max_abs_diff": max(float((a - t).abs().max()) for a, t in zip(ours, theirs))}
 
 
-def table() -> str:
+def table(seed: int = 0) -> str:
     import trl
-    batch = parity_batch()
+    batch = parity_batch(seed)
     lines = [f"| --dpo-loss | settings | mean loss, ours | mean loss, TRL {trl.__version__} | max abs difference "
              "(losses and rewards, 8 pairs) |", "| --- | --- | --- | --- | --- |"]
     for loss in SETTINGS:
@@ -125,4 +126,7 @@ def table() -> str:
 
 
 if __name__ == "__main__":
-    print(table())
+    import argparse
+    parser = argparse.ArgumentParser(description="Print the parity table of our --dpo-loss losses against TRL's.")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 8 pairs of log-probs compared")
+    print(table(parser.parse_args().seed))
