@@ -13,7 +13,7 @@ tokens. With h the log-ratio difference
     sigmoid  -log sigma(beta h)                                  DPO (losses/dpo.py), + --rpo-alpha
     cdpo     (1 - e) (-log sigma(beta h)) + e (-log sigma(-beta h))        conservative DPO
     hinge    max(0, 1 - beta h)                                  SLiC
-    ipo      (h / |y| - 1 / (2 tau))^2, tau = beta, h length-averaged      IPO
+    ipo      (h_avg - 1 / (2 tau))^2, tau = beta, each log-ratio of h over its |y|   IPO
     simpo    -log sigma(beta log pi(y_w|x) / |y_w| - beta log pi(y_l|x) / |y_l| - gamma)   SimPO
 
 Each function's docstring gives its paper and where it follows TRL 1.16 instead
