@@ -144,9 +144,12 @@ class SFTArgs:
 
 @dataclass(frozen=True)
 class DPOArgs:
-    """dpo: the loss's beta, the RPO term and the reference log-probs."""
-    beta: float
-    rpo_alpha: float
+    """dpo: the preference loss (losses/preference.py), its beta and own terms, and the reference log-probs."""
+    dpo_loss: str               # sigmoid, ipo, cdpo, hinge or simpo (flags.DPO_LOSSES)
+    beta: float                 # every --dpo-loss's beta (ipo's tau)
+    rpo_alpha: float            # sigmoid only: the RPO NLL term's weight
+    label_smoothing: float      # cdpo only: the probability e that a label is flipped
+    simpo_gamma: float          # simpo only: the target reward margin
     precompute_ref_log_probs: bool
 
 

@@ -44,13 +44,7 @@ def validate(config: dict, given: set) -> None:
         check_transformer_engine(c["use_gpu"])
     if c["compile"]:
         check_compile(c, given)
-    if "beta" in given and c["training_type"] != "dpo":
-        raise ConfigError("--beta only applies to --training-type dpo.")
-    for name in ("precompute_ref_log_probs", "rpo_alpha"):
-        if name in given and c["training_type"] != "dpo":
-            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type dpo.")
-    if c["rpo_alpha"] < 0:
-        raise ConfigError(f"--rpo-alpha must not be negative (got {c['rpo_alpha']}).")
+    validate_dpo(c, given)
     for name in ("lambda_", "verifier_eval_rows", "verifier_k"):
         if name in given and c["training_type"] != "sft_verifier":
             raise ConfigError(f"--{name.rstrip('_').replace('_', '-')} only applies to --training-type sft_verifier.")
@@ -122,6 +116,37 @@ def validate(config: dict, given: set) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative (got {c[name]}).")
     if c["roundoff"] is not None and c["roundoff"] < 0:
         raise ConfigError(f"--roundoff must not be negative (got {c['roundoff']}).")
+
+
+def validate_dpo(c: dict, given: set) -> None:
+    """dpo's flags: where they apply (each loss's own hyper-parameters to that loss only), and their ranges."""
+    for name in ("dpo_loss", "beta", "precompute_ref_log_probs", "rpo_alpha", "label_smoothing", "simpo_gamma"):
+        if name in given and c["training_type"] != "dpo":
+            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type dpo.")
+    if c["rpo_alpha"] < 0:
+        raise ConfigError(f"--rpo-alpha must not be negative (got {c['rpo_alpha']}).")
+    if c["training_type"] != "dpo":
+        return
+    from losses.preference import LOSS_PARAMS, PREFERENCE_LOSSES      # torch: only for a dpo run, which loads it next
+    loss = PREFERENCE_LOSSES[c["dpo_loss"]]
+    for name in LOSS_PARAMS:
+        if name in given and name not in loss.params:
+            owner = next(n for n, spec in PREFERENCE_LOSSES.items() if name in spec.params)
+            raise ConfigError(f"--{name.replace('_', '-')} only applies to --dpo-loss {owner} "
+                              f"(this run's is {c['dpo_loss']}).")
+    if loss.reference_free and "precompute_ref_log_probs" in given:
+        raise ConfigError(f"--precompute-ref-log-probs does not apply to --dpo-loss {c['dpo_loss']}, which is "
+                          f"reference-free: no reference model is loaded and no reference log-probs computed.")
+    if c["beta"] <= 0:
+        raise ConfigError(f"--beta must be positive (got {c['beta']}).")
+    if not 0 <= c["label_smoothing"] < 0.5:
+        raise ConfigError(f"--label-smoothing must be in [0, 0.5): it is the probability that a preference label "
+                          f"is flipped (got {c['label_smoothing']}).")
+    if c["dpo_loss"] == "cdpo" and c["label_smoothing"] == 0:
+        raise ConfigError("--dpo-loss cdpo needs --label-smoothing above 0 (with 0 it is --dpo-loss sigmoid); "
+                          "e.g. --label-smoothing 0.1.")
+    if c["simpo_gamma"] < 0:
+        raise ConfigError(f"--simpo-gamma must not be negative (got {c['simpo_gamma']}).")
 
 
 def validate_rl(c: dict, given: set) -> None:

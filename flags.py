@@ -32,6 +32,9 @@ PACKING_TYPES = ("sft", "sft_verifier", "dpo", "bt")
 # Pairwise losses compare two forwards (chosen, rejected); dropout would draw a different mask
 # for each and add its noise to their difference. TRL's DPO and reward trainers turn it off too.
 NO_DROPOUT_TYPES = ("dpo", "bt")
+# --dpo-loss: the keys of losses/preference.py's PREFERENCE_LOSSES, in its order (tested); named
+# here because parsing flags imports no torch.
+DPO_LOSSES = ("sigmoid", "ipo", "cdpo", "hinge", "simpo")
 PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true", "transformer-engine")
 
 
@@ -105,10 +108,24 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
              "where that saves rows, instead of one padded row each; same loss and gradients, less padding "
              "(see bench/README.md)")
     add("--precision", choices=PRECISIONS, default="32-true", help="Lightning precision")
-    add("--beta", type=float, default=0.1, help="DPO beta (the seed used 1.0 and 2.0)")
+    add("--dpo-loss", choices=DPO_LOSSES, default="sigmoid",
+        help="dpo: the preference loss (losses/preference.py; docs/preference_losses.md): sigmoid DPO "
+             "(Rafailov et al. 2023), ipo (Azar et al. 2023, length-averaged log-ratios as in TRL), cdpo "
+             "(conservative DPO, --label-smoothing), hinge (SLiC), or simpo (Meng et al. 2024: reference-free, "
+             "length-normalised, --simpo-gamma; no reference model is loaded)")
+    add("--beta", type=float, default=0.1,
+        help="dpo: beta of every --dpo-loss (the seed used 1.0 and 2.0); ipo's tau (the target is 1/(2 tau)); "
+             "for simpo set it yourself, the paper used 2.0 to 2.5")
     add("--rpo-alpha", type=float, default=0.0,
-        help="DPO: weight of the NLL term on the chosen reply, L_DPO + a * NLL(y_w)/|y_w| (RPO, Pang et al. "
-             "2024; 0: off, the paper used 1)")
+        help="DPO (--dpo-loss sigmoid): weight of the NLL term on the chosen reply, L_DPO + a * NLL(y_w)/|y_w| "
+             "(RPO, Pang et al. 2024; 0: off, the paper used 1)")
+    add("--label-smoothing", type=float, default=0.0,
+        help="--dpo-loss cdpo (needs it above 0): the probability e in [0, 0.5) that a preference label is "
+             "flipped, L = (1 - e) (-log sigma(beta h)) + e (-log sigma(-beta h)); Mitchell's note uses 0.1 "
+             "as an example")
+    add("--simpo-gamma", type=float, default=0.5,
+        help="--dpo-loss simpo: the target reward margin gamma, -log sigma(beta logp_w/|y_w| - beta "
+             "logp_l/|y_l| - gamma) (TRL's simpo_gamma; the paper's gamma/beta is about 0.5)")
     add("--precompute-ref-log-probs", action=flag, default=True,
         help="DPO: compute the reference log-probs once before training and keep them with the data "
              "(no reference model in memory while training); --no-... runs the reference live")

@@ -19,7 +19,7 @@ from checkpoints import run_of
 CARD_KEYS = ("training_type", "lr", "batch_size", "accumulate_grad_batches", "max_epochs", "max_steps",
              "max_length", "warmup_ratio", "weight_decay", "gradient_clip_val", "precision", "seed",
              "dataset_source", "train_dataset_length")
-TYPE_KEYS = {"sft": ("length_penalty", "length_penalty_every"), "dpo": ("beta", "rpo_alpha"),
+TYPE_KEYS = {"sft": ("length_penalty", "length_penalty_every"), "dpo": ("dpo_loss", "beta", "rpo_alpha"),
              "bt": ("center_rewards_coefficient",), "sft_verifier": ("lambda_",),
              "grpo": ("num_generations", "temperature", "top_p", "max_new_tokens", "advantage", "loss_aggregation",
                       "num_iterations", "clip_range", "kl_coef", "reward_funcs", "reward_weights", "reward_model",

@@ -5,11 +5,12 @@
     SFT batches: token log-probs (logprobs.py: the LM head only at supervised positions, in
     chunks; packed rows keep attention within each sequence) -> masked cross-entropy.
     Preference batches (DPO): chosen and rejected in one forward -> summed completion log-probs
-    -> DPO loss against the reference log-probs (cached with the data, or a live frozen
-    reference). Preference batches (bt): chosen and rejected in one forward of the reward model
-    -> one reward per sequence (reward_model.sequence_rewards) -> Bradley-Terry loss. Prompt
-    batches (grpo): a rollout first (rollouts.py: k sampled completions a prompt -> rewards ->
-    group advantages), then the completions' token log-probs -> clipped policy-gradient loss.
+    -> the --dpo-loss (losses/preference.py) against the reference log-probs (cached with the
+    data, or a live frozen reference; none for the reference-free simpo). Preference batches
+    (bt): chosen and rejected in one forward of the reward model -> one reward per sequence
+    (reward_model.sequence_rewards) -> Bradley-Terry loss. Prompt batches (grpo): a rollout
+    first (rollouts.py: k sampled completions a prompt -> rewards -> group advantages), then
+    the completions' token log-probs -> clipped policy-gradient loss.
 
 Optimization is manual so that a gradient-accumulation window is one DataLoader item (a
 `StepBatch`): the loss of each micro-batch is divided by the supervised tokens (SFT) or pairs
@@ -36,6 +37,7 @@ from errors import ConfigError, UserError
 from logprobs import batch_attention_mask, preference_logps, token_logps
 from losses import LOSSES
 from losses.labels import IGNORE_INDEX
+from losses.preference import PREFERENCE_LOSSES, PairLogps
 from models import disable_dropout, load_model
 from reward_model import sequence_rewards
 from val_generation import WinRateSetup, generation_metrics
@@ -204,20 +206,25 @@ class PostTrainingModule(L.LightningModule):
         return preference_logps(self._reference[0], batch)
 
     def _dpo(self, batch: PreferenceBatch, normalizer=None):
+        d = self.config.dpo
         logps = preference_logps(self.model, batch)                                      # (2B,)
-        ref = self.reference_logps(batch)
+        # A reference-free loss (simpo) has no reference log-probs: none cached, none scored live.
+        ref = None if PREFERENCE_LOSSES[d.dpo_loss].reference_free else self.reference_logps(batch)
         B = batch.count
-        chosen_tokens = batch.per_sequence(batch.labels[:, 1:] != IGNORE_INDEX)[:B]           # (B,)
-        out = self.loss_fn(logps[:B], logps[B:], ref[:B], ref[B:], self.config.dpo.beta, self.config.dpo.rpo_alpha,
-                           chosen_tokens)
+        tokens = batch.per_sequence(batch.labels[:, 1:] != IGNORE_INDEX)                 # (2B,) completion tokens
+        ref_chosen, ref_rejected = (None, None) if ref is None else (ref[:B], ref[B:])
+        pairs = PairLogps(logps[:B], logps[B:], ref_chosen, ref_rejected, tokens[:B], tokens[B:])
+        own = {name: getattr(d, name) for name in PREFERENCE_LOSSES[d.dpo_loss].params}     # e.g. rpo_alpha
+        out = self.loss_fn(pairs, d.dpo_loss, d.beta, **own)
         denom = torch.as_tensor(B if normalizer is None else normalizer, dtype=torch.float32)
         chosen, rejected = out.chosen_rewards, out.rejected_rewards
         sums = {"loss": out.losses.detach().sum(), "count": B, "rewards/chosen": chosen.sum(),
                 "rewards/rejected": rejected.sum(), "rewards/accuracies": (chosen > rejected).sum(),
                 "rewards/margins": (chosen - rejected).sum(), "logps/chosen": logps[:B].detach().sum(),
-                "logps/rejected": logps[B:].detach().sum(),
-                # log pi(y_w|x) - log pi_ref(y_w|x) on the chosen replies: a sample estimate of KL(pi || pi_ref)
-                "kl": (logps[:B].detach() - ref[:B]).sum()}
+                "logps/rejected": logps[B:].detach().sum()}
+        if ref is not None:
+            # log pi(y_w|x) - log pi_ref(y_w|x) on the chosen replies: a sample estimate of KL(pi || pi_ref)
+            sums["kl"] = (logps[:B].detach() - ref[:B]).sum()
         return out.losses.sum() / denom.clamp(min=1), sums
 
     def _bt(self, batch: PreferenceBatch, normalizer=None):

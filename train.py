@@ -239,7 +239,11 @@ def fit(c: Config, ray_worker: bool = False) -> dict:
             loader.collate_fn.pack_capacity = None
     reference = None
     if c.run.training_type == "dpo":
-        if c.dpo.precompute_ref_log_probs:
+        from losses.preference import PREFERENCE_LOSSES
+        if PREFERENCE_LOSSES[c.dpo.dpo_loss].reference_free:
+            log.info("--dpo-loss %s is reference-free: no reference model is loaded and no reference log-probs "
+                     "are computed", c.dpo.dpo_loss)
+        elif c.dpo.precompute_ref_log_probs:
             # The policy was just loaded from the starting checkpoint (a resumed run loads its
             # trained weights later, inside fit), so here it is the reference.
             from reference_logps import precompute_reference_logps

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 ENTRY_POINTS = {"train.py", "infer.py", "evaluate.py", "win_rate.py", "upload_to_hub.py", "plots.py",
                 "extension/verify.py", "extension/data_preparation.py", "bench/run.py", "bench/compile.py",
                 "bench/verifier.py", "experiments/replicate.py", "experiments/probe_base.py", "embedded/build.py",
-                "experiments/bt_anchor.py", "experiments/genrm_real.py"}
+                "experiments/bt_anchor.py", "experiments/genrm_real.py", "bench/trl_losses.py"}
 # Files with a __main__ block that are not commands.
 NOT_COMMANDS = {"embedded/task.py": "a library module whose __main__ prints sample problems; it takes no flags"}
 
@@ -53,8 +53,13 @@ SKIP = {
     "python train.py --model-name Qwen/Qwen2.5-0.5B": "a Hub download and --use-gpu",
     "python bench/run.py": f"a benchmark: {SLOW} (bench/README.md)",
     "python bench/verifier.py": f"a benchmark: 100 solutions with adaptive K, {SLOW}",
+    "python bench/trl_losses.py": "needs TRL (bench/requirements.txt, not the trainer's); "
+                                  "tests/test_loss_preference.py runs the same comparison where it is installed",
     "python bench/compile.py": f"a benchmark: compiles the training step of two models, {SLOW} (bench/README.md)",
     "python train.py --training-type dpo --model-name runs/sft-demo": f"DPO with a win rate at each validation, {SLOW}",
+    "python train.py --training-type dpo --model-name runs/sft-demo --dpo-loss": f"DPO training, {SLOW} "
+                                                                                 f"(tests/test_loss_preference.py "
+                                                                                 f"runs two steps of each loss)",
     "python train.py --training-type bt": f"reward-model training, {SLOW}",
     "python train.py --length-penalty": f"SFT that samples a reply for each row every --length-penalty-every steps, "
                                         f"{SLOW}",
