@@ -1,5 +1,5 @@
 """bench/run.py on a tiny configuration: our side's figures for every workload, and with TRL
-installed (bench/requirements.txt; CI does not install it) TRL's side and the first-batch
+installed (bench/requirements.txt, which requirements-dev.txt includes) TRL's side and the first-batch
 loss check, which the script itself enforces (to 1e-4) before it times anything."""
 import json
 import subprocess
