@@ -19,7 +19,8 @@ from checkpoints import run_of
 CARD_KEYS = ("training_type", "lr", "batch_size", "accumulate_grad_batches", "max_epochs", "max_steps",
              "max_length", "warmup_ratio", "weight_decay", "gradient_clip_val", "precision", "seed",
              "dataset_source", "train_dataset_length")
-TYPE_KEYS = {"sft": ("length_penalty", "length_penalty_every"), "dpo": ("dpo_loss", "beta", "rpo_alpha"),
+TYPE_KEYS = {"sft": ("length_penalty", "length_penalty_every"),
+             "dpo": ("dpo_loss", "beta"),          # and the loss's own (losses/preference.py), in type_keys
              "bt": ("center_rewards_coefficient",), "sft_verifier": ("lambda_",),
              "grpo": ("num_generations", "temperature", "top_p", "max_new_tokens", "advantage", "loss_aggregation",
                       "num_iterations", "clip_range", "kl_coef", "reward_funcs", "reward_weights", "reward_model",
@@ -65,10 +66,20 @@ def final_metrics(ckpt_path: str, step: int | None) -> dict:
     return metrics
 
 
+def type_keys(config: dict) -> tuple[str, ...]:
+    """The card's rows for the training type: a dpo run shows its --dpo-loss's own
+    hyper-parameters (rpo_alpha for sigmoid, label_smoothing for cdpo, ...), not the others'."""
+    keys = TYPE_KEYS.get(config["training_type"], ())
+    if config["training_type"] == "dpo":
+        from losses.preference import PREFERENCE_LOSSES
+        keys += PREFERENCE_LOSSES[config.get("dpo_loss", "sigmoid")].params     # no key: saved before --dpo-loss
+    return keys
+
+
 def model_card(config: dict, step: int | None, metrics: dict | None = None, source: dict | None = None) -> str:
     """The README.md of an export; `source` is the base model's GGUF provenance (packaged_models.source)."""
     base, data = shown_name(config["model_name"]), shown_name(config["dataset_name"])
-    keys = CARD_KEYS + TYPE_KEYS.get(config["training_type"], ())
+    keys = CARD_KEYS + type_keys(config)
     rows = "\n".join(f"| `{k.rstrip('_')}` | `{config[k]}` |" for k in keys if config.get(k) not in (None, ""))
     origin = f" Base model: {packaged_models.describe(source)}." if source else ""
     results = ""

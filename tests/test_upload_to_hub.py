@@ -136,3 +136,14 @@ def test_export_in_a_worker_of_rank_1_writes_the_whole_folder(trained, tmp_path,
     monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
     models.export(str(trained), str(tmp_path / "hf"))
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(tmp_path / "hf"))
+
+
+def test_a_dpo_card_shows_its_loss_and_only_that_loss_hyper_parameters():
+    from model_card import model_card
+    base = {"training_type": "dpo", "model_name": "m", "dataset_name": "d", "beta": 0.1, "rpo_alpha": 0.0,
+            "label_smoothing": 0.1, "simpo_gamma": 0.5}
+    cdpo = model_card({**base, "dpo_loss": "cdpo"}, 3)
+    assert "| `dpo_loss` | `cdpo` |" in cdpo and "| `label_smoothing` | `0.1` |" in cdpo
+    assert "simpo_gamma" not in cdpo and "rpo_alpha" not in cdpo
+    old = model_card(base, 3)                      # a config saved before --dpo-loss: sigmoid, with its rpo_alpha
+    assert "| `rpo_alpha` | `0.0` |" in old and "label_smoothing" not in old
