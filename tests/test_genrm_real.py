@@ -103,3 +103,8 @@ def test_the_small_variant_runs_every_stage_and_reports(tmp_path):
     # A re-run reuses every stage and cached evaluation.
     assert genrm_real.main(["--small", "--out", str(out)]) == 0
     assert set(json.loads((out / "results.json").read_text())["stage_seconds"].values()) == {0.0}
+    # Each stage keeps its command, and the same name under another critique style is refused.
+    assert json.loads((out / "verifier_lambda0.1" / "stage_command.json").read_text()) == \
+        report["commands"]["verifier_lambda0.1"]
+    with pytest.raises(SystemExit, match="another command"):
+        genrm_real.main(["--small", "--out", str(out), "--styles", "inverse", "--verification-only"])
