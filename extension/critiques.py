@@ -18,7 +18,7 @@ import re
 
 COT_CUE = "Verification: Let's verify step by step."
 QUESTION = "Verification: Is the answer correct (Yes/No)?"
-_STEP = re.compile(r"(-?\d+)\s*([+\-*/x×])\s*(-?\d+)\s*=\s*(-?\d+)")
+STEP = re.compile(r"(-?\d+)\s*([+\-*/x×])\s*(-?\d+)\s*=\s*(-?\d+)")
 
 
 def verification_prompt(question: str, solution: str) -> str:
@@ -30,7 +30,7 @@ def direct_prompt(question: str, solution: str) -> str:
     return verification_prompt(question, solution).rsplit("\n", 1)[0] + "\n" + QUESTION
 
 
-def _apply(a: int, op: str, b: int) -> float:
+def apply_op(a: int, op: str, b: int) -> float:
     if op == "+":
         return a + b
     if op == "-":
@@ -58,16 +58,16 @@ def rule_based_critique(solution: str, style: str = "check") -> tuple[str, str]:
     if style not in STYLES:
         raise ValueError(f"style: expected one of {', '.join(STYLES)}, got {style!r}")
     lines, all_right = [], True
-    steps = _STEP.findall(solution)
+    steps = STEP.findall(solution)
     if not steps:
         raise ValueError("solution: no 'a op b = c' step to verify")
     for k, (a, op, b, c) in enumerate(steps, start=1):
-        value = _apply(int(a), op, int(b))
+        value = apply_op(int(a), op, int(b))
         right = value == int(c)
         all_right &= right
         shown = int(value) if value == int(value) else round(value, 4)
         if style == "inverse" and op in _INVERSE:
-            undone = _apply(int(c), _INVERSE[op], int(b))
+            undone = apply_op(int(c), _INVERSE[op], int(b))
             lines.append(f"Step {k}: {c} {_INVERSE[op]} {b} gives {int(undone)}; it should give {a}. "
                          f"This is {'correct' if right else 'wrong'}.")
         elif style in ("check", "inverse"):

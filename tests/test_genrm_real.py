@@ -108,3 +108,18 @@ def test_the_small_variant_runs_every_stage_and_reports(tmp_path):
         report["commands"]["verifier_lambda0.1"]
     with pytest.raises(SystemExit, match="another command"):
         genrm_real.main(["--small", "--out", str(out), "--styles", "inverse", "--verification-only"])
+
+
+def test_critique_steps_counts_values_verdicts_and_finals_by_hand():
+    from experiments.critique_steps import step_summary
+    rationales = [
+        # value right (25 + 44 = 69), verdict follows (69 != 70: wrong), final No follows
+        "Step 1: 25 + 44 gives 69; the solution wrote 70. This is wrong.\nVerification: Is the answer correct (Yes/No)? No",
+        # value wrong (70 - 44 is 26), "wrong" does not follow its own equal numbers (25 and 25), and the final
+        # Yes does not follow a "wrong" step; the third is right throughout but has no final answer
+        "Step 1: 70 - 44 gives 25; it should give 25. This is wrong.\nVerification: Is the answer correct (Yes/No)? Yes",
+        "Step 1: 3 * 4 gives 12; the solution wrote 12. This is correct.",
+    ]
+    assert step_summary(rationales) == {"rationales": 3, "step_lines": 3, "value_right": 2,
+                                        "verdict_follows_its_numbers": 2, "with_a_final_answer": 2,
+                                        "final_follows_the_steps": 1}

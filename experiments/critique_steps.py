@@ -1,0 +1,60 @@
+"""What the CoT rationales of a genrm_real run say, step line by step line: whether the value a
+verifier computes is right, whether its "This is correct/wrong" follows its own two numbers,
+and whether its final Yes/No follows its step verdicts (docs/genrm.md, the bug hunt).
+
+    python experiments/critique_steps.py runs/genrm-real/results.json      # every model in the report
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from extension.critiques import QUESTION, apply_op  # noqa: E402
+
+# One step line of the "check" or "inverse" critiques (extension/critiques.py).
+LINE = re.compile(r"Step \d+: (-?\d+) ([+\-*/x×]) (-?\d+) gives (-?\d+); (?:it should give|the solution wrote) "
+                  r"(-?\d+)\. This is (correct|wrong)")
+
+
+def step_summary(rationales: list[str]) -> dict:
+    """Counts over the rationales' step lines and final answers."""
+    lines = value_right = verdict_follows = finals = final_follows = 0
+    for r in rationales:
+        verdicts = []
+        for a, op, b, value, target, verdict in LINE.findall(r):
+            lines += 1
+            value_right += int(value) == apply_op(int(a), op, int(b))
+            verdict_follows += (verdict == "correct") == (value == target)
+            verdicts.append(verdict)
+        if QUESTION in r:
+            finals += 1
+            final_follows += r.split(QUESTION)[1].strip().startswith("Yes") == all(v == "correct" for v in verdicts)
+    return {"rationales": len(rationales), "step_lines": lines, "value_right": value_right,
+            "verdict_follows_its_numbers": verdict_follows, "with_a_final_answer": finals,
+            "final_follows_the_steps": final_follows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        raise SystemExit(__doc__)
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+        for name, e in report["models"].items():
+            c = step_summary([r for per_solution in e["cot"]["rationales"] for r in per_solution])
+            print(f"{path} | {name}: {c['step_lines']} step lines, value right {c['value_right']}, verdict follows "
+                  f"its numbers {c['verdict_follows_its_numbers']}; final Yes/No follows the steps "
+                  f"{c['final_follows_the_steps']} of {c['with_a_final_answer']} ({c['rationales']} rationales, "
+                  f"{len(e['cot']['rationales'])} solutions)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
