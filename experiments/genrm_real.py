@@ -2,7 +2,7 @@
 problems, verification before and after training, best-of-N against majority vote, and
 adaptive compute against fixed K.
 
-    python experiments/genrm_real.py                 # about an hour on 2 CPU cores
+    python experiments/genrm_real.py                 # about 90 minutes on 2 CPU cores
     python experiments/genrm_real.py --small         # every stage on a few rows (what CI runs)
     python experiments/genrm_real.py --train-problems 240 --lambdas 0.1 --styles inverse check \
         --verification-only --out runs/genrm-inverse  # screen a recipe: verifiers and their table only
@@ -15,7 +15,8 @@ adaptive compute against fixed K.
    generation of its correct solution; <out>/data/<style> holds them in each critique style.
 2. Verifiers: `sft_verifier` from SmolLM2-135M-Instruct, once for each lambda in LAMBDAS
    (eq. 7: L_verify + lambda * L_correct) with the "check" critiques, and once at lambda 0.1
-   with the "verdict_first" ones (the format before): the same problems, steps and seed.
+   with the "inverse" ones (each sum undone from the written result): the same problems, steps
+   and seed.
    --styles and --lambdas choose other stages: the first style at every lambda, the others at 0.1.
 3. Every model (the start model and each verifier) on the held-out problems: direct-mode
    p(Yes) of both solutions of each problem; CoT-mode scores (eqs. 9-10) with K rationales
@@ -63,12 +64,14 @@ COMPUTE_LAMBDA = 0.1        # the seed's; the verifier of the compute and best-o
 TAUS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 BON_METHODS = ("verifier_cot", "verifier_direct", "majority", "random", "first")
 AUROC_SHARE = 0.98          # the issue's bar: adaptive at 98% of fixed K_max's AUROC
+DEFAULT_STYLES = ("check", "inverse")   # the first at every lambda, the second at COMPUTE_LAMBDA
 SETTINGS = {
-    # Measured on 2 CPU cores (2026-12-03): a training step of 8 rows (~180 tokens each, padded to
-    # the longest) takes ~13 s (7 min a verifier), a model's evaluation 5 to 7 min, and a sampled
-    # rationale after a ~150-token prompt ~2 s (32 a batch), so the pool's 32 a solution dominate.
-    "real": dict(train=80, val=10, test=100, solve_problems=50, cot_problems=20, pool_test=6, pool_val=3,
-                 bon_problems=20, ns=(4, 8), bon_k=1, k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8,
+    # Measured on 2 CPU cores (2026-12-04): a training step of 8 rows (~180 tokens each, padded to
+    # the longest) takes ~7 s (10.5 min a verifier of 240 problems: 80 verified only 0.56 to 0.59),
+    # a trained model's evaluation ~4 min, 32 rationales of a solution ~15 s, 8 policy samples
+    # and their CoT scores (K = 1) ~1 s a problem.
+    "real": dict(train=240, val=10, test=100, solve_problems=50, cot_problems=20, pool_test=6, pool_val=3,
+                 bon_problems=60, ns=(4, 8), bon_k=1, k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8,
                  lr=1e-4, max_length=256, max_new_tokens=80, solve_tokens=96, max_steps=None),
     "small": dict(train=6, val=2, test=3, solve_problems=2, cot_problems=2, pool_test=2, pool_val=2,
                   bon_problems=2, ns=(2, 4), bon_k=1, k_eval=2, ks=(2, 4), k_min=2, step=2, epochs=1, batch_size=2,
@@ -333,7 +336,7 @@ def _commands(r: dict) -> list[str]:
 
 
 def run(small: bool, out: str | None, seed: int, argv: list[str], *, overrides: dict | None = None,
-        lambdas: tuple[float, ...] = LAMBDAS, styles: tuple[str, ...] = STYLES[:2], verification_only: bool = False) -> int:
+        lambdas: tuple[float, ...] = LAMBDAS, styles: tuple[str, ...] = DEFAULT_STYLES, verification_only: bool = False) -> int:
     """The whole experiment (module docstring); returns the exit status. `overrides` replace
     settings (train problems, epochs); `styles[0]` is trained at every lambda in `lambdas`, each
     other style at COMPUTE_LAMBDA; `verification_only` stops after the verification table."""
@@ -380,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="epochs a verifier; None: the setting's")
     p.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS),
                    help="the generation term's weights, each a verifier in the first style")
-    p.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES[:2]),
+    p.add_argument("--styles", nargs="+", choices=STYLES, default=list(DEFAULT_STYLES),
                    help=f"critique styles: the first at every lambda, the others at lambda {COMPUTE_LAMBDA}")
     p.add_argument("--verification-only", action="store_true",
                    help="stop after the verification table (no rationale pool, no best-of-N)")

@@ -83,7 +83,7 @@ def test_the_small_variant_runs_every_stage_and_reports(tmp_path):
     assert genrm_real.main(["--small", "--out", str(out)]) == 0
     report = json.loads((out / "results.json").read_text())
     s = genrm_real.SETTINGS["small"]
-    assert set(report["models"]) == {"start", "lambda 0.0", "lambda 0.1", "lambda 1.0", "lambda 0.1, verdict_first"}
+    assert set(report["models"]) == {"start", "lambda 0.0", "lambda 0.1", "lambda 1.0", "lambda 0.1, inverse"}
     for e in report["models"].values():
         assert len(e["direct"]["scores"]) == 2 * s["test"]
         assert all(0 <= x <= 1 for x in e["direct"]["scores"])
@@ -96,7 +96,7 @@ def test_the_small_variant_runs_every_stage_and_reports(tmp_path):
     assert set(report["best_of_n"]["table"]["4"]) == set(genrm_real.BON_METHODS)
     assert len(report["best_of_n"]["candidates"][0]) == max(s["ns"])
     assert set(report["stage_seconds"]) == {"verifier_lambda0.0", "verifier_lambda0.1", "verifier_lambda1.0",
-                                            "verifier_verdict_first"}
+                                            "verifier_inverse"}
     md = (out / "results.md").read_text()
     assert "| lambda 0.1 |" in md and "python train.py --training-type sft_verifier" in md
     assert (out / "figures" / "auroc_vs_k.png").stat().st_size > 0 and (out / "figures" / "best_of_n.png").exists()
