@@ -6,6 +6,7 @@ and whether its final Yes/No follows its step verdicts (docs/genrm.md, the bug h
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -41,10 +42,9 @@ def step_summary(rationales: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    paths = sys.argv[1:] if argv is None else argv
-    if not paths:
-        raise SystemExit(__doc__)
-    for path in paths:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("reports", nargs="+", help="results.json files of experiments/genrm_real.py")
+    for path in p.parse_args(argv).reports:
         with open(path, encoding="utf-8") as f:
             report = json.load(f)
         for name, e in report["models"].items():
