@@ -141,14 +141,15 @@ def anchor_source(raw: list[dict], s: dict, out: str) -> str:
 def bt_command(backbone: str, folder: str, name: str, s: dict, common: list[str], *,
                max_length: int | None = None, epochs: int | None = None) -> list[str]:
     """A bt reward model on `folder`'s pairs: MiniLM with the anchor's recipe (batch 16,
-    two epochs; its lr chosen on validation), or SmolLM2 with a score head (one epoch: it costs ~6x a step).
+    two epochs; its lr chosen on validation), or SmolLM2 with a score head (one epoch: it costs
+    ~6x a step).
     `max_length` and `epochs` replace the setting's (experiments/bt_anchor.py's variants)."""
     bt = ["--training-type", "bt", "--dataset-name", folder, "--max-length", str(max_length or s["judge_max_length"]),
           "--name", name]
     small = ["--max-steps", "1"] if s["rows"] is not None else []
     if backbone == "minilm":
-        return [*bt, "--model-name", ENCODER, "--chat-template", "hh", "--batch-size", "16", "--lr", str(LR["judge_minilm"]),
-                "--max-epochs", str(epochs or s["judge_epochs"]), *small, *common]
+        return [*bt, "--model-name", ENCODER, "--chat-template", "hh", "--batch-size", "16",
+                "--lr", str(LR["judge_minilm"]), "--max-epochs", str(epochs or s["judge_epochs"]), *small, *common]
     return [*bt, "--model-name", START, "--batch-size", str(s["batch_size"]), "--lr", str(LR["judge_smollm2"]),
             "--max-epochs", str(s["judge_lm_epochs"]), *small, *common]
 
