@@ -9,18 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from extension.critiques import QUESTION, apply_op  # noqa: E402
-
-# One step line of the "check" or "inverse" critiques (extension/critiques.py).
-LINE = re.compile(r"Step \d+: (-?\d+) ([+\-*/x×]) (-?\d+) gives (-?\d+); (?:it should give|the solution wrote) "
-                  r"(-?\d+)\. This is (correct|wrong)")
+from extension.critiques import CHECKED_LINE, QUESTION, apply_op  # noqa: E402
 
 
 def step_summary(rationales: list[str]) -> dict:
@@ -28,7 +23,7 @@ def step_summary(rationales: list[str]) -> dict:
     lines = value_right = verdict_follows = finals = final_follows = 0
     for r in rationales:
         verdicts = []
-        for a, op, b, value, target, verdict in LINE.findall(r):
+        for a, op, b, value, target, verdict in CHECKED_LINE.findall(r):
             lines += 1
             value_right += int(value) == apply_op(int(a), op, int(b))
             verdict_follows += (verdict == "correct") == (value == target)

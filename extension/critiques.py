@@ -19,6 +19,10 @@ import re
 COT_CUE = "Verification: Let's verify step by step."
 QUESTION = "Verification: Is the answer correct (Yes/No)?"
 STEP = re.compile(r"(-?\d+)\s*([+\-*/x×])\s*(-?\d+)\s*=\s*(-?\d+)")
+# A step line as rule_based_critique writes it in the "check" and "inverse" styles, read back
+# from generated rationales (experiments/critique_steps.py): operands, value, target, verdict.
+CHECKED_LINE = re.compile(r"Step \d+: (-?\d+) ([+\-*/x×]) (-?\d+) gives (-?\d+); (?:it should give|the solution wrote) "
+                          r"(-?\d+)\. This is (correct|wrong)")
 
 
 def verification_prompt(question: str, solution: str) -> str:

@@ -102,3 +102,12 @@ def test_the_inverse_critique_undoes_each_sum_from_the_written_result():
                                           "Step 3: 5 * 2 gives 10; the solution wrote 10. This is correct.\n"
                                           "Verification: Is the answer correct (Yes/No)? No")
     assert rule_based_critique("3 + 4 = 7, 7 - 5 = 2", "inverse")[1] == "Yes"
+
+
+def test_checked_line_reads_back_every_step_the_check_and_inverse_critiques_write():
+    from extension.critiques import CHECKED_LINE, rule_based_critique
+    solution = "25 + 44 = 70. 70 - 44 = 26. The answer is 26."
+    assert CHECKED_LINE.findall(rule_based_critique(solution, "check")[0]) == [
+        ("25", "+", "44", "69", "70", "wrong"), ("70", "-", "44", "26", "26", "correct")]
+    assert CHECKED_LINE.findall(rule_based_critique(solution, "inverse")[0]) == [
+        ("70", "-", "44", "26", "25", "wrong"), ("26", "+", "44", "70", "70", "correct")]
