@@ -19,21 +19,27 @@ from extension.critiques import CHECKED_LINE, QUESTION, apply_op  # noqa: E402
 
 
 def step_summary(rationales: list[str]) -> dict:
-    """Counts over the rationales' step lines and final answers."""
-    lines = value_right = verdict_follows = finals = final_follows = 0
+    """Counts over the rationales' step lines and final answers. A written slip is a step line
+    whose written number is not the true result; it is copied when the verifier's own value
+    equals the written (wrong) number, so that the slip passes as correct."""
+    lines = value_right = verdict_follows = finals = final_follows = slips = copied = 0
     for r in rationales:
         verdicts = []
         for a, op, b, value, target, verdict in CHECKED_LINE.findall(r):
             lines += 1
-            value_right += int(value) == apply_op(int(a), op, int(b))
+            true = apply_op(int(a), op, int(b))
+            value_right += int(value) == true
             verdict_follows += (verdict == "correct") == (value == target)
+            if int(target) != true:
+                slips += 1
+                copied += value == target
             verdicts.append(verdict)
         if QUESTION in r:
             finals += 1
             final_follows += r.split(QUESTION)[1].strip().startswith("Yes") == all(v == "correct" for v in verdicts)
     return {"rationales": len(rationales), "step_lines": lines, "value_right": value_right,
             "verdict_follows_its_numbers": verdict_follows, "with_a_final_answer": finals,
-            "final_follows_the_steps": final_follows}
+            "final_follows_the_steps": final_follows, "written_slips": slips, "slips_copied": copied}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +54,25 @@ def main(argv: list[str] | None = None) -> int:
                   f"its numbers {c['verdict_follows_its_numbers']}; final Yes/No follows the steps "
                   f"{c['final_follows_the_steps']} of {c['with_a_final_answer']} ({c['rationales']} rationales, "
                   f"{len(e['cot']['rationales'])} solutions)")
+        bon = report.get("best_of_n", {})
+        if "cot_rationales" in bon.get("scores", {}):
+            for name, c in candidate_summaries(bon, report["question_ids"]["test"]).items():
+                print(f"{path} | best-of-N candidates, {name}: {c['written_slips']} step lines on a written slip, "
+                      f"the verifier's value copies it in {c['slips_copied']}; value right {c['value_right']} of "
+                      f"{c['step_lines']} step lines ({c['rationales']} rationales)")
     return 0
+
+
+def candidate_summaries(bon: dict, test_ids: list[int]) -> dict:
+    """step_summary over the best-of-N candidates' CoT rationales, for the candidates whose final
+    answer is right and for those whose answer is wrong."""
+    from experiments.genrm_real import answer_of, read_problems
+    gold = {p["question_id"]: str(p["answer"]) for p in read_problems("test.jsonl")}
+    groups = {"right answer": [], "wrong answer": []}
+    for qid, candidates, rationales in zip(test_ids, bon["candidates"], bon["scores"]["cot_rationales"]):
+        for c, rs in zip(candidates, rationales):
+            groups["right answer" if answer_of(c) == gold[qid] else "wrong answer"].extend(rs)
+    return {name: step_summary(rs) for name, rs in groups.items()}
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ adaptive compute against fixed K.
 5. Best-of-N: N solutions a held-out problem sampled at temperature 1 from the lambda = 0.1
    model itself (the unified GenRM model generates and verifies; the start model answers
    few of these problems and not in their format), picked by its CoT score (K = bon_k
-   rationales) or its direct score, against the first sample, a random pick and a
-   majority vote over final answers, for N = 4 and 8, each with a bootstrap 95% interval.
+   rationales, kept for experiments/critique_steps.py) or its direct score, against the first
+   sample, a random pick, a majority vote over final answers and a perfect step checker (the
+   rule the critiques were written by: what the verifier would pick if it had learnt its
+   training target exactly), for N = 4 and 8, each with a bootstrap 95% interval.
 
 Each model's evaluation is cached in <out>/eval/ and each train.py stage is reused when
 finished, so a re-run continues where it stopped. Output in --out: results.md (the tables),
@@ -62,16 +64,18 @@ PROBLEMS = os.path.join(REPO, "embedded", "data", "problems")
 LAMBDAS = (0.0, 0.1, 1.0)
 COMPUTE_LAMBDA = 0.1        # the seed's; the verifier of the compute and best-of-N studies
 TAUS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
-BON_METHODS = ("verifier_cot", "verifier_direct", "majority", "random", "first")
+BON_METHODS = ("verifier_cot", "verifier_direct", "rule_checker", "majority", "random", "first")
 AUROC_SHARE = 0.98          # the issue's bar: adaptive at 98% of fixed K_max's AUROC
 DEFAULT_STYLES = ("check", "inverse")   # the first at every lambda, the second at COMPUTE_LAMBDA
 SETTINGS = {
     # Measured on 2 CPU cores (2026-12-04): a training step of 8 rows (~180 tokens each, padded to
     # the longest) takes ~7 s (10.5 min a verifier of 240 problems: 80 verified only 0.56 to 0.59),
     # a trained model's evaluation ~4 min, 32 rationales of a solution ~15 s, 8 policy samples
-    # and their CoT scores (K = 1) ~1 s a problem.
-    "real": dict(train=240, val=10, test=100, solve_problems=50, cot_problems=20, pool_test=6, pool_val=3,
-                 bon_problems=60, ns=(4, 8), bon_k=1, k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8,
+    # and their CoT scores (K = 1) ~1 s a problem. The pool is 50 held-out and 20 validation solutions
+    # (12 and 6 until 2026-12-07: too few to judge adaptive compute's 98% bar), best-of-N's K is 4
+    # (1 until then: a candidate-level AUROC of 0.61).
+    "real": dict(train=240, val=10, test=100, solve_problems=50, cot_problems=20, pool_test=25, pool_val=10,
+                 bon_problems=60, ns=(4, 8), bon_k=4, k_eval=4, ks=(8, 16, 32), k_min=8, step=8, epochs=1, batch_size=8,
                  lr=1e-4, max_length=256, max_new_tokens=80, solve_tokens=96, max_steps=None),
     "small": dict(train=6, val=2, test=3, solve_problems=2, cot_problems=2, pool_test=2, pool_val=2,
                   bon_problems=2, ns=(2, 4), bon_k=1, k_eval=2, ks=(2, 4), k_min=2, step=2, epochs=1, batch_size=2,
@@ -124,8 +128,9 @@ def verifier_rows(problem: dict, style: str) -> list[dict]:
                                  {"role": "assistant", "content": problem["correct_solution"]}], "task": "generate"}]
 
 
-def verifier_command(s: dict, out: str, name: str, lam: float, style: str, seed: int) -> list[str]:
-    return ["--training-type", "sft_verifier", "--model-name", START, "--dataset-name", storage.join(out, "data", style),
+def verifier_command(s: dict, data: str, out: str, name: str, lam: float, seed: int) -> list[str]:
+    """sft_verifier from START on the rows in `data` (train.jsonl, test.jsonl), run `name` under `out`."""
+    return ["--training-type", "sft_verifier", "--model-name", START, "--dataset-name", data,
             "--lambda", str(lam), "--lr", str(s["lr"]), "--batch-size", str(s["batch_size"]),
             "--max-epochs", str(s["epochs"]), "--max-length", str(s["max_length"]), "--verifier-eval-rows", "0",
             *(["--max-steps", str(s["max_steps"])] if s["max_steps"] else []),
@@ -157,27 +162,36 @@ def verification_metrics(scores: list[float], labels: list[bool], seed: int) -> 
 
 def evaluate_model(model_path: str, parts: dict, s: dict, seed: int) -> dict:
     """Direct and CoT verification of the held-out solutions, and the greedy solve rate."""
+    items, labels = solutions(parts["test"])
+    cot_items, cot_labels = solutions(parts["test"][:s["cot_problems"]])
+    return verify_and_solve(model_path, (items, labels), (cot_items, cot_labels), parts["test"][:s["solve_problems"]],
+                            s, seed)
+
+
+def verify_and_solve(model_path: str, direct: tuple[list, list], cot: tuple[list, list], solve: list[dict],
+                     s: dict, seed: int) -> dict:
+    """One model's table row: direct p(Yes) of the (question, solution) items in `direct`, CoT
+    scores (K = s["k_eval"] rationales of up to s["max_new_tokens"]) of those in `cot`, each with
+    its labels, and the greedy solve rate on `solve` ({"question", "answer"} dicts)."""
     from extension.verifier import cot_pool, direct_scores
     from generation import generate_replies
     from models import load_trained
     from win_stats import bootstrap_interval
     model, tokenizer = load_trained(model_path)
-    items, labels = solutions(parts["test"])
     began = time.perf_counter()
-    direct = direct_scores(model, tokenizer, items)
+    direct_found = direct_scores(model, tokenizer, direct[0])
     direct_seconds = time.perf_counter() - began
-    cot_items, cot_labels = solutions(parts["test"][:s["cot_problems"]])
     began = time.perf_counter()
-    pool, rationales = cot_pool(model, tokenizer, cot_items, s["k_eval"], max_new_tokens=s["max_new_tokens"],
+    pool, rationales = cot_pool(model, tokenizer, cot[0], s["k_eval"], max_new_tokens=s["max_new_tokens"],
                                 seed=seed, progress="CoT verification")
     cot_seconds = time.perf_counter() - began
-    cot = [sum(p) / len(p) for p in pool]
-    solve = parts["test"][:s["solve_problems"]]
+    cot_found = [sum(p) / len(p) for p in pool]
     replies = generate_replies(model, tokenizer, [[{"role": "user", "content": p["question"]}] for p in solve],
                                max_new_tokens=s["solve_tokens"], batch_size=16, progress="solving")
     solved = [float(answer_of(r) == str(p["answer"])) for r, p in zip(replies, solve)]
-    return {"direct": {**verification_metrics(direct, labels, seed), "seconds": direct_seconds, "scores": direct},
-            "cot": {**verification_metrics(cot, cot_labels, seed), "k": s["k_eval"], "seconds": cot_seconds,
+    return {"direct": {**verification_metrics(direct_found, direct[1], seed), "seconds": direct_seconds,
+                       "scores": direct_found},
+            "cot": {**verification_metrics(cot_found, cot[1], seed), "k": s["k_eval"], "seconds": cot_seconds,
                     "scores": pool, "rationales": rationales},
             "solve": {"accuracy": sum(solved) / len(solved), "ci95": list(bootstrap_interval(solved, seed=seed)),
                       "replies": replies}}
@@ -221,9 +235,21 @@ def compute_tables(pool: dict, s: dict) -> dict:
                                                                       for c in cuts}}}
 
 
-def best_of_n(verifier_path: str, parts: dict, s: dict, seed: int, out: str) -> dict:
+def rule_score(solution: str) -> float:
+    """1 when every "a op b = c" step of a solution holds, else 0 (also with no step): the pick of
+    a perfect step checker, the rule the verifier's critiques were written by."""
+    from extension.critiques import rule_based_critique
+    try:
+        return float(rule_based_critique(solution)[1] == "Yes")
+    except ValueError:
+        return 0.0
+
+
+def best_of_n(verifier_path: str, parts: dict, s: dict, seed: int, out: str,
+              modes: tuple[str, ...] = ("cot", "direct"), rule: bool = True) -> dict:
     """Candidates sampled from the verifier itself (the unified GenRM model: its generation
-    term trained it to solve), scored by it in CoT mode (K = bon_k) and direct mode (module docstring, 5.)."""
+    term trained it to solve), scored by it in each of `modes`: CoT (K = bon_k, the rationales
+    kept) and direct (module docstring, 5.); with `rule`, also picked by rule_score."""
     from extension.selection import selection_outcomes
     from win_stats import bootstrap_interval
     problems = parts["test"][:s["bon_problems"]]
@@ -245,21 +271,28 @@ def best_of_n(verifier_path: str, parts: dict, s: dict, seed: int, out: str) -> 
         from models import load_trained
         model, tokenizer = load_trained(verifier_path)
         flat = [(p["question"], c) for p, cs in zip(problems, candidates) for c in cs]
-        direct = direct_scores(model, tokenizer, flat)
-        cot = [sum(x) / len(x) for x in cot_pool(model, tokenizer, flat, s["bon_k"], max_new_tokens=s["max_new_tokens"],
-                                                 seed=seed + 3, progress="verifying candidates")[0]]
-        return {mode: [v[i * n:(i + 1) * n] for i in range(len(problems))] for mode, v in
-                (("direct", direct), ("cot", cot))}
+        found = {}
+        if "direct" in modes:
+            found["direct"] = direct_scores(model, tokenizer, flat)
+        if "cot" in modes:
+            found["cot_samples"], found["cot_rationales"] = cot_pool(
+                model, tokenizer, flat, s["bon_k"], seed=seed + 3, max_new_tokens=s["max_new_tokens"],
+                progress="verifying candidates")
+            found["cot"] = [sum(x) / len(x) for x in found["cot_samples"]]
+        return {mode: [v[i * n:(i + 1) * n] for i in range(len(problems))] for mode, v in found.items()}
 
     scores = cached(storage.join(out, "eval", "candidate_scores.json"), score)
+    if rule:
+        scores["rule"] = [[rule_score(c) for c in cs] for cs in candidates]
     table = {}
     for k in s["ns"]:
         outcomes = {}
-        for mode in ("cot", "direct"):
+        for mode in (*modes, *(("rule",) if rule else ())):
             rows = [{"answers": [answer_of(c) for c in cs[:k]], "gold": str(p["answer"]), "scores": sc[:k]}
                     for p, cs, sc in zip(problems, candidates, scores[mode])]
             found = selection_outcomes(rows)
-            outcomes.update({m: v for m, v in found.items() if m != "verifier"}, **{f"verifier_{mode}": found["verifier"]})
+            pick = "rule_checker" if mode == "rule" else f"verifier_{mode}"
+            outcomes.update({m: v for m, v in found.items() if m != "verifier"}, **{pick: found["verifier"]})
         table[k] = {m: {"accuracy": sum(v) / len(v), "ci95": list(bootstrap_interval(v, seed=seed))}
                     for m, v in outcomes.items()}
     return {"problems": len(problems), "table": table, "candidates": candidates, "scores": scores}
@@ -320,7 +353,8 @@ def markdown(r: dict) -> str:
               f"K_max's AUROC there): {comp['tau_chosen_on_val']}.", ""]
     bon = r["best_of_n"]
     lines += [f"## Best-of-N ({bon['problems']} held-out problems; candidates sampled at temperature 1 from the "
-              f"lambda = {COMPUTE_LAMBDA} model, picked by its own score: CoT with K = {s['bon_k']}, or direct)", "",
+              f"lambda = {COMPUTE_LAMBDA} model, picked by its own score: CoT with K = {s['bon_k']}, or direct; "
+              "the rule checker picks the first candidate whose every step holds)", "",
               "| N | " + " | ".join(f"{m.replace('_', ' ')} [95%]" for m in BON_METHODS) + " |",
               "|---" * (len(BON_METHODS) + 1) + "|"]
     for n, t in bon["table"].items():
@@ -348,7 +382,8 @@ def run(small: bool, out: str | None, seed: int, argv: list[str], *, overrides: 
     primary = styles[0]
     stages = {**{f"lambda {lam}": (f"verifier_lambda{lam}", lam, primary) for lam in lambdas},
               **{f"lambda {COMPUTE_LAMBDA}, {style}": (f"verifier_{style}", COMPUTE_LAMBDA, style) for style in styles[1:]}}
-    commands = {run: verifier_command(s, out, run, lam, style, seed) for run, lam, style in stages.values()}
+    commands = {run: verifier_command(s, storage.join(out, "data", style), out, run, lam, seed)
+                for run, lam, style in stages.values()}
     seconds = {name: run_stage(name, args, out) for name, args in commands.items()}
     models = {"start": START, **{label: storage.join(out, run) for label, (run, _, _) in stages.items()}}
     evaluation = {name: cached(storage.join(out, "eval", re.sub(r"[^\w.]+", "_", name) + ".json"),

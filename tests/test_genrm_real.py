@@ -120,6 +120,29 @@ def test_critique_steps_counts_values_verdicts_and_finals_by_hand():
         "Step 1: 70 - 44 gives 25; it should give 25. This is wrong.\nVerification: Is the answer correct (Yes/No)? Yes",
         "Step 1: 3 * 4 gives 12; the solution wrote 12. This is correct.",
     ]
+    # Written slips: 70 (25 + 44 is 69) and 25 (70 - 44 is 26); the second one's value copies it.
     assert step_summary(rationales) == {"rationales": 3, "step_lines": 3, "value_right": 2,
                                         "verdict_follows_its_numbers": 2, "with_a_final_answer": 2,
-                                        "final_follows_the_steps": 1}
+                                        "final_follows_the_steps": 1, "written_slips": 2, "slips_copied": 1}
+
+
+def test_rule_score_is_one_only_when_every_step_holds():
+    assert genrm_real.rule_score("19 - 13 = 6. Then 6 + 11 = 17. The answer is 17.") == 1.0
+    assert genrm_real.rule_score("19 - 13 = 12. Then 12 + 11 = 23. The answer is 23.") == 0.0   # a slip, then right
+    assert genrm_real.rule_score("The answer is 17.") == 0.0                                      # no step to check
+
+
+def test_candidate_summaries_split_the_rationales_by_the_candidates_answer():
+    from experiments.critique_steps import candidate_summaries
+    # Problem 100000's answer is 17 (the bundled test split). Candidate 1 is right, candidate 2
+    # carries a slip (19 - 13 = 12) that its rationale's value copies.
+    bon = {"candidates": [["19 - 13 = 6. 6 + 11 = 17. The answer is 17.", "19 - 13 = 12. 12 + 11 = 23. The answer is 23."]],
+           "scores": {"cot_rationales": [[
+               ["Step 1: 19 - 13 gives 6; the solution wrote 6. This is correct."],
+               ["Step 1: 19 - 13 gives 12; the solution wrote 12. This is correct.",
+                "Step 1: 19 - 13 gives 6; the solution wrote 12. This is wrong."]]]}}
+    found = candidate_summaries(bon, [100000])
+    assert found["right answer"]["rationales"] == 1 and found["right answer"]["written_slips"] == 0
+    assert found["wrong answer"]["rationales"] == 2
+    assert (found["wrong answer"]["written_slips"], found["wrong answer"]["slips_copied"]) == (2, 1)
+    assert found["wrong answer"]["value_right"] == 1
