@@ -77,6 +77,25 @@ def test_at_step_0_the_adapted_model_computes_what_the_base_model_does(kind, tok
     assert {n.split(".")[-4] for n, p in model.named_parameters() if "lora_A" in n} == set(adapters.DECODER_TARGETS)
 
 
+def test_an_encoder_reward_model_gets_adapters_on_every_linear_layer_and_a_trained_classifier():
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        num_labels=1)).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        adapters.add_adapters(model, lora_settings(), "bt")
+        torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert {n.split(".")[-4] for n in trainable if "lora_A" in n} == {"query", "key", "value", "dense"}
+    # 2 layers x (query, key, value, attention output, intermediate, output) + the pooler's dense.
+    assert sum("lora_A" in n for n in trainable) == 13
+    assert {n for n in trainable if "lora_" not in n} == {"classifier.modules_to_save.default.weight",
+                                                          "classifier.modules_to_save.default.bias"}
+
+
 @pytest.mark.parametrize("kind", list(test_resume.TYPES))
 def test_a_run_trains_only_the_adapters_and_its_checkpoint_holds_only_them(kind, trained, tokenizer):
     run, module = trained(kind)
@@ -86,6 +105,7 @@ def test_a_run_trains_only_the_adapters_and_its_checkpoint_holds_only_them(kind,
     head = {n for n in trainable if "modules_to_save" in n}
     assert trainable and all("lora_" in n for n in trainable - head)
     assert bool(head) == (kind == "bt")
+    assert module._reference == []      # dpo's and grpo's reference: the adapters disabled, no copy
     frozen = {n: v for n, v in model.state_dict().items() if n not in trainable}
     assert {base_name(n) for n in frozen} == set(base)
     for name, value in frozen.items():
@@ -214,6 +234,9 @@ def test_resuming_with_other_adapter_settings_is_refused(trained, capsys):
      "too, or drop --lora-dropout."),
     (["--lora-r", "4", "--load-in-4bit"], "--load-in-4bit (QLoRA) needs bitsandbytes on a CUDA GPU (pip install "
                                           "bitsandbytes, and --use-gpu); this machine has no CUDA GPU."),
+    (["--lora-r", "4", "--use-ray", "--use-gpu", "--strategy", "fsdp"],
+     "--lora-r does not work with --strategy fsdp yet (FSDP over a frozen base with trained adapters is untested "
+     "here, and needs GPUs to test); use --strategy ddp."),
     (["--load-in-4bit"], "--load-in-4bit (QLoRA) needs bitsandbytes on a CUDA GPU (pip install bitsandbytes, and "
                          "--use-gpu); this machine has no CUDA GPU."),
 ])
