@@ -43,6 +43,17 @@ class ModelArgs:
 
 
 @dataclass(frozen=True)
+class LoraArgs:
+    """LoRA / DoRA adapters (adapters.py): off while lora_r is 0."""
+    lora_r: int                 # the adapters' rank; 0: no adapters, every weight trains
+    lora_alpha: float           # the update is scaled by lora_alpha / lora_r
+    lora_dropout: float         # dropout on the adapters' input
+    lora_target_modules: str | None  # comma-separated module names or all-linear (None: adapters.DEFAULT_TARGETS)
+    use_dora: bool              # weight-decomposed adapters (DoRA)
+    load_in_4bit: bool          # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA)
+
+
+@dataclass(frozen=True)
 class DataArgs:
     """The data set, its filters and how rows become batches."""
     dataset_name: str
@@ -186,6 +197,7 @@ class GenRMArgs:
 class Config:
     run: RunArgs
     model: ModelArgs
+    lora: LoraArgs
     data: DataArgs
     optim: OptimArgs
     sampling: SamplingArgs

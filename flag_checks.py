@@ -10,7 +10,7 @@ import os
 
 import chat_templates
 from errors import ConfigError
-from flags import PACKING_TYPES, STRATEGIES, can_pack
+from flags import NO_DROPOUT_TYPES, PACKING_TYPES, STRATEGIES, can_pack
 
 
 def validate(config: dict, given: set) -> None:
@@ -45,6 +45,7 @@ def validate(config: dict, given: set) -> None:
     if c["compile"]:
         check_compile(c, given)
     validate_dpo(c, given)
+    validate_lora(c, given)
     for name in ("lambda_", "verifier_eval_rows", "verifier_k"):
         if name in given and c["training_type"] != "sft_verifier":
             raise ConfigError(f"--{name.rstrip('_').replace('_', '-')} only applies to --training-type sft_verifier.")
@@ -147,6 +148,36 @@ def validate_dpo(c: dict, given: set) -> None:
                           "e.g. --label-smoothing 0.1.")
     if c["simpo_gamma"] < 0:
         raise ConfigError(f"--simpo-gamma must not be negative (got {c['simpo_gamma']}).")
+
+
+def validate_lora(c: dict, given: set) -> None:
+    """The adapter flags: --load-in-4bit's hardware, the others only with --lora-r above 0, and their ranges."""
+    if c["load_in_4bit"]:
+        from adapters import qlora_unavailable
+        reason = qlora_unavailable()
+        if reason:
+            raise ConfigError(reason)
+        if not c["use_gpu"]:
+            raise ConfigError("--load-in-4bit (QLoRA) needs --use-gpu: the 4-bit base lives on the GPU.")
+    if c["lora_r"] < 0:
+        raise ConfigError(f"--lora-r must not be negative (got {c['lora_r']}; 0 turns adapters off).")
+    if c["lora_r"] == 0:
+        for name in ("lora_alpha", "lora_dropout", "lora_target_modules", "use_dora", "load_in_4bit"):
+            if name in given:
+                raise ConfigError(f"--{name.replace('_', '-')} only applies with --lora-r above 0 (LoRA adapters).")
+        return
+    if c["lora_alpha"] <= 0 or not 0 <= c["lora_dropout"] < 1:
+        raise ConfigError(f"--lora-alpha must be positive and --lora-dropout in [0, 1) (got {c['lora_alpha']} "
+                          f"and {c['lora_dropout']}).")
+    if c["lora_target_modules"] is not None and not c["lora_target_modules"].strip(", "):
+        raise ConfigError("--lora-target-modules needs at least one module name (or all-linear).")
+    dropout_off = c["disable_dropout"] if c["disable_dropout"] is not None else c["training_type"] in NO_DROPOUT_TYPES
+    if "lora_dropout" in given and c["lora_dropout"] > 0 and dropout_off:
+        raise ConfigError(f"--lora-dropout would be zeroed by --disable-dropout (on by default for "
+                          f"{' and '.join(NO_DROPOUT_TYPES)}); give --no-disable-dropout too, or drop --lora-dropout.")
+    if c["strategy"] == "fsdp":
+        raise ConfigError("--lora-r does not work with --strategy fsdp yet (FSDP over a frozen base with trained "
+                          "adapters is untested here, and needs GPUs to test); use --strategy ddp.")
 
 
 def validate_rl(c: dict, given: set) -> None:

@@ -134,6 +134,23 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--lambda", dest="lambda_", metavar="LAMBDA", type=float, default=0.1,
         help="GenRM weight of the generation term, L_verify + lambda * L_correct (sft_verifier)")
 
+    group("adapters (LoRA, through peft)")
+    add("--lora-r", type=int, default=0,
+        help="train LoRA adapters of this rank on a frozen base model (peft; every training type; a bt reward "
+             "model's score head trains whole); 0: no adapters, every weight trains")
+    add("--lora-alpha", type=float, default=16.0, help="LoRA's alpha: the adapters' update is scaled by alpha / r")
+    add("--lora-dropout", type=float, default=0.05,
+        help=f"dropout on the adapters' input (zeroed by --disable-dropout, on by default for "
+             f"{' and '.join(NO_DROPOUT_TYPES)})")
+    add("--lora-target-modules", type=str, default=None,
+        help="comma-separated names of the modules that get adapters (e.g. q_proj,v_proj), or all-linear "
+             "(every linear layer but the output layer) (default: every attention and MLP projection of a "
+             "Llama/Qwen2-style decoder, query,key,value,dense of a BERT-style encoder, all-linear otherwise)")
+    add("--use-dora", action=flag, default=False,
+        help="weight-decomposed adapters (DoRA, Liu et al. 2024): a trained magnitude per output beside the LoRA direction")
+    add("--load-in-4bit", action=flag, default=False,
+        help="QLoRA: hold the frozen base model in 4-bit NF4 (bitsandbytes, a CUDA GPU) and train the adapters on it")
+
     group("online RL (grpo) and sampling")
     add("--num-generations", type=int, default=4, help="grpo: completions sampled per prompt (the group)")
     add("--temperature", type=float, default=1.0,

@@ -7,11 +7,13 @@ run folders (local or s3://, exported once to a cache folder), for every entry p
     model, tokenizer, config, step = load_checkpoint("runs/sft-demo/checkpoints/last.ckpt")
 
     export("runs/sft-demo", "exported/sft-demo")              # a checkpoint as a Hugging Face folder
+    export("runs/lora", "exported/lora", adapter_only=True)   # a --lora-r run's adapter folder (peft) alone
 
 Every failure to load is a ModelLoadError (or errors.ConfigError) whose message is one sentence.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ import tempfile
 
 import torch
 
+import adapters
 import packaged_models
 import storage
 from checkpoints import find_checkpoint, read_checkpoint
@@ -88,13 +91,15 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, chat_temp
         raise ModelLoadError(str(e)) from None
 
 
-def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
+def load_causal_lm(name_or_path: str, trust_remote_code: bool = False, load_in_4bit: bool = False):
+    """AutoModelForCausalLM in float32 (or, --load-in-4bit, a 4-bit NF4 base: adapters.quantization_kwargs)."""
     from transformers import AutoModelForCausalLM
     name_or_path = pretrained_path(name_or_path)
     _check_local(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code,
+                                                     **adapters.quantization_kwargs(load_in_4bit))
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"Could not load the model '{name_or_path}': {first_line(e)}") from None
     _log_source(name_or_path)
@@ -112,7 +117,8 @@ def sentence_pooling(folder: str) -> str:
     return "cls"
 
 
-def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: bool = False):
+def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: bool = False,
+                      load_in_4bit: bool = False):
     """AutoModelForSequenceClassification with one output. A causal-LM checkpoint (e.g. an SFT
     model) gets a new score head, initialised from the current torch seed."""
     from transformers import AutoModelForSequenceClassification
@@ -120,7 +126,8 @@ def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: b
     _check_local(name_or_path)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code)
+            name_or_path, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code,
+            **adapters.quantization_kwargs(load_in_4bit))
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"Could not load '{name_or_path}' as a reward model: {first_line(e)}") from None
     # Our pooling reads the attention mask, but HF's own forward (and users) look for the pad id here.
@@ -142,11 +149,12 @@ def _log_source(folder: str) -> None:
         logging.getLogger("models").info("%s: %s", folder, packaged_models.describe(source))
 
 
-def load_model(training_type: str, name_or_path: str, tokenizer, trust_remote_code: bool = False):
+def load_model(training_type: str, name_or_path: str, tokenizer, trust_remote_code: bool = False,
+               load_in_4bit: bool = False):
     """The network a training type trains: a scalar reward model for bt, else a causal LM."""
     if training_type == "bt":
-        return load_reward_model(name_or_path, tokenizer.pad_token_id, trust_remote_code)
-    return load_causal_lm(name_or_path, trust_remote_code)
+        return load_reward_model(name_or_path, tokenizer.pad_token_id, trust_remote_code, load_in_4bit)
+    return load_causal_lm(name_or_path, trust_remote_code, load_in_4bit)
 
 
 def disable_dropout(model: torch.nn.Module) -> int:
@@ -167,7 +175,9 @@ def disable_dropout(model: torch.nn.Module) -> int:
 
 def load_checkpoint(ckpt_path: str):
     """A train.py checkpoint (.ckpt, run folder or Ray checkpoint; local or s3://) ->
-    (model with the trained weights, tokenizer, saved config, global step)."""
+    (model with the trained weights, tokenizer, saved config, global step). A --lora-r run's
+    model comes adapted (adapters.py) on its base loaded in full precision (also after
+    --load-in-4bit: an export merges into the full-precision weights)."""
     ckpt_path = find_checkpoint(ckpt_path, best=True)
     checkpoint = read_checkpoint(ckpt_path)
     if not isinstance(checkpoint, dict):
@@ -179,6 +189,10 @@ def load_checkpoint(ckpt_path: str):
     tokenizer = load_tokenizer(config["model_name"], remote, config.get("chat_template"))
     model = load_model(config["training_type"], config["model_name"], tokenizer, remote)
     weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    lora = adapters.settings_of(config)
+    if lora is not None:        # the checkpoint holds the adapters only: the frozen base comes from model_name
+        adapters.add_adapters(model, dataclasses.replace(lora, load_in_4bit=False), config["training_type"])
+        weights = adapters.with_frozen(weights, model, "", ckpt_path)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError:
@@ -222,10 +236,13 @@ def load_trained(name_or_path: str, kind: str = "causal", trust_remote_code: boo
     return load_model("bt" if kind == "reward" else "sft", path, tokenizer, trust_remote_code), tokenizer
 
 
-def export(ckpt_path: str, output_dir: str, training_type: str | None = None) -> dict:
+def export(ckpt_path: str, output_dir: str, training_type: str | None = None, adapter_only: bool = False) -> dict:
     """Write the Hugging Face folder of a checkpoint (.ckpt, run folder or Ray checkpoint; local or
     s3://): safetensors weights, config, tokenizer with its chat template, the GGUF provenance of
-    its base model where there is one, and a model card; returns the checkpoint's config. The
+    its base model where there is one, and a model card; returns the checkpoint's config. A --lora-r
+    checkpoint's adapters are merged into the weights (peft's merge_and_unload), or with
+    `adapter_only` written as peft's adapter folder alone (adapter_config.json and
+    adapter_model.safetensors, for PeftModel.from_pretrained on the base model). The
     folder is written under a temporary name and moved into place: an interrupted export leaves
     nothing half-written."""
     ckpt_path = find_checkpoint(ckpt_path, best=True)
@@ -233,6 +250,11 @@ def export(ckpt_path: str, output_dir: str, training_type: str | None = None) ->
     if training_type and training_type != config["training_type"]:
         raise ConfigError(f"Checkpoint {ckpt_path} is a {config['training_type']} checkpoint, "
                           f"not {training_type}.")
+    if adapter_only and not adapters.is_adapted(model):
+        raise ConfigError(f"--adapter-only applies to checkpoints of --lora-r runs; {ckpt_path} was trained "
+                          f"without adapters.")
+    if adapters.is_adapted(model) and not adapter_only:
+        model = adapters.merged(model)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
@@ -242,7 +264,10 @@ def export(ckpt_path: str, output_dir: str, training_type: str | None = None) ->
         # transformers writes weights and config on rank 0 only, and the other workers' exports
         # of a --model-name or --reward-model run folder had neither.
         model.should_save_on_this_rank = lambda is_main_process: is_main_process
-        model.save_pretrained(tmp)
+        if adapter_only:
+            adapters.save_adapter(model, tmp, model.config.name_or_path)
+        else:
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         # A base model dequantized from a GGUF file says so, here and in every export down the line.
         source = packaged_models.source(pretrained_path(config["model_name"]))

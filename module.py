@@ -22,12 +22,14 @@ metrics that generate text (val_generation.py). train_state.py: what checkpoints
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
 import lightning as L
 import torch
 
+import adapters
 import rollouts
 import train_state
 from collate_functions import PreferenceBatch, PromptBatch, RolloutBatch, SFTBatch, StepBatch
@@ -71,8 +73,9 @@ class PostTrainingModule(L.LightningModule):
         model: the policy; loaded from --model-name when None.
         tokenizer: needed for validation generations.
         val_prompts: (prompt messages, reference reply) pairs for val/edit_distance.
-        reference: the frozen reference model for DPO with a live reference pass (None when
-            reference log-probs are precomputed and travel with the data).
+        reference: the frozen reference model for DPO with a live reference pass and grpo's KL (None
+            when reference log-probs are precomputed and travel with the data, and under --lora-r,
+            where the reference is the policy with its adapters disabled).
         win_rate: set up --calculate-win-rate (val/win_rate at every validation).
         verifier_rows: sft_verifier's (verification prompt, "Yes"/"No") rows scored at every
             validation (val/verifier_score, val/verifier_accuracy).
@@ -88,7 +91,9 @@ class PostTrainingModule(L.LightningModule):
         self.save_hyperparameters(config.flat())    # saved flat with every checkpoint (config.py)
         m = config.model
         self.model = model if model is not None else load_model(
-            config.run.training_type, m.model_name, tokenizer, m.trust_remote_code)
+            config.run.training_type, m.model_name, tokenizer, m.trust_remote_code, config.lora.load_in_4bit)
+        if config.lora.lora_r:      # train.py adapts its model first (DPO's precomputed reference needs it)
+            adapters.add_adapters(self.model, config.lora, config.run.training_type)
         # from_pretrained returns a model in eval mode and Lightning does not switch it back (it
         # only warns, and logs.py quiets Lightning's warnings): without this every run trained
         # with dropout off and transformers' activation checkpointing (gated on .training) inactive.
@@ -145,9 +150,15 @@ class PostTrainingModule(L.LightningModule):
     # ------------------------------------- checkpoints and resume (train_state.py)
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         train_state.save_train_state(self, checkpoint)
+        if adapters.is_adapted(self.model):       # the adapters (and a trained head), not the frozen base
+            checkpoint["state_dict"] = adapters.keep_trainable(checkpoint["state_dict"], self.model, "model.")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         train_state.load_train_state(self, checkpoint)
+        if adapters.is_adapted(self.model):       # Lightning loads the state_dict strictly after this hook
+            checkpoint["state_dict"] = adapters.with_frozen(checkpoint["state_dict"], self.model, "model.",
+                                                            self.config.checkpoint.resume_from_checkpoint
+                                                            or "restored by Ray")
 
     def on_train_start(self) -> None:
         train_state.resume_train_start(self)
@@ -190,11 +201,15 @@ class PostTrainingModule(L.LightningModule):
                           "loss_correct": out.nll_correct, "_count/loss_correct": out.tokens_correct,
                           "count": out.tokens_verify + out.tokens_correct}
 
-    @torch.no_grad()
-    def reference_logps(self, batch: PreferenceBatch) -> torch.Tensor:
-        """(2B,) completion log-probs under the reference: cached with the data, or a live pass."""
-        if batch.ref_logps is not None:
-            return batch.ref_logps.to(self.device)
+    @contextlib.contextmanager
+    def reference(self):
+        """The reference network (the starting model) for live reference log-probs: under --lora-r the
+        policy itself with its adapters disabled (adapters.reference_mode: no second copy in memory),
+        else the frozen copy."""
+        if adapters.is_adapted(self.model):
+            with adapters.reference_mode(self.model) as ref:
+                yield ref
+            return
         if not self._reference:
             # Precomputed mode, and a row the run was not expected to reach (reference_logps.py):
             # the starting model, loaded now, is the reference.
@@ -203,7 +218,15 @@ class PostTrainingModule(L.LightningModule):
                         self.config.model.model_name)
             self._reference = [load_causal_lm(self.config.model.model_name, self.config.model.trust_remote_code)
                                .to(self.device).eval().requires_grad_(False)]
-        return preference_logps(self._reference[0], batch)
+        yield self._reference[0]
+
+    @torch.no_grad()
+    def reference_logps(self, batch: PreferenceBatch) -> torch.Tensor:
+        """(2B,) completion log-probs under the reference: cached with the data, or a live pass."""
+        if batch.ref_logps is not None:
+            return batch.ref_logps.to(self.device)
+        with self.reference() as ref:
+            return preference_logps(ref, batch)
 
     def _dpo(self, batch: PreferenceBatch, normalizer=None):
         d = self.config.dpo
@@ -360,7 +383,9 @@ class PostTrainingModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.config
-        opt = adamw(self.model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, fused=cfg.distributed.strategy != "fsdp")
+        # The weights that train: all of them, or under --lora-r the adapters (and a reward model's head).
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = adamw(params, cfg.optim.lr, cfg.optim.weight_decay, fused=cfg.distributed.strategy != "fsdp")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if self.config.run.training_type == "grpo" and self.trainer.max_steps == -1:
             total *= self.config.grpo.num_iterations        # --num-iterations updates on every rollout batch

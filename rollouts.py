@@ -94,7 +94,8 @@ def rollout(module, step: StepBatch) -> tuple[StepBatch, dict]:
         if cfg.grpo.num_iterations > 1:
             batch.old_logps = completion_token_logps(module.model, batch)[0]
         if cfg.grpo.kl_coef > 0:
-            batch.ref_logps = completion_token_logps(module._reference[0], batch)[0]
+            with module.reference() as ref:     # a frozen copy, or the policy with its adapters disabled
+                batch.ref_logps = completion_token_logps(ref, batch)[0]
         out.append(batch)
         merge_sums(sums, rollout_sums(rewards, completions, parts, tok.eos_token_id))
         if i == 0:

@@ -216,6 +216,7 @@ def fit(c: Config, ray_worker: bool = False) -> dict:
     import lightning as L
     import torch
 
+    import adapters
     import logprobs
     from models import load_causal_lm, load_model, load_tokenizer
     from module import PostTrainingModule
@@ -229,7 +230,10 @@ def fit(c: Config, ray_worker: bool = False) -> dict:
     metadata = {"code_version": code_version(),
                 "data_fingerprint": data_fingerprint(loaders["train"].dataset) if "train" in loaders else None}
     # A bt run from a causal LM gets a new score head: drawn here, right after seeding.
-    model = load_model(c.run.training_type, c.model.model_name, tokenizer, c.model.trust_remote_code)
+    model = load_model(c.run.training_type, c.model.model_name, tokenizer, c.model.trust_remote_code,
+                       c.lora.load_in_4bit)
+    if c.lora.lora_r:
+        adapters.add_adapters(model, c.lora, c.run.training_type)     # logs how many parameters train
     if c.data.packing and not logprobs.supports_packing(model):
         # An encoder reward model attends both ways, across packed sequences; padded rows are exact.
         log.warning("%s does not keep attention within packed sequences: training without --packing.",
@@ -238,27 +242,36 @@ def fit(c: Config, ray_worker: bool = False) -> dict:
         for loader in loaders.values():
             loader.collate_fn.pack_capacity = None
     reference = None
+    # Under --lora-r the reference is the policy with its adapters disabled (module.reference): no copy loaded.
+    by_adapters = c.lora.lora_r > 0
+    from losses.preference import PREFERENCE_LOSSES
+    if by_adapters and ((c.run.training_type == "dpo" and not PREFERENCE_LOSSES[c.dpo.dpo_loss].reference_free)
+                        or (c.run.training_type == "grpo" and c.grpo.kl_coef > 0)):
+        log.info("reference log-probs: the policy with its LoRA adapters disabled (peft's disable_adapter); "
+                 "no reference copy is loaded")
     if c.run.training_type == "dpo":
-        from losses.preference import PREFERENCE_LOSSES
         if PREFERENCE_LOSSES[c.dpo.dpo_loss].reference_free:
             log.info("--dpo-loss %s is reference-free: no reference model is loaded and no reference log-probs "
                      "are computed", c.dpo.dpo_loss)
         elif c.dpo.precompute_ref_log_probs:
             # The policy was just loaded from the starting checkpoint (a resumed run loads its
             # trained weights later, inside fit), so here it is the reference.
+            import contextlib
+
             from reference_logps import precompute_reference_logps
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            precompute_reference_logps(model, loaders, c.optim.batch_size, tokenizer.pad_token_id,
-                                       c.data.max_length if c.data.packing else None, run=c,
-                                       saved=storage.join(out, "reference_logps"),
-                                       rank=torch.distributed.get_rank() if distributed else 0)
-        else:
+            with adapters.reference_mode(model) if by_adapters else contextlib.nullcontext(model) as ref:
+                precompute_reference_logps(ref, loaders, c.optim.batch_size, tokenizer.pad_token_id,
+                                           c.data.max_length if c.data.packing else None, run=c,
+                                           saved=storage.join(out, "reference_logps"),
+                                           rank=torch.distributed.get_rank() if distributed else 0)
+        elif not by_adapters:
             reference = load_causal_lm(c.model.model_name, c.model.trust_remote_code)
     rewards = None
     if c.run.training_type == "grpo":
         from rewards import Rewards
         rewards = Rewards.from_config(c)
-        if c.grpo.kl_coef > 0:        # the KL's frozen reference: the starting model
+        if c.grpo.kl_coef > 0 and not by_adapters:        # the KL's frozen reference: the starting model
             reference = load_causal_lm(c.model.model_name, c.model.trust_remote_code)
     # Edit distance needs a reference reply (a grpo prompt may come without one).
     val_prompts = [] if c.run.training_type == "bt" else \
@@ -272,7 +285,7 @@ def fit(c: Config, ray_worker: bool = False) -> dict:
         import distributed
         trainer, ckpt_path = distributed.prepare(trainer, ckpt_path)
     if ckpt_path and c.run.mode == "train":
-        check_resume(ckpt_path, metadata, c.checkpoint.force_resume)     # before anything in the run folder changes
+        check_resume(ckpt_path, metadata, c.checkpoint.force_resume, c)     # before anything in the run folder changes
     if c.run.mode == "test":
         trainer.test(module, dataloaders=loaders["test"], ckpt_path=ckpt_path, verbose=False)
         return {k: round(v, c.run.roundoff) if c.run.roundoff is not None else v
@@ -314,11 +327,16 @@ def data_fingerprint(rows: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def check_resume(ckpt: str, metadata: dict, force: bool) -> None:
+def check_resume(ckpt: str, metadata: dict, force: bool, c: Config) -> None:
     """Refuse to continue a checkpoint on training data other than its own (its data order and
-    position would mean nothing), unless --force-resume; checkpoints written before the
-    metadata existed are resumed as they are."""
-    saved = storage.load_torch(ckpt).get("run_metadata", {})     # local: memory-mapped, the weights unread
+    position would mean nothing), unless --force-resume, or with other adapters (--lora-r, ...)
+    than its own; checkpoints written before the metadata existed are resumed as they are."""
+    import adapters
+    checkpoint = storage.load_torch(ckpt)       # local: memory-mapped, the weights unread
+    mismatch = adapters.resume_mismatch(checkpoint.get("hyper_parameters", {}), c.lora, ckpt)
+    if mismatch:
+        raise ConfigError(mismatch)
+    saved = checkpoint.get("run_metadata", {})
     before, now = saved.get("data_fingerprint"), metadata["data_fingerprint"]
     if before and before != now:
         if not force:

@@ -11,7 +11,9 @@ The folder holds safetensors weights, config.json, generation_config.json, the t
 with its chat template, and a model card (README.md) with the base model, training type,
 data set, hyper-parameters, the final validation metrics (the last val/* value of each
 metric at or before the checkpoint's step, read from the run's TensorBoard events) and the
-date. It never holds optimizer state, credentials or
+date. A --lora-r checkpoint is exported with its adapters merged into the weights (peft's
+merge_and_unload), or with --adapter-only as peft's adapter folder (adapter_config.json,
+adapter_model.safetensors) beside the tokenizer and card. It never holds optimizer state, credentials or
 absolute local paths. The upload uses huggingface_hub with the token from HF_TOKEN; the
 repository is private unless --public. The folder is written under a temporary name and
 moved into place, so an interrupted export leaves nothing half-written.
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None, help="write the folder here (and upload it if --repo-id is given)")
     p.add_argument("--training-type", default=None, choices=("sft", "dpo", "bt", "sft_verifier"),
                    help="checked against the checkpoint's own training type")
+    p.add_argument("--adapter-only", action=argparse.BooleanOptionalAction, default=False,
+                   help="a --lora-r checkpoint: write peft's adapter folder alone (for PeftModel.from_pretrained on "
+                        "the base model) instead of the full model with the adapters merged in")
     p.add_argument("--public", action=argparse.BooleanOptionalAction, default=False,
                    help="create the Hub repository as public (private by default)")
     return p
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     folder = args.output_dir or tempfile.mkdtemp(prefix="hub-export-")
     try:
-        export(args.checkpoint_path, folder, args.training_type)
+        export(args.checkpoint_path, folder, args.training_type, adapter_only=args.adapter_only)
         if args.repo_id:
             upload(folder, args.repo_id, args.public)
     except UserError as e:

@@ -3,7 +3,7 @@ import importlib
 
 import pytest
 
-MODULES = ["train", "module", "models", "custom_dataset", "collate_functions", "generation", "losses", "losses.sft",
+MODULES = ["train", "module", "adapters", "models", "custom_dataset", "collate_functions", "generation", "losses", "losses.sft",
            "losses.dpo", "losses.preference", "losses.bt", "losses.sft_verifier", "flags", "storage", "distributed", "upload_to_hub", "reward_model", "judges",
            "win_rate", "embedded.task", "embedded.build", "extension.data_preparation", "extension.critiques", "extension.verifier", "extension.verify",
            "infer", "evaluate", "plots", "rewards", "losses.grpo", "losses.length_penalty", "experiments.replicate",

@@ -253,6 +253,24 @@ def test_grpo_on_two_workers(ray_cluster, tmp_path):
     assert s["val/reward/correctness"][0][0] == 0 and 0 <= s["val/reward/correctness"][0][1] <= 1
 
 
+def test_lora_on_two_workers_equals_one_local_process_with_twice_the_batch(ray_cluster, tmp_path):
+    """--lora-r under Ray DDP: 2 workers x batch 4 end at the adapters of one local run with batch 8
+    (DDP averages the adapters' gradients; the frozen base has none), and the Ray checkpoint holds
+    the adapters alone. --lora-dropout 0: dropout masks would differ between the two layouts."""
+    common = dict(storage_path=tmp_path, lora_r=4, lora_dropout=0.0, train_dataset_length=16, test_dataset_length=4,
+                  max_steps=2, val_generations=0, num_sanity_val_steps=0, lr=1e-3, max_length=128)
+    assert run_ray(name="two", num_workers=2, batch_size=4, **common) == 0
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in common.items()]
+    assert train.main([*argv, "--name", "one", "--batch-size", "8"]) == 0
+    two, _ = latest_weights(tmp_path / "two")
+    one = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert two["global_step"] == one["global_step"] == 2
+    assert two["state_dict"].keys() == one["state_dict"].keys() and all("lora_" in k for k in one["state_dict"])
+    for name, value in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][name], value, rtol=0, atol=1e-5)
+    assert all(torch.count_nonzero(v) > 0 for k, v in two["state_dict"].items() if "lora_B" in k)
+
+
 def test_bad_data_in_a_ray_worker_is_one_sentence(ray_cluster, tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "bot", "content": "x"}]}\n' * 20)
     assert run_ray(dataset_name=tmp_path / "bad.jsonl", storage_path=tmp_path, num_workers=1) == 2

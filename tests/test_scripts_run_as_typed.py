@@ -64,6 +64,8 @@ SKIP = {
     "python train.py --length-penalty": f"SFT that samples a reply for each row every --length-penalty-every steps, "
                                         f"{SLOW}",
     "python upload_to_hub.py --checkpoint-path runs/rm-demo": "needs runs/rm-demo (bt training, skipped)",
+    "python upload_to_hub.py --checkpoint-path runs/dpo-lora": "needs runs/dpo-lora (DPO training, skipped); "
+                                                             "tests/test_lora.py exports LoRA runs both ways",
     "python train.py --training-type grpo": f"GRPO rollouts, {SLOW}",
     "python win_rate.py --model runs/dpo-demo": "needs runs/dpo-demo (DPO training, skipped)",
     "python win_rate.py --model you/qwen-dpo": "Hub models and data, and an endpoint judge with $NVIDIA_API_KEY",
