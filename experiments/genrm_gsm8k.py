@@ -2,7 +2,8 @@
 sft_verifier on SmolLM2-135M-Instruct, direct and CoT verification before and after training,
 the solve rate, and best-of-N by the verifier against majority vote.
 
-    python experiments/genrm_gsm8k.py                # about 80 minutes on 2 CPU cores
+    python experiments/genrm_gsm8k.py                # about 2 hours on 2 CPU cores (three verifiers)
+    python experiments/genrm_gsm8k.py --lambdas 0.1 --no-best-of-n   # one verifier: about 60 minutes
     python experiments/genrm_gsm8k.py --small        # every stage on a few rows (what CI runs)
 
 1. Data (<out>/data). The slice's two validation files, rm_*_batch_08_val (direct) and
@@ -18,8 +19,9 @@ the solve rate, and best-of-N by the verifier against majority vote.
 2. Verifiers: sft_verifier from SmolLM2-135M-Instruct at each lambda (eq. 7).
 3. Every model: direct p(Yes) and CoT scores (eqs. 9-10, K = k_eval rationales) on the
    evaluation solutions, with accuracy and AUROC, and its greedy solve rate.
-4. Best-of-N: N solutions a problem sampled at temperature 1 from the lambda = 0.1 model, picked
-   by its direct score, against majority vote, a random pick and the first sample.
+4. Best-of-N (unless --no-best-of-n): N solutions a problem sampled at temperature 1 from the
+   lambda = 0.1 model, picked by its direct score, against majority vote, a random pick and the
+   first sample.
 
 Stages and evaluations are reused when finished (experiments/stages.py, <out>/eval/), so a
 re-run continues where it stopped. Output in --out: results.md and results.json (every score,
@@ -43,7 +45,7 @@ if REPO not in sys.path:
 
 import storage  # noqa: E402
 from experiments.genrm_real import (COMPUTE_LAMBDA, LAMBDAS, _ci, _commands, best_of_n, cached,  # noqa: E402
-                                    verifier_command, verify_and_solve)
+                                    verification_table, verifier_command, verify_and_solve, with_auroc_intervals)
 from experiments.real_prefs import START, git_commit  # noqa: E402
 from experiments.stages import run_stage, write_report  # noqa: E402
 from extension.critique_files import verification_rows  # noqa: E402
@@ -152,12 +154,7 @@ def markdown(r: dict) -> str:
              "rows are in no training row: checked.", "",
              f"CoT: mean p(Yes) over K = {s['k_eval']} rationales of up to {s['max_new_tokens']} tokens. Accuracy: "
              f"score > 0.5 is Yes. Solve rate: greedy, {s['solve_tokens']} tokens, final answer equal to the gold one.",
-             "", "| model | direct AUROC | direct acc [95%] | CoT AUROC | CoT acc [95%] | solve rate [95%] |",
-             "|---|---|---|---|---|---|"]
-    for name, e in r["models"].items():
-        d, c, g = e["direct"], e["cot"], e["solve"]
-        lines.append(f"| {name} | {d['auroc']:.3f} | {d['accuracy']:.3f} {_ci(d, 'accuracy_ci95')} | {c['auroc']:.3f} | "
-                     f"{c['accuracy']:.3f} {_ci(c, 'accuracy_ci95')} | {g['accuracy']:.3f} {_ci(g)} |")
+             "", *verification_table(r["models"])]
     if "best_of_n" in r:
         bon = r["best_of_n"]
         lines += ["", f"## Best-of-N ({bon['problems']} evaluation problems; candidates sampled at temperature 1 "
@@ -170,7 +167,7 @@ def markdown(r: dict) -> str:
 
 
 def run(small: bool, out: str | None, seed: int, argv: list[str], *, lambdas: tuple[float, ...] = LAMBDAS,
-        folder: str = CRITIQUES) -> int:
+        folder: str = CRITIQUES, with_best_of_n: bool = True) -> int:
     began = time.perf_counter()
     s = SETTINGS["small" if small else "real"]
     out = out or f"runs/genrm-gsm8k{'-small' if small else ''}"
@@ -186,13 +183,14 @@ def run(small: bool, out: str | None, seed: int, argv: list[str], *, lambdas: tu
     evaluation = {name: cached(storage.join(out, "eval", re.sub(r"[^\w.]+", "_", name) + ".json"),
                                lambda path=path: verify_and_solve(path, direct, cot, parts["solve"], s, seed))
                   for name, path in models.items()}
+    with_auroc_intervals(evaluation, direct[1], cot[1], seed)
     report = {"setting": "small" if small else "real", "settings": s, "seed": seed, "date": time.strftime("%Y-%m-%d"),
               "commit": git_commit(), "command": f"python experiments/genrm_gsm8k.py {shlex.join(argv)}",
               "sizes": {k: len(v) for k, v in parts.items()},
               "question_ids": {k: sorted({r["question_id"] for r in v}) for k, v in parts.items()},
               "commands": commands, "stage_seconds": seconds, "models": evaluation}
     verifier = models.get(f"lambda {COMPUTE_LAMBDA}")
-    if verifier is not None and parts["solve"]:
+    if with_best_of_n and verifier is not None and parts["solve"]:
         bon_settings = {**s, "bon_k": 1}
         report["best_of_n"] = best_of_n(verifier, {"test": parts["solve"]}, bon_settings, seed, out,
                                         modes=("direct",), rule=False)
@@ -210,9 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS),
                    help=f"the generation term's weights, a verifier each (best-of-N needs {COMPUTE_LAMBDA})")
     p.add_argument("--critiques", default=CRITIQUES, help="the genrm-critiques folder of zips")
+    p.add_argument("--best-of-n", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"sample candidates from the lambda {COMPUTE_LAMBDA} model and pick among them (about 20 "
+                        "minutes in the real setting)")
     args = p.parse_args(argv)
     return run(args.small, args.out, args.seed, list(sys.argv[1:] if argv is None else argv),
-               lambdas=tuple(args.lambdas), folder=args.critiques)
+               lambdas=tuple(args.lambdas), folder=args.critiques, with_best_of_n=args.best_of_n)
 
 
 if __name__ == "__main__":

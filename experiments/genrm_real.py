@@ -197,6 +197,17 @@ def verify_and_solve(model_path: str, direct: tuple[list, list], cot: tuple[list
                       "replies": replies}}
 
 
+def with_auroc_intervals(evaluation: dict, direct_labels: list[bool], cot_labels: list[bool], seed: int) -> dict:
+    """Each model's direct and CoT AUROC gets its bootstrap 95% interval (selection.auroc_interval),
+    from the stored scores, so that cached evaluations get one too."""
+    from extension.selection import auroc_interval
+    for e in evaluation.values():
+        e["direct"]["auroc_ci95"] = list(auroc_interval(e["direct"]["scores"], direct_labels, seed=seed))
+        cot = [sum(p) / len(p) for p in e["cot"]["scores"]]
+        e["cot"]["auroc_ci95"] = list(auroc_interval(cot, cot_labels, seed=seed))
+    return evaluation
+
+
 def compute_study(model_path: str, parts: dict, s: dict, seed: int) -> dict:
     """The pool of K_max rationales on held-out and validation solutions (module docstring, 4.)."""
     from extension.verifier import cot_pool
@@ -327,12 +338,7 @@ def markdown(r: dict) -> str:
              f"Direct: p(Yes) with no rationale, {2 * s['test']} solutions. CoT: mean p(Yes) over K = {s['k_eval']} "
              f"sampled rationales (eqs. 9-10), {2 * s['cot_problems']} solutions. Accuracy: score > 0.5 is Yes. "
              f"Solve rate: greedy, the final answer equal to the gold one, on {s['solve_problems']} problems.", "",
-             "| model | direct AUROC | direct acc [95%] | CoT AUROC | CoT acc [95%] | solve rate [95%] |",
-             "|---|---|---|---|---|---|"]
-    for name, e in r["models"].items():
-        d, c, g = e["direct"], e["cot"], e["solve"]
-        lines.append(f"| {name} | {d['auroc']:.3f} | {d['accuracy']:.3f} {_ci(d, 'accuracy_ci95')} | {c['auroc']:.3f} | "
-                     f"{c['accuracy']:.3f} {_ci(c, 'accuracy_ci95')} | {g['accuracy']:.3f} {_ci(g)} |")
+             *verification_table(r["models"])]
     lines += ["", f"Critique style of the lambda rows: {r.get('style', STYLES[0])}."]
     if "compute" not in r:
         return "\n".join(lines + _commands(r)) + "\n"
@@ -363,6 +369,18 @@ def markdown(r: dict) -> str:
     return "\n".join(lines + _commands(r)) + "\n"
 
 
+def verification_table(models: dict) -> list[str]:
+    """The markdown rows of each model's verification and solve rate, each with its 95% interval."""
+    lines = ["| model | direct AUROC [95%] | direct acc [95%] | CoT AUROC [95%] | CoT acc [95%] | solve rate [95%] |",
+             "|---|---|---|---|---|---|"]
+    for name, e in models.items():
+        d, c, g = e["direct"], e["cot"], e["solve"]
+        lines.append(f"| {name} | {d['auroc']:.3f} {_ci(d, 'auroc_ci95')} | {d['accuracy']:.3f} {_ci(d, 'accuracy_ci95')} | "
+                     f"{c['auroc']:.3f} {_ci(c, 'auroc_ci95')} | {c['accuracy']:.3f} {_ci(c, 'accuracy_ci95')} | "
+                     f"{g['accuracy']:.3f} {_ci(g)} |")
+    return lines
+
+
 def _commands(r: dict) -> list[str]:
     return ["", "## Stage commands (run from the repository root)", ""] + [
         f"- {name} ({r['stage_seconds'][name]:.0f} s): `python train.py {shlex.join(args)}`"
@@ -389,6 +407,7 @@ def run(small: bool, out: str | None, seed: int, argv: list[str], *, overrides: 
     evaluation = {name: cached(storage.join(out, "eval", re.sub(r"[^\w.]+", "_", name) + ".json"),
                                lambda path=path: evaluate_model(path, parts, s, seed))
                   for name, path in models.items()}
+    with_auroc_intervals(evaluation, solutions(parts["test"])[1], solutions(parts["test"][:s["cot_problems"]])[1], seed)
     report = {"setting": "small" if small else "real", "settings": s, "style": primary, "seed": seed,
               "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
               "command": f"python experiments/genrm_real.py {shlex.join(argv)}",

@@ -62,3 +62,26 @@ def auroc(scores: list[float], labels: list[bool]) -> float:
         return float("nan")
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
     return wins / (len(pos) * len(neg))
+
+
+def auroc_interval(scores: list[float], labels: list[bool], *, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of auroc: positives and negatives are resampled each on
+    their own (a stratified bootstrap, so every draw holds both), as win_stats resamples a mean;
+    (nan, nan) without both a positive and a negative."""
+    import numpy as np
+
+    from win_stats import BOOTSTRAP_RESAMPLES, CONFIDENCE
+    pos = np.asarray([s for s, y in zip(scores, labels) if y], dtype=np.float64)
+    neg = np.asarray([s for s, y in zip(scores, labels) if not y], dtype=np.float64)
+    if not pos.size or not neg.size:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, BOOTSTRAP_RESAMPLES, 200):        # 200 draws at a time: a (200, P, N) comparison
+        n = min(200, BOOTSTRAP_RESAMPLES - start)
+        p = pos[rng.integers(0, pos.size, (n, pos.size))][:, :, None]
+        q = neg[rng.integers(0, neg.size, (n, neg.size))][:, None, :]
+        values.append(((p > q) + 0.5 * (p == q)).mean(axis=(1, 2)))
+    values = np.concatenate(values)
+    tail = (1.0 - CONFIDENCE) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))

@@ -44,3 +44,22 @@ def test_selection_outcomes_names_the_row_whose_scores_do_not_match():
     with pytest.raises(ValueError, match="row 1: needs one verifier score per candidate answer"):
         selection_outcomes([{"answers": [1], "gold": 1, "scores": [0.5]},
                             {"answers": [1, 2], "gold": 1, "scores": [0.5]}])
+
+
+def test_auroc_interval_brackets_the_auroc_and_matches_a_hand_bootstrap():
+    from extension.selection import auroc_interval
+    from win_stats import BOOTSTRAP_RESAMPLES
+    scores, labels = [0.9, 0.8, 0.4, 0.7, 0.3, 0.1], [True, True, True, False, False, False]
+    low, high = auroc_interval(scores, labels, seed=3)
+    # A hand bootstrap: the same draws (positives then negatives, 200 at a time), one at a time.
+    import numpy as np
+    rng, pos, neg, values = np.random.default_rng(3), [0.9, 0.8, 0.4], [0.7, 0.3, 0.1], []
+    for start in range(0, BOOTSTRAP_RESAMPLES, 200):
+        n = min(200, BOOTSTRAP_RESAMPLES - start)
+        ps, ns = rng.integers(0, 3, (n, 3)), rng.integers(0, 3, (n, 3))
+        values += [auroc([pos[i] for i in a] + [neg[j] for j in b], [True] * 3 + [False] * 3) for a, b in zip(ps, ns)]
+    assert (low, high) == pytest.approx((np.quantile(values, 0.025), np.quantile(values, 0.975)))
+    assert auroc(scores, labels) == pytest.approx(8 / 9) and low <= 8 / 9 <= high and low < high
+    # Perfectly separated scores stay at 1 in every draw; one class alone has no interval.
+    assert auroc_interval([0.9, 0.8, 0.1], [True, True, False]) == (1.0, 1.0)
+    assert all(np.isnan(auroc_interval([0.9, 0.8], [True, True])))
