@@ -241,11 +241,12 @@ def adapt_kto(row: dict) -> dict:
                 "completion": [{"role": "assistant", "content": completion}], "label": label}
     if isinstance(prompt, list) and isinstance(completion, list):
         _check_messages(prompt, "prompt", need_assistant=False)
-        _check_messages(completion, "completion")
+        _check_messages(completion, "completion", need_assistant=False)
         if prompt[-1]["role"] == "assistant":
             raise ValueError("prompt: ends with an assistant turn, which the completion would follow")
-        if len(completion) != 1:
-            raise ValueError(f"completion: expected one assistant message, got {len(completion)} messages")
+        if len(completion) != 1 or completion[0]["role"] != "assistant":
+            raise ValueError(f"completion: expected one assistant message, got {len(completion)} messages"
+                             f"{'' if len(completion) != 1 else ' of role ' + completion[0]['role']}")
         return {"prompt": _clean(prompt), "completion": _clean(completion), "label": label}
     raise ValueError("prompt/completion: expected two strings or two message lists")
 
