@@ -323,7 +323,8 @@ class PostTrainingModule(L.LightningModule):
         # Lightning repeats a metric's last value at every later logging step; one measured
         # only on some steps (the length penalty's samples, kto's means over rows of one label) goes
         # to the event file directly.
-        for name in ("length_penalty", "sampled_length", *(n[len("_rows/"):] for n in sums if n.startswith("_rows/"))):
+        by_label = [n[len("_rows/"):] for n in sums if n.startswith("_rows/")]
+        for name in ("length_penalty", "sampled_length", *by_label):
             if name in means and self.trainer.is_global_zero and self.logger is not None:
                 self.logger.experiment.add_scalar(f"train/{name}", means[name], self.global_step - 1)
             means.pop(name, None)

@@ -153,6 +153,10 @@ def test_kto_module_matches_the_loss_on_full_logits(tokenizer, pack):
     assert abs(float(sums["kl"]) - expected.kl.item()) < 1e-4 and expected.kl.item() > 0
     assert abs(float(sums["rewards/chosen"]) - expected.rewards[desirable].sum().item()) < 1e-5
     assert int(sums["_rows/rewards/rejected"]) == 6
+    # A step without desirable rows reports no mean over them, rather than 0.
+    means = module.metrics({"count": 4.0, "loss": 2.0, "rewards/chosen": 0.0, "_rows/rewards/chosen": 0.0,
+                            "rewards/rejected": 1.0, "_rows/rewards/rejected": 4.0})
+    assert means == {"loss": 0.5, "rewards/rejected": 0.25}
 
 
 @pytest.mark.parametrize("argv, sentence", [
