@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from losses.labels import IGNORE_INDEX
+from shared_flags import DEFAULT_TRUNCATION, MAX_LENGTH
+from tokenization import truncate
 
 
 @dataclass
@@ -46,6 +48,10 @@ class SFTBatch:
         if self.is_generate.dim() == 2:
             return self.is_generate[:, 1:]
         return self.is_generate[:, None].expand(-1, self.labels.shape[1] - 1)
+
+    def per_sequence(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, T-1) per-next-token values -> one sum per conversation (kto's layouts), packed or not."""
+        return sum_per_sequence(values, self.sequence_index)
 
     @property
     def num_tokens(self) -> int:
@@ -229,18 +235,23 @@ class PreferenceBatch:
         return self.sequences // 2
 
     def per_sequence(self, values: torch.Tensor) -> torch.Tensor:
-        """(R, T-1) per-next-token values (as logprobs.token_logps gives) -> (2B,) sums over
-        each sequence. Packed: entry [r, t] goes to the sequence of token t+1, the token it
-        predicts; the entry predicting a sequence's first token from the sequence before is
-        unlabelled (0 in token_logps), so nothing crosses a boundary."""
-        if values.dtype == torch.bool:      # counts (of a mask), as .sum() gives them
-            values = values.long()
-        if self.sequence_index is None:
-            return values.sum(dim=-1)
-        index = self.sequence_index[:, 1:]
-        keep = index >= 0
-        out = torch.zeros(self.sequences, dtype=values.dtype, device=values.device)
-        return out.index_add(0, index[keep], values[keep])
+        """(R, T-1) per-next-token values (as logprobs.token_logps gives) -> (2B,) sums over each sequence."""
+        return sum_per_sequence(values, self.sequence_index)
+
+
+def sum_per_sequence(values: torch.Tensor, sequence_index: torch.Tensor | None) -> torch.Tensor:
+    """(R, T-1) per-next-token values -> one sum per sequence: per row, or packed (sequence_index
+    (R, T), -1 on padding; every sequence has tokens) per sequence index. Packed: entry [r, t] goes
+    to the sequence of token t+1, the token it predicts; the entry predicting a sequence's first
+    token from the sequence before is unlabelled (0 in token_logps), so nothing crosses a boundary."""
+    if values.dtype == torch.bool:      # counts (of a mask), as .sum() gives them
+        values = values.long()
+    if sequence_index is None:
+        return values.sum(dim=-1)
+    index = sequence_index[:, 1:]
+    keep = index >= 0
+    out = torch.zeros(int(sequence_index.max()) + 1, dtype=values.dtype, device=values.device)
+    return out.index_add(0, index[keep], values[keep])
 
     def packed_last_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed rows: (rows, columns), each (2B,) long, of each sequence's last token (where
@@ -274,6 +285,45 @@ class PreferenceCollator(SFTCollator):
 
     def batch(self, examples: list[dict]) -> PreferenceBatch:
         return concatenate_pairs(examples, self.pad_id, self.pad_to_multiple_of, self.pack_capacity)
+
+
+@dataclass
+class KTOBatch:
+    """B unpaired kto rows (losses/kto.py), two layouts of B sequences each (SFTBatch: one a row,
+    or packed; .per_sequence sums over each sequence):
+
+    completions: the rows' own (x_i, y_i), completion tokens labelled.
+    mismatched:  (x_i, y_{i-1}), y_{-1} = y_{B-1}: each prompt with the previous row's completion,
+                 TRL's shift by one within the batch, whose log-ratios estimate the KL (z0).
+    desirable:   (B,) bool, the rows' labels.
+    """
+    completions: SFTBatch
+    mismatched: SFTBatch
+    desirable: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        """Rows: what the kto loss is averaged over."""
+        return len(self.desirable)
+
+
+class KTOCollator(SFTCollator):
+    """DataLoader collate_fn for kto rows (tokenization.tokenize_kto_rows): KTOBatch (validation) or
+    StepBatch (training). A mismatched sequence is cut to max_length by truncation, as rows are."""
+
+    def __init__(self, pad_id: int, micro_batch_size: int | None = None, pad_to_multiple_of: int = 1,
+                 pack_capacity: int | None = None, max_length: int = MAX_LENGTH, truncation: str = DEFAULT_TRUNCATION):
+        super().__init__(pad_id, micro_batch_size, pad_to_multiple_of, pack_capacity)
+        self.max_length, self.truncation = max_length, truncation
+
+    def batch(self, examples: list[dict]) -> KTOBatch:
+        previous = examples[-1:] + examples[:-1]
+        mismatched = [dict(zip(("input_ids", "labels"), truncate(
+            e["prompt_ids"] + p["completion_ids"], [IGNORE_INDEX] * len(e["prompt_ids"]) + p["completion_labels"],
+            self.max_length, self.truncation))) for e, p in zip(examples, previous)]
+        layout = [pack_or_pad(rows, self.pad_id, self.pack_capacity, self.pad_to_multiple_of)
+                  for rows in (examples, mismatched)]
+        return KTOBatch(*layout, torch.tensor([e["label"] for e in examples], dtype=torch.bool))
 
 @dataclass
 class PromptBatch:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 @dataclass(frozen=True)
 class RunArgs:
     """What to run and where its folder is."""
-    training_type: str          # sft, dpo, bt, sft_verifier or grpo
+    training_type: str          # sft, dpo, bt, sft_verifier, grpo, orpo or kto
     mode: str                   # train, or test a checkpoint
     storage_path: str           # the parent of run folders (local or a URL)
     name: str                   # the run folder's name
@@ -157,11 +157,24 @@ class SFTArgs:
 class DPOArgs:
     """dpo: the preference loss (losses/preference.py), its beta and own terms, and the reference log-probs."""
     dpo_loss: str               # sigmoid, ipo, cdpo, hinge or simpo (flags.DPO_LOSSES)
-    beta: float                 # every --dpo-loss's beta (ipo's tau)
+    beta: float                 # every --dpo-loss's beta (ipo's tau), and kto's
     rpo_alpha: float            # sigmoid only: the RPO NLL term's weight
     label_smoothing: float      # cdpo only: the probability e that a label is flipped
     simpo_gamma: float          # simpo only: the target reward margin
     precompute_ref_log_probs: bool
+
+
+@dataclass(frozen=True)
+class ORPOArgs:
+    """orpo (losses/orpo.py): the odds-ratio term's weight."""
+    orpo_lambda: float
+
+
+@dataclass(frozen=True)
+class KTOArgs:
+    """kto (losses/kto.py): the weights of the desirable and undesirable rows' losses (beta is config.dpo.beta)."""
+    kto_desirable_weight: float
+    kto_undesirable_weight: float
 
 
 @dataclass(frozen=True)
@@ -207,6 +220,8 @@ class Config:
     distributed: DistributedArgs
     sft: SFTArgs
     dpo: DPOArgs
+    orpo: ORPOArgs
+    kto: KTOArgs
     bt: BTArgs
     grpo: GRPOArgs
     genrm: GenRMArgs

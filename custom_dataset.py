@@ -11,14 +11,17 @@ Sources: a Hub name (`load_dataset`), a local file (.json/.jsonl/.csv/.parquet, 
 Canonical rows (what the collators consume):
   sft:                 {"messages": [{"role", "content"}, ...]}         (at least one assistant turn)
   sft_verifier:        {"messages": [...], "task": "verify" | "generate"}
-  dpo / bt:            {"prompt": [messages...], "chosen": [assistant message],
+  dpo / bt / orpo:     {"prompt": [messages...], "chosen": [assistant message],
                         "rejected": [assistant message]}
+  kto:                 {"prompt": [messages...], "completion": [assistant message], "label": bool}
+                        (True: desirable); a chosen/rejected pair becomes two such rows (unpair)
   grpo:                {"prompt": [messages...], "reference": str | None}   (the prompt ends with a
                         user turn; the reference reply, where the source has one, feeds the
                         correctness reward)
 Known source formats: smoltalk / ultrafeedback `messages`; ultrafeedback_binarized
 `prompt`/`chosen`/`rejected` message lists; Anthropic hh-rlhf `chosen`/`rejected`
-transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ..."); `prompt`/`completion` strings.
+transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ..."); `prompt`/`completion` strings (kto: with a
+boolean `label`; or TRL's conversational prompt/completion message lists).
 
 Filters, in this order: --dataset-source, --{train,test}-percentile, then
 --{train,test}-dataset-length (first rows, or a seeded random subset with
@@ -215,14 +218,63 @@ def adapt_prompt(row: dict) -> dict:
     raise ValueError("missing column: expected 'question', 'messages', 'chosen'/'rejected' or 'prompt'")
 
 
-ADAPTERS = {"grpo": adapt_prompt, "sft": adapt_sft, "sft_verifier": adapt_verifier, "dpo": adapt_preference, "bt": adapt_preference}
+def adapt_kto(row: dict) -> dict:
+    """kto rows -> {"prompt": [...], "completion": [assistant message], "label": bool}, from
+    `prompt`, `completion` (a user turn's and the reply's strings, or TRL's conversational form:
+    prompt messages and a one-message assistant completion) and a boolean `label`; a row with
+    `chosen`/`rejected` instead is a pair in any format dpo reads (adapt_preference), which
+    unpair() splits into a desirable and an undesirable row."""
+    if row.get("completion") is None and row.get("chosen") is not None:
+        return adapt_preference(row)
+    if row.get("completion") is None:
+        raise ValueError("completion: missing column (kto reads prompt, completion and label, or chosen/rejected pairs)")
+    label = row.get("label")
+    if not isinstance(label, bool):
+        got = "nothing" if label is None else f"{type(label).__name__} {label!r}"
+        raise ValueError(f"label: expected true or false (is the completion desirable?), got {got}")
+    prompt, completion = row.get("prompt"), row["completion"]
+    if isinstance(prompt, str) and isinstance(completion, str):
+        for key, text in (("prompt", prompt), ("completion", completion)):
+            if not text.strip():
+                raise ValueError(f"{key}: empty string")
+        return {"prompt": [{"role": "user", "content": prompt}],
+                "completion": [{"role": "assistant", "content": completion}], "label": label}
+    if isinstance(prompt, list) and isinstance(completion, list):
+        _check_messages(prompt, "prompt", need_assistant=False)
+        _check_messages(completion, "completion", need_assistant=False)
+        if prompt[-1]["role"] == "assistant":
+            raise ValueError("prompt: ends with an assistant turn, which the completion would follow")
+        if len(completion) != 1 or completion[0]["role"] != "assistant":
+            raise ValueError(f"completion: expected one assistant message, got {len(completion)} messages"
+                             f"{'' if len(completion) != 1 else ' of role ' + completion[0]['role']}")
+        return {"prompt": _clean(prompt), "completion": _clean(completion), "label": label}
+    raise ValueError("prompt/completion: expected two strings or two message lists")
 
 
-def prompt_and_reference(row: dict) -> tuple[list[dict], str]:
-    """A canonical row (either kind) -> (prompt messages, reference reply): the chosen reply of
-    a preference pair, or the last assistant turn of a conversation and what precedes it."""
+def unpair(rows: list[dict]) -> list[dict]:
+    """kto: each pair (adapt_kto's chosen/rejected rows) -> a desirable row with its chosen reply and
+    an undesirable one with its rejected reply, as TRL's unpair_preference_dataset; unpaired rows
+    stay first, as they were. TRL's layout too: every desirable row of the split, then every
+    undesirable one (in source order each), since kto's KL estimate pairs each prompt with its
+    neighbour's completion in the batch, and the two rows of one pair share their prompt."""
+    pairs = [r for r in rows if "chosen" in r]
+    return ([r for r in rows if "chosen" not in r]
+            + [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen", "row": r["row"]}
+               for side in ("chosen", "rejected") for r in pairs])
+
+
+ADAPTERS = {"grpo": adapt_prompt, "sft": adapt_sft, "sft_verifier": adapt_verifier, "dpo": adapt_preference,
+            "bt": adapt_preference, "orpo": adapt_preference, "kto": adapt_kto}
+
+
+def prompt_and_reference(row: dict) -> tuple[list[dict], str | None]:
+    """A canonical row (any kind) -> (prompt messages, reference reply): the chosen reply of
+    a preference pair, a kto row's completion if it is desirable (else None: no reference), or
+    the last assistant turn of a conversation and what precedes it."""
     if "chosen" in row:
         return row["prompt"], row["chosen"][-1]["content"]
+    if "completion" in row:
+        return row["prompt"], row["completion"][-1]["content"] if row["label"] else None
     if "reference" in row:
         return row["prompt"], row["reference"]
     messages = row["messages"]
@@ -319,6 +371,8 @@ class CustomDataset(torch.utils.data.Dataset):
         if length is not None:
             ds = length_filter(ds, length, random_sample, seed)
         self.rows = self._adapt(ds)
+        if training_type == "kto":
+            self.rows = unpair(self.rows)
         if not self.rows:
             raise DataError(f"Data set {name_or_path} ({split}) is empty after filtering.")
 

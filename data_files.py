@@ -14,7 +14,9 @@ import numpy as np
 
 from errors import UserError, first_line
 
-PREFERENCE_TYPES = ("dpo", "bt")
+PREFERENCE_TYPES = ("dpo", "bt", "orpo")        # rows are chosen/rejected pairs
+# Types that read preference data sets (kto: unpaired rows, or pairs it unpairs): their train_prefs/test_prefs splits.
+PREFERENCE_SPLIT_TYPES = PREFERENCE_TYPES + ("kto",)
 # Split names each request may resolve to, in order of preference.
 SPLIT_ALIASES = {
     "train": {"sft": ("train_sft", "train"), "pref": ("train_prefs", "train")},
@@ -122,7 +124,7 @@ def load_splits(name_or_path: str) -> dict:
 def pick_split(splits: dict, split: str, training_type: str, name: str):
     """Choose the source split for `train`/`test`. A source with no test split is split
     once, with a constant seed, into train and held-out rows (each kept in source order)."""
-    kind = "pref" if training_type in PREFERENCE_TYPES else "sft"
+    kind = "pref" if training_type in PREFERENCE_SPLIT_TYPES else "sft"
     train_name = next((c for c in SPLIT_ALIASES["train"][kind] if c in splits), None)
     test_name = next((c for c in SPLIT_ALIASES["test"][kind] if c in splits), None)
     if split == "test" and test_name is not None:

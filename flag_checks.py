@@ -10,7 +10,7 @@ import os
 
 import chat_templates
 from errors import ConfigError
-from flags import NO_DROPOUT_TYPES, PACKING_TYPES, STRATEGIES, can_pack
+from flags import NO_DROPOUT_NAMES, NO_DROPOUT_TYPES, PACKING_TYPES, STRATEGIES, can_pack
 
 
 def validate(config: dict, given: set) -> None:
@@ -120,12 +120,24 @@ def validate(config: dict, given: set) -> None:
 
 
 def validate_dpo(c: dict, given: set) -> None:
-    """dpo's flags: where they apply (each loss's own hyper-parameters to that loss only), and their ranges."""
-    for name in ("dpo_loss", "beta", "precompute_ref_log_probs", "rpo_alpha", "label_smoothing", "simpo_gamma"):
-        if name in given and c["training_type"] != "dpo":
-            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type dpo.")
+    """The preference types' flags (dpo, orpo, kto): where they apply (each --dpo-loss's own
+    hyper-parameters to that loss only), and their ranges."""
+    owners = {**dict.fromkeys(("dpo_loss", "precompute_ref_log_probs", "rpo_alpha", "label_smoothing", "simpo_gamma"),
+                              ("dpo",)),
+              "beta": ("dpo", "kto"), "orpo_lambda": ("orpo",),
+              "kto_desirable_weight": ("kto",), "kto_undesirable_weight": ("kto",)}
+    for name, types in owners.items():
+        if name in given and c["training_type"] not in types:
+            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type {' and '.join(types)}.")
     if c["rpo_alpha"] < 0:
         raise ConfigError(f"--rpo-alpha must not be negative (got {c['rpo_alpha']}).")
+    if c["orpo_lambda"] < 0:
+        raise ConfigError(f"--orpo-lambda must not be negative (got {c['orpo_lambda']}; 0 leaves the NLL term alone).")
+    if c["kto_desirable_weight"] <= 0 or c["kto_undesirable_weight"] <= 0:
+        raise ConfigError(f"--kto-desirable-weight and --kto-undesirable-weight must be positive (got "
+                          f"{c['kto_desirable_weight']} and {c['kto_undesirable_weight']}).")
+    if c["training_type"] in owners["beta"] and c["beta"] <= 0:
+        raise ConfigError(f"--beta must be positive (got {c['beta']}).")
     if c["training_type"] != "dpo":
         return
     from losses.preference import LOSS_PARAMS, PREFERENCE_LOSSES      # torch: only for a dpo run, which loads it next
@@ -138,8 +150,6 @@ def validate_dpo(c: dict, given: set) -> None:
     if loss.reference_free and "precompute_ref_log_probs" in given:
         raise ConfigError(f"--precompute-ref-log-probs does not apply to --dpo-loss {c['dpo_loss']}, which is "
                           f"reference-free: no reference model is loaded and no reference log-probs computed.")
-    if c["beta"] <= 0:
-        raise ConfigError(f"--beta must be positive (got {c['beta']}).")
     if not 0 <= c["label_smoothing"] < 0.5:
         raise ConfigError(f"--label-smoothing must be in [0, 0.5): it is the probability that a preference label "
                           f"is flipped (got {c['label_smoothing']}).")
@@ -174,7 +184,7 @@ def validate_lora(c: dict, given: set) -> None:
     dropout_off = c["disable_dropout"] if c["disable_dropout"] is not None else c["training_type"] in NO_DROPOUT_TYPES
     if "lora_dropout" in given and c["lora_dropout"] > 0 and dropout_off:
         raise ConfigError(f"--lora-dropout would be zeroed by --disable-dropout (on by default for "
-                          f"{' and '.join(NO_DROPOUT_TYPES)}); give --no-disable-dropout too, or drop --lora-dropout.")
+                          f"{NO_DROPOUT_NAMES}); give --no-disable-dropout too, or drop --lora-dropout.")
     if c["strategy"] == "fsdp":
         raise ConfigError("--lora-r does not work with --strategy fsdp yet (FSDP over a frozen base with trained "
                           "adapters is untested here, and needs GPUs to test); use --strategy ddp.")

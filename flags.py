@@ -25,13 +25,16 @@ REPO = Path(__file__).resolve().parent
 EMBEDDED_MODEL = REPO / "embedded" / "model"
 EMBEDDED_DATA = {"sft": REPO / "embedded" / "data" / "sft", "dpo": REPO / "embedded" / "data" / "prefs",
                  "bt": REPO / "embedded" / "data" / "prefs", "sft_verifier": REPO / "embedded" / "data" / "problems",
-                 "grpo": REPO / "embedded" / "data" / "problems"}
-TRAINING_TYPES = ("sft", "dpo", "bt", "sft_verifier", "grpo")
+                 "grpo": REPO / "embedded" / "data" / "problems", "orpo": REPO / "embedded" / "data" / "prefs",
+                 "kto": REPO / "embedded" / "data" / "prefs"}
+TRAINING_TYPES = ("sft", "dpo", "bt", "sft_verifier", "grpo", "orpo", "kto")
 STRATEGIES = ("auto", "ddp", "fsdp")
-PACKING_TYPES = ("sft", "sft_verifier", "dpo", "bt")
+PACKING_TYPES = ("sft", "sft_verifier", "dpo", "bt", "orpo", "kto")
 # Pairwise losses compare two forwards (chosen, rejected); dropout would draw a different mask
-# for each and add its noise to their difference. TRL's DPO and reward trainers turn it off too.
-NO_DROPOUT_TYPES = ("dpo", "bt")
+# for each and add its noise to their difference (kto's: to the policy-reference log-ratio). TRL's
+# DPO, reward, ORPO and KTO trainers turn it off too.
+NO_DROPOUT_TYPES = ("dpo", "bt", "orpo", "kto")
+NO_DROPOUT_NAMES = f"{', '.join(NO_DROPOUT_TYPES[:-1])} and {NO_DROPOUT_TYPES[-1]}"      # for sentences
 # --dpo-loss: the keys of losses/preference.py's PREFERENCE_LOSSES, in its order (tested); named
 # here because parsing flags imports no torch.
 DPO_LOSSES = ("sigmoid", "ipo", "cdpo", "hinge", "simpo")
@@ -40,7 +43,8 @@ PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true", "tran
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """Every flag, declared once with its default and help text."""
-    p = argparse.ArgumentParser(description="Train or evaluate a language model (SFT, DPO, BT reward models, GenRM-CoT verifiers) locally or on Ray.",
+    p = argparse.ArgumentParser(description="Train or evaluate a language model (SFT, DPO, ORPO, KTO, BT reward models, GenRM-CoT "
+                                            "verifiers, GRPO) locally or on Ray.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 argument_default=argparse.SUPPRESS if suppress_defaults else None)
 
@@ -91,8 +95,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
              "(transformers' activation checkpointing): less memory, about one more forward of compute a step")
     add("--disable-dropout", action=flag, default=None,
         help="set every dropout probability of the trained model to 0 (default: on for "
-             f"{' and '.join(NO_DROPOUT_TYPES)}, whose pairwise losses would see two dropout masks in one "
-             "difference; off for the others)")
+             f"{NO_DROPOUT_NAMES}, whose losses would see two dropout masks in one difference; off for the "
+             "others)")
     add("--compile", action=flag, default=False,
         help="torch.compile the training forward (the decoder or reward model's base model, dynamic shapes): "
              "faster steps after a first step that compiles (about a minute on CPU); validation, reference "
@@ -115,7 +119,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
              "length-normalised, --simpo-gamma; no reference model is loaded)")
     add("--beta", type=float, default=0.1,
         help="dpo: beta of every --dpo-loss (the seed used 1.0 and 2.0); ipo's tau (the target is 1/(2 tau)); "
-             "for simpo set it yourself, the paper used 2.0 to 2.5")
+             "for simpo set it yourself, the paper used 2.0 to 2.5. kto: beta of its log-ratios (TRL's default 0.1)")
     add("--rpo-alpha", type=float, default=0.0,
         help="DPO (--dpo-loss sigmoid): weight of the NLL term on the chosen reply, L_DPO + a * NLL(y_w)/|y_w| "
              "(RPO, Pang et al. 2024; 0: off, the paper used 1)")
@@ -129,6 +133,14 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--precompute-ref-log-probs", action=flag, default=True,
         help="DPO: compute the reference log-probs once before training and keep them with the data "
              "(no reference model in memory while training); --no-... runs the reference live")
+    add("--orpo-lambda", type=float, default=0.1,
+        help="orpo: weight lambda of the odds-ratio term, L = -log P(y_w|x) + lambda * L_OR with log P the mean "
+             "token log-prob (Hong et al. 2024; the paper's 0.1, TRL's beta); no reference model is loaded")
+    add("--kto-desirable-weight", type=float, default=1.0,
+        help="kto: weight lambda_D of the desirable rows' loss (TRL's desirable_weight); the paper advises "
+             "lambda_D n_D / (lambda_U n_U) in [1, 4/3] for n_D desirable and n_U undesirable rows")
+    add("--kto-undesirable-weight", type=float, default=1.0,
+        help="kto: weight lambda_U of the undesirable rows' loss (TRL's undesirable_weight)")
     add("--center-rewards-coefficient", type=float, default=0.0,
         help="bt: weight c of the reward-centering term c * E[(r_w + r_l)^2] (0: off)")
     add("--lambda", dest="lambda_", metavar="LAMBDA", type=float, default=0.1,
@@ -140,8 +152,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
              "model's score head trains whole); 0: no adapters, every weight trains")
     add("--lora-alpha", type=float, default=16.0, help="LoRA's alpha: the adapters' update is scaled by alpha / r")
     add("--lora-dropout", type=float, default=0.05,
-        help=f"dropout on the adapters' input (zeroed by --disable-dropout, on by default for "
-             f"{' and '.join(NO_DROPOUT_TYPES)})")
+        help=f"dropout on the adapters' input (zeroed by --disable-dropout, on by default for {NO_DROPOUT_NAMES})")
     add("--lora-target-modules", type=str, default=None,
         help="comma-separated names of the modules that get adapters (e.g. q_proj,v_proj), or all-linear "
              "(every linear layer but the output layer) (default: every attention and MLP projection of a "

@@ -197,6 +197,7 @@ def batch_attention_mask(model, batch) -> torch.Tensor | None:
 
 def preference_logps(model, batch) -> torch.Tensor:
     """(2B,) summed completion log-probs of a PreferenceBatch's sequences (packed or not) under
-    `model`: the policy's in DPO's step, the reference's in reference_logps.py."""
+    `model`: the policy's in DPO's step, the reference's in reference_logps.py; (B,) of a
+    KTOBatch's completions or mismatched sequences (an SFTBatch layout) in kto's."""
     return batch.per_sequence(token_logps(model, batch.input_ids, batch_attention_mask(model, batch),
                                           batch.labels, batch.position_ids))

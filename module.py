@@ -8,7 +8,8 @@
     -> the --dpo-loss (losses/preference.py) against the reference log-probs (cached with the
     data, or a live frozen reference; none for the reference-free simpo). Preference batches
     (bt): chosen and rejected in one forward of the reward model -> one reward per sequence
-    (reward_model.sequence_rewards) -> Bradley-Terry loss. Prompt batches (grpo): a rollout
+    (reward_model.sequence_rewards) -> Bradley-Terry loss. orpo's pairs and kto's unpaired
+    rows: preference_steps.py. Prompt batches (grpo): a rollout
     first (rollouts.py: k sampled completions a prompt -> rewards -> group advantages), then
     the completions' token log-probs -> clipped policy-gradient loss.
 
@@ -30,9 +31,10 @@ import lightning as L
 import torch
 
 import adapters
+import preference_steps
 import rollouts
 import train_state
-from collate_functions import PreferenceBatch, PromptBatch, RolloutBatch, SFTBatch, StepBatch
+from collate_functions import KTOBatch, PreferenceBatch, PromptBatch, RolloutBatch, SFTBatch, StepBatch
 from compilation import compile_for_training
 from config import Config
 from errors import ConfigError, UserError
@@ -178,6 +180,8 @@ class PostTrainingModule(L.LightningModule):
             return rollouts.grpo_eval(self, batch)
         if self.config.run.training_type == "bt":
             return self._bt(batch, normalizer)
+        if self.config.run.training_type in preference_steps.STEPS:         # orpo, kto
+            return preference_steps.STEPS[self.config.run.training_type](self, batch, normalizer)
         if isinstance(batch, PreferenceBatch):
             return self._dpo(batch, normalizer)
         if self.config.run.training_type == "sft_verifier":
@@ -281,10 +285,13 @@ class PostTrainingModule(L.LightningModule):
         or else by "count" (tokens or pairs). "_reward_sum"/"_reward_sq" (BT, over 2 rewards a
         pair; grpo, over "_reward_n" completions) give the mean and standard deviation of all
         rewards; "_min/<name>" and "_max/<name>" pass through as <name>_min and <name>_max;
-        sft_verifier's loss is loss_verify + lambda * loss_correct, each a token mean over its own rows."""
+        sft_verifier's loss is loss_verify + lambda * loss_correct, each a token mean over its own rows.
+        "_rows/<name>" counts the rows of one kind a mean is over (kto's desirable rows): with none
+        in the sums, the mean is left out rather than reported as 0."""
         count = max(sums["count"], 1.0)
-        means = {name: value / max(sums.get(f"_count/{name}", count), 1.0) for name, value in sums.items()
-                 if name != "count" and not name.startswith("_")}
+        means = {name: value / max(sums.get(f"_count/{name}", sums.get(f"_rows/{name}", count)), 1.0)
+                 for name, value in sums.items()
+                 if name != "count" and not name.startswith("_") and sums.get(f"_rows/{name}", 1) > 0}
         if "loss_verify" in means:
             means["loss"] = means["loss_verify"] + self.config.genrm.lambda_ * means["loss_correct"]
         if "_reward_sq" in sums:
@@ -314,8 +321,10 @@ class PostTrainingModule(L.LightningModule):
                 rollouts.log_samples(self)
         means = self.metrics(sums)
         # Lightning repeats a metric's last value at every later logging step; one measured
-        # only on some steps (the length penalty's samples) goes to the event file directly.
-        for name in ("length_penalty", "sampled_length"):
+        # only on some steps (the length penalty's samples, kto's means over rows of one label) goes
+        # to the event file directly.
+        by_label = [n[len("_rows/"):] for n in sums if n.startswith("_rows/")]
+        for name in ("length_penalty", "sampled_length", *by_label):
             if name in means and self.trainer.is_global_zero and self.logger is not None:
                 self.logger.experiment.add_scalar(f"train/{name}", means[name], self.global_step - 1)
             means.pop(name, None)
@@ -324,7 +333,8 @@ class PostTrainingModule(L.LightningModule):
         if grad_norm is not None:
             self._log("train/grad_norm", grad_norm)     # before clipping
         self._log("train/nonfinite_steps", self._nonfinite_total)
-        unit = {SFTBatch: "tokens", RolloutBatch: "completion_tokens"}.get(type(batch.micro_batches[0]), "pairs")
+        unit = {SFTBatch: "tokens", RolloutBatch: "completion_tokens",
+                KTOBatch: "completions"}.get(type(batch.micro_batches[0]), "pairs")
         self._log(f"train/{unit}", sums["count"] / iterations)
         self._log("lr", self.lr_schedulers().get_last_lr()[0])
 

@@ -24,6 +24,8 @@ max_length itself loses its own first tokens under keep_end.
 """
 from __future__ import annotations
 
+import sys
+
 from errors import UserError
 from losses.labels import IGNORE_INDEX
 from shared_flags import DEFAULT_TRUNCATION, TRUNCATION_MODES
@@ -153,4 +155,28 @@ def tokenize_prompt_rows(rows, tokenizer, max_length: int,
             dropped["truncated"] += 1
             continue
         out.append({"prompt_ids": ids, "prompt": row["prompt"], "reference": row["reference"], "row": row["row"]})
+    return out, dropped
+
+
+def tokenize_kto_rows(rows, tokenizer, max_length: int,
+                      truncation: str = DEFAULT_TRUNCATION) -> tuple[list[dict], dict]:
+    """Canonical kto rows -> the ids/labels of prompt + completion (only the completion labelled,
+    cut to max_length as a dpo reply is), and for the mismatched sequences of kto's KL estimate
+    (collate_functions.KTOCollator joins one row's prompt with another's completion) the uncut
+    conversation split where its completion starts: prompt_ids, completion_ids and
+    completion_labels (the completion's end-of-turn separator unlabelled). A row whose completion
+    is truncated away (keep_start) is dropped and counted."""
+    out, dropped = [], {"truncated": 0}
+    for row in rows:
+        messages = row["prompt"] + row["completion"]
+        full_ids, full_labels = tokenize_conversation(tokenizer, messages, sys.maxsize, last_turn_only=True)
+        ids, labels = (full_ids, full_labels) if len(full_ids) <= max_length else tokenize_conversation(
+            tokenizer, messages, max_length, last_turn_only=True, truncation=truncation)
+        if all(x == IGNORE_INDEX for x in labels):
+            dropped["truncated"] += 1
+            continue
+        start = next(t for t, x in enumerate(full_labels) if x != IGNORE_INDEX)
+        out.append({"input_ids": ids, "labels": labels, "label": row["label"], "row": row["row"],
+                    "prompt_ids": full_ids[:start], "completion_ids": full_ids[start:],
+                    "completion_labels": full_labels[start:]})
     return out, dropped

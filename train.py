@@ -1,4 +1,4 @@
-"""Train or evaluate a language model: SFT, DPO, Bradley-Terry reward models, GenRM-CoT verifiers.
+"""Train or evaluate a language model: SFT, DPO, ORPO, KTO, Bradley-Terry reward models, GenRM-CoT verifiers, GRPO.
 
     python train.py                                  # SFT of the bundled tiny model on the bundled data
     python train.py --training-type sft --model-name Qwen/Qwen2.5-0.5B \\
@@ -6,6 +6,8 @@
     python train.py --config my_run.yaml --lr 1e-4   # YAML supplies defaults, the command line wins
     python train.py --training-type bt --name rm            # reward model on the bundled preference pairs
     python train.py --training-type dpo --model-name runs/sft --calculate-win-rate --judge correctness
+    python train.py --training-type orpo --name orpo       # ORPO on the bundled pairs (no reference model)
+    python train.py --training-type kto --name kto         # KTO on the same pairs, unpaired
     python train.py --training-type sft_verifier --model-name runs/dpo --lambda 0.1
     python train.py --mode test --resume-from-checkpoint runs/NAME/checkpoints/last.ckpt
 
@@ -18,6 +20,7 @@ A flag or value whose feature has not landed yet fails with a sentence saying so
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -42,12 +45,13 @@ def build_data(c: Config, tokenizer):
     generations (edit distance, win rate), the counts logged at step 0, and for sft_verifier
     the (verification prompt, "Yes"/"No") pairs of the first --verifier-eval-rows verify rows."""
     import torch
-    from collate_functions import PreferenceCollator, PromptCollator, ResumableLoader, ResumableSampler, SFTCollator
+    from collate_functions import (KTOCollator, PreferenceCollator, PromptCollator, ResumableLoader, ResumableSampler,
+                                   SFTCollator)
     from custom_dataset import CustomDataset, DataError, prompt_and_reference
     from data_files import PREFERENCE_TYPES
     from judges import final_answer
     from reward_model import trim_pairs_to_reply_end
-    from tokenization import tokenize_preference_rows, tokenize_prompt_rows, tokenize_sft_rows
+    from tokenization import tokenize_kto_rows, tokenize_preference_rows, tokenize_prompt_rows, tokenize_sft_rows
 
     common = dict(source=c.data.dataset_source, random_sample=c.data.dataset_random_sample, seed=c.run.seed,
                   skip_bad_rows=c.data.skip_bad_rows)
@@ -58,8 +62,10 @@ def build_data(c: Config, tokenizer):
     else:
         test = CustomDataset(c.data.dataset_name, "test", c.run.training_type, percentile=c.data.test_percentile,
                              length=c.data.test_dataset_length, **common)
-    pairs = c.run.training_type in PREFERENCE_TYPES
+    pairs, kto = c.run.training_type in PREFERENCE_TYPES, c.run.training_type == "kto"
     collator = PreferenceCollator if pairs else PromptCollator if c.run.training_type == "grpo" else SFTCollator
+    if kto:     # it joins prompts with other rows' completions, cut as rows are
+        collator = functools.partial(KTOCollator, max_length=c.data.max_length, truncation=c.data.truncation)
     counts = {}
     loaders = {}
     # FP8 GEMMs need dimensions divisible by 16 (the seed's finding on H100): pad sequences to it.
@@ -73,6 +79,8 @@ def build_data(c: Config, tokenizer):
             rows, dropped = tokenize_preference_rows(ds, tokenizer, c.data.max_length, c.data.truncation)
             if c.run.training_type == "bt":
                 rows = trim_pairs_to_reply_end(rows, tokenizer, c.data.max_length, c.data.truncation)
+        elif kto:
+            rows, dropped = tokenize_kto_rows(ds, tokenizer, c.data.max_length, c.data.truncation)
         elif c.run.training_type == "grpo":
             rows, dropped = tokenize_prompt_rows(ds, tokenizer, c.data.max_length, c.data.truncation)
         else:
@@ -246,7 +254,7 @@ def fit(c: Config, ray_worker: bool = False) -> dict:
     by_adapters = c.lora.lora_r > 0
     from losses.preference import PREFERENCE_LOSSES
     if by_adapters and ((c.run.training_type == "dpo" and not PREFERENCE_LOSSES[c.dpo.dpo_loss].reference_free)
-                        or (c.run.training_type == "grpo" and c.grpo.kl_coef > 0)):
+                        or (c.run.training_type == "grpo" and c.grpo.kl_coef > 0) or c.run.training_type == "kto"):
         log.info("reference log-probs: the policy with its LoRA adapters disabled (peft's disable_adapter); "
                  "no reference copy is loaded")
     if c.run.training_type == "dpo":
@@ -267,6 +275,12 @@ def fit(c: Config, ray_worker: bool = False) -> dict:
                                            rank=torch.distributed.get_rank() if distributed else 0)
         elif not by_adapters:
             reference = load_causal_lm(c.model.model_name, c.model.trust_remote_code)
+    if c.run.training_type == "orpo":
+        log.info("--training-type orpo is reference-free: no reference model is loaded and no reference log-probs "
+                 "are computed")
+    if c.run.training_type == "kto" and not by_adapters:
+        # Scored live: kto's mismatched pairs are formed in each batch, so they cannot be precomputed per row.
+        reference = load_causal_lm(c.model.model_name, c.model.trust_remote_code)
     rewards = None
     if c.run.training_type == "grpo":
         from rewards import Rewards

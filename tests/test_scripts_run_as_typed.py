@@ -61,6 +61,10 @@ SKIP = {
                                                                                  f"(tests/test_loss_preference.py "
                                                                                  f"runs two steps of each loss)",
     "python train.py --training-type bt": f"reward-model training, {SLOW}",
+    "python train.py --training-type orpo --model-name runs/sft-demo": f"ORPO training, {SLOW} "
+                                                                       f"(tests/test_orpo_kto.py runs two steps)",
+    "python train.py --training-type kto --model-name runs/sft-demo": f"KTO training, {SLOW} "
+                                                                      f"(tests/test_orpo_kto.py runs two steps)",
     "python train.py --length-penalty": f"SFT that samples a reply for each row every --length-penalty-every steps, "
                                         f"{SLOW}",
     "python upload_to_hub.py --checkpoint-path runs/rm-demo": "needs runs/rm-demo (bt training, skipped)",
