@@ -230,8 +230,8 @@ def test_resuming_with_other_adapter_settings_is_refused(trained, capsys):
     (["--lora-r", "4", "--lora-dropout", "1.5"], "--lora-alpha must be positive and --lora-dropout in [0, 1) "
                                                  "(got 16.0 and 1.5)."),
     (["--lora-r", "4", "--training-type", "dpo", "--lora-dropout", "0.1"],
-     "--lora-dropout would be zeroed by --disable-dropout (on by default for dpo and bt); give --no-disable-dropout "
-     "too, or drop --lora-dropout."),
+     "--lora-dropout would be zeroed by --disable-dropout (on by default for dpo, bt, orpo and kto); give "
+     "--no-disable-dropout too, or drop --lora-dropout."),
     (["--lora-r", "4", "--load-in-4bit"], "--load-in-4bit (QLoRA) needs bitsandbytes on a CUDA GPU (pip install "
                                           "bitsandbytes, and --use-gpu); this machine has no CUDA GPU."),
     (["--lora-r", "4", "--use-ray", "--use-gpu", "--strategy", "fsdp"],
