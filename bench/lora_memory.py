@@ -76,6 +76,7 @@ def dpo_config(spec: dict):
             "--batch-size", str(spec["batch_size"]), "--lr", str(spec["lr"]), "--seed", str(spec["seed"])]
     argv += ["--lora-r", str(spec["lora_r"])] if lora else []
     argv += [] if precompute else ["--no-precompute-ref-log-probs"]
+    argv += ["--activation-checkpointing"] if spec["activation_checkpointing"] else []
     return resolve(parse_config(argv)[0])
 
 
@@ -94,10 +95,14 @@ def worker(spec: dict) -> dict:
     from module import PostTrainingModule
     from reference_logps import precompute_reference_logps
     torch.set_num_threads(spec["threads"])
+    imported = peak_rss_mib()       # torch, lightning, transformers, peft: the same in every configuration
     L.seed_everything(spec["seed"], verbose=False)
     c = dpo_config(spec)
     tokenizer = load_tokenizer(c.model.model_name)
-    rows = tokenized_rows("dpo", tokenizer, c.data.max_length, spec["steps"] * c.optim.batch_size)
+    # The same pairs at every step (copies: each row carries its own reference log-probs), so every step
+    # has the same activations and the steps after the first hold AdamW's state too: the steady state.
+    first = tokenized_rows("dpo", tokenizer, c.data.max_length, c.optim.batch_size)
+    rows = [dict(row) for _ in range(spec["steps"]) for row in first]
     pack = {"pack_capacity": c.data.max_length} if c.data.packing else {}
     loader = torch.utils.data.DataLoader(rows, batch_size=c.optim.batch_size, shuffle=False,
                                          collate_fn=PreferenceCollator(tokenizer.pad_token_id, c.optim.batch_size, **pack))
@@ -131,7 +136,8 @@ def worker(spec: dict) -> dict:
     after = checksums(model)
     changed = sorted(n for n in before if before[n] != after[n])
     params = dict(model.named_parameters())
-    return {"config": spec["config"], "peak_rss_mib": peak, **seen, "times": run["times"], "losses": run["losses"],
+    return {"config": spec["config"], "peak_rss_mib": peak, "rss_after_imports_mib": imported, **seen,
+            "times": run["times"], "losses": run["losses"],
             "trainable_params": sum(p.numel() for p in params.values() if p.requires_grad),
             "total_params": sum(p.numel() for p in params.values()),
             "trainable_names": sorted(n for n, p in params.items() if p.requires_grad),
@@ -148,7 +154,8 @@ def tokens_per_step(loader) -> list[int]:
 def summarise(result: dict, full: dict | None) -> dict:
     adapter = [n for n in result["changed_names"] if "lora_" in n]
     row = {k: result[k] for k in ("config", "trainable_params", "total_params", "optimizer_state_mib",
-                                  "peak_rss_before_training_mib", "peak_rss_mib", "reference_copy_loaded")}
+                                  "rss_after_imports_mib", "peak_rss_before_training_mib", "peak_rss_mib",
+                                  "reference_copy_loaded")}
     row.update(median_step_s=statistics.median(result["times"]) if result["times"] else None,
                first_loss=result["losses"][0] if result["losses"] else None,
                changed_tensors=len(result["changed_names"]), changed_adapter_tensors=len(adapter),
@@ -164,9 +171,12 @@ def parse_args(argv):
                    help="what --model-name takes: a packaged short name, a Hugging Face folder or a .gguf file")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
     p.add_argument("--lora-r", type=int, default=16, help="the adapters' rank (alpha stays train.py's 16)")
-    p.add_argument("--steps", type=int, default=2, help="optimizer steps per configuration (AdamW's state exists from the first)")
+    p.add_argument("--steps", type=int, default=2,
+                   help="optimizer steps per configuration, each on the same pairs (AdamW's state exists after the first)")
     p.add_argument("--batch-size", type=int, default=2, help="pairs per step")
     p.add_argument("--max-length", type=int, default=256, help="tokens per conversation (and per packed row)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="train.py's --activation-checkpointing in every configuration (off: train.py's default)")
     p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (train.py's schedule)")
     p.add_argument("--seed", type=int, default=0, help="train.py's --seed")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
@@ -210,16 +220,18 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(table: list[dict], args) -> None:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
-    print(f"\n{args.model}: DPO, batch {args.batch_size} pairs, max length {args.max_length}, {args.steps} steps, "
-          f"{args.threads} threads; LoRA r={args.lora_r}")
-    print("| config | reference | parameters that train | AdamW state (MiB) | peak RSS before step 1 (MiB) "
+    print(f"\n{args.model}: DPO, batch {args.batch_size} pairs, max length {args.max_length}, {args.steps} steps on "
+          f"the same pairs, {args.threads} threads, activation checkpointing "
+          f"{'on' if args.activation_checkpointing else 'off'}; LoRA r={args.lora_r}")
+    print("| config | reference | parameters that train | AdamW state (MiB) | RSS after imports (MiB) | peak RSS before step 1 (MiB) "
           "| peak RSS (MiB) | vs full | median step (s) | tensors changed (adapters) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in table:
         reference = ("frozen copy, live" if r["reference_copy_loaded"] else
                      "precomputed" if not r["config"].endswith("live-ref") else "adapters disabled, live")
         print(f"| {r['config']} | {reference} | {r['trainable_params']:,} of {r['total_params']:,} "
               f"({r['trainable_params'] / r['total_params']:.2%}) | {fmt(r['optimizer_state_mib'], '.0f')} "
+              f"| {r['rss_after_imports_mib']:.0f} "
               f"| {r['peak_rss_before_training_mib']:.0f} | {r['peak_rss_mib']:.0f} | {fmt(r['peak_rss_vs_full'], '.2f')} "
               f"| {fmt(r['median_step_s'], '.2f')} | {r['changed_tensors']} ({r['changed_adapter_tensors']}) |")
     rows = {r["config"]: r for r in table}
