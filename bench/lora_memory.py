@@ -1,13 +1,16 @@
-"""Peak memory (RSS) of our DPO step with LoRA adapters (--lora-r) against the full-weight step,
-on a real model, each configuration in its own process.
+"""Peak RSS of our DPO step with LoRA adapters (--lora-r) against the full-weight step, on a real model.
+
+Each configuration runs in its own process, so each peak RSS is its own.
 
     python bench/lora_memory.py --threads 1 --json lora-memory.json        # SmolLM2-135M-Instruct, 2 pairs x 256 tokens
+    MALLOC_MMAP_THRESHOLD_=65536 python bench/lora_memory.py --threads 1    # the live tensors' peak (see below)
     python bench/lora_memory.py --model embedded/model --max-length 64 --steps 1 --configs full,lora   # tiny
 
 The step is train.py's DPO step as bench/run.py runs it (PostTrainingModule.training_step under a
 lightning.Trainer on CPU: the policy's log-probs -> sigmoid DPO loss (beta 0.1) -> backward -> clip ->
-fused AdamW), on the first --steps x --batch-size pairs of the hh-rlhf slice in ../shared/data,
-tokenised with the model's own chat template and cut to --max-length tokens, fp32. Every
+fused AdamW), --steps steps on the same first --batch-size pairs of the hh-rlhf slice in
+../shared/data (so every step has the same activations, and the steps after the first hold AdamW's
+state too), tokenised with the model's own chat template and cut to --max-length tokens, fp32. Every
 configuration gets the same rows in the same order, the same batch and length, and train.py's
 defaults otherwise (packing on, dropout off), and sets up its model and reference as train.py's
 fit() does:
@@ -33,6 +36,12 @@ which parameter tensors changed in training (checksums before and after, in chun
 the weights is held): under LoRA only adapter tensors may change. Ratios: each LoRA configuration's
 peak RSS over `full`'s (and lora-live-ref's over full-live-ref's). Peak RSS does not depend on
 the CPU share; step times do.
+
+Peak RSS is also the allocator's: glibc raises its mmap threshold as large blocks are freed, so
+later tensors come from its heap, which keeps the freed pages. Under LoRA that left 0.5 GiB more
+RSS after the same forward pass than full training did (bench/README.md). With
+MALLOC_MMAP_THRESHOLD_=65536 in the environment (the workers inherit it) every block over 64 KiB
+is mapped apart and returned when freed, and the peak follows the live tensors.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 ENTRY_POINTS = {"train.py", "infer.py", "evaluate.py", "win_rate.py", "upload_to_hub.py", "plots.py",
                 "extension/verify.py", "extension/data_preparation.py", "bench/run.py", "bench/compile.py",
                 "bench/verifier.py", "experiments/replicate.py", "experiments/probe_base.py", "embedded/build.py",
-                "experiments/bt_anchor.py", "experiments/genrm_real.py", "bench/trl_losses.py"}
+                "experiments/bt_anchor.py", "experiments/genrm_real.py", "bench/trl_losses.py", "bench/lora_memory.py"}
 # Files with a __main__ block that are not commands.
 NOT_COMMANDS = {"embedded/task.py": "a library module whose __main__ prints sample problems; it takes no flags"}
 
@@ -56,6 +56,9 @@ SKIP = {
     "python bench/trl_losses.py": "needs TRL (bench/requirements.txt, not the trainer's); "
                                   "tests/test_loss_preference.py runs the same comparison where it is installed",
     "python bench/compile.py": f"a benchmark: compiles the training step of two models, {SLOW} (bench/README.md)",
+    "python bench/lora_memory.py": f"a benchmark: DPO steps on the real model in four processes, {SLOW} "
+                                   f"(tests/test_bench_lora.py runs it on the bundled model)",
+    "MALLOC_MMAP_THRESHOLD_=65536 python bench/lora_memory.py": f"the same benchmark, {SLOW}",
     "python train.py --training-type dpo --model-name runs/sft-demo": f"DPO with a win rate at each validation, {SLOW}",
     "python train.py --training-type dpo --model-name runs/sft-demo --dpo-loss": f"DPO training, {SLOW} "
                                                                                  f"(tests/test_loss_preference.py "
