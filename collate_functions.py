@@ -238,6 +238,16 @@ class PreferenceBatch:
         """(R, T-1) per-next-token values (as logprobs.token_logps gives) -> (2B,) sums over each sequence."""
         return sum_per_sequence(values, self.sequence_index)
 
+    def packed_last_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed rows: (rows, columns), each (2B,) long, of each sequence's last token (where
+        a reward model's score is read)."""
+        flat = self.sequence_index.flatten()
+        where = (flat >= 0).nonzero().squeeze(1)                   # flat positions of real tokens
+        last = torch.zeros(self.sequences, dtype=torch.long, device=flat.device)
+        last = last.scatter_reduce(0, flat[where], where, reduce="amax")
+        T = self.input_ids.shape[1]
+        return last // T, last % T
+
 
 def sum_per_sequence(values: torch.Tensor, sequence_index: torch.Tensor | None) -> torch.Tensor:
     """(R, T-1) per-next-token values -> one sum per sequence: per row, or packed (sequence_index
@@ -252,16 +262,6 @@ def sum_per_sequence(values: torch.Tensor, sequence_index: torch.Tensor | None) 
     keep = index >= 0
     out = torch.zeros(int(sequence_index.max()) + 1, dtype=values.dtype, device=values.device)
     return out.index_add(0, index[keep], values[keep])
-
-    def packed_last_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Packed rows: (rows, columns), each (2B,) long, of each sequence's last token (where
-        a reward model's score is read)."""
-        flat = self.sequence_index.flatten()
-        where = (flat >= 0).nonzero().squeeze(1)                   # flat positions of real tokens
-        last = torch.zeros(self.sequences, dtype=torch.long, device=flat.device)
-        last = last.scatter_reduce(0, flat[where], where, reduce="amax")
-        T = self.input_ids.shape[1]
-        return last // T, last % T
 
 
 def concatenate_pairs(examples: list[dict], pad_id: int, pad_to_multiple_of: int = 1,
