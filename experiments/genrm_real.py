@@ -318,6 +318,8 @@ def figures(report: dict, out: str) -> None:
     storage.write_bytes_atomic(storage.join(out, "figures", "auroc_vs_k.png"), figure_png(
         "Verifier AUROC against rationales a solution", "AUROC (held-out solutions)",
         {"fixed K": fixed, "adaptive (tau sweep)": adaptive}, xlabel="mean rationales per solution (K)"))
+    if "best_of_n" not in report:
+        return
     bon = report["best_of_n"]["table"]
     curves = {m: [(int(n), bon[n][m]["accuracy"]) for n in bon] for m in BON_METHODS}
     storage.write_bytes_atomic(storage.join(out, "figures", "best_of_n.png"), figure_png(
@@ -357,6 +359,8 @@ def markdown(r: dict) -> str:
               ", ".join(f"{c}: {v:.2f}" for c, v in below.items()) +
               f". tau chosen on the validation solutions (fewest rationales at {AUROC_SHARE:.0%} of fixed "
               f"K_max's AUROC there): {comp['tau_chosen_on_val']}.", ""]
+    if "best_of_n" not in r:
+        return "\n".join(lines + _commands(r)) + "\n"
     bon = r["best_of_n"]
     lines += [f"## Best-of-N ({bon['problems']} held-out problems; candidates sampled at temperature 1 from the "
               f"lambda = {COMPUTE_LAMBDA} model, picked by its own score: CoT with K = {s['bon_k']}, or direct; "
@@ -388,10 +392,12 @@ def _commands(r: dict) -> list[str]:
 
 
 def run(small: bool, out: str | None, seed: int, argv: list[str], *, overrides: dict | None = None,
-        lambdas: tuple[float, ...] = LAMBDAS, styles: tuple[str, ...] = DEFAULT_STYLES, verification_only: bool = False) -> int:
+        lambdas: tuple[float, ...] = LAMBDAS, styles: tuple[str, ...] = DEFAULT_STYLES, verification_only: bool = False,
+        with_best_of_n: bool = True) -> int:
     """The whole experiment (module docstring); returns the exit status. `overrides` replace
     settings (train problems, epochs); `styles[0]` is trained at every lambda in `lambdas`, each
-    other style at COMPUTE_LAMBDA; `verification_only` stops after the verification table."""
+    other style at COMPUTE_LAMBDA; `verification_only` stops after the verification table, and
+    without `with_best_of_n` the run ends after the compute study."""
     began = time.perf_counter()
     s = {**SETTINGS["small" if small else "real"], **(overrides or {})}
     out = out or f"runs/genrm-real{'-small' if small else ''}"
@@ -419,7 +425,9 @@ def run(small: bool, out: str | None, seed: int, argv: list[str], *, overrides: 
             raise ValueError(f"--lambdas: the compute and best-of-N studies use the lambda {COMPUTE_LAMBDA} verifier; "
                              f"add {COMPUTE_LAMBDA} or pass --verification-only")
         pool = cached(storage.join(out, "eval", "pool.json"), lambda: compute_study(verifier, parts, s, seed))
-        report.update(compute=compute_tables(pool, s), pool=pool, best_of_n=best_of_n(verifier, parts, s, seed, out))
+        report.update(compute=compute_tables(pool, s), pool=pool)
+        if with_best_of_n:
+            report["best_of_n"] = best_of_n(verifier, parts, s, seed, out)
     report["wall_minutes"] = (time.perf_counter() - began) / 60
     if not verification_only:
         figures(report, out)
@@ -441,10 +449,13 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"critique styles: the first at every lambda, the others at lambda {COMPUTE_LAMBDA}")
     p.add_argument("--verification-only", action="store_true",
                    help="stop after the verification table (no rationale pool, no best-of-N)")
+    p.add_argument("--best-of-n", action=argparse.BooleanOptionalAction, default=True,
+                   help="after the compute study, sample candidates and pick among them")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in (("train", args.train_problems), ("epochs", args.epochs)) if v is not None}
     return run(args.small, args.out, args.seed, list(sys.argv[1:] if argv is None else argv), overrides=overrides,
-               lambdas=tuple(args.lambdas), styles=tuple(args.styles), verification_only=args.verification_only)
+               lambdas=tuple(args.lambdas), styles=tuple(args.styles), verification_only=args.verification_only,
+               with_best_of_n=args.best_of_n)
 
 
 if __name__ == "__main__":
