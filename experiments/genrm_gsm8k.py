@@ -2,8 +2,8 @@
 sft_verifier on SmolLM2-135M-Instruct, direct and CoT verification before and after training,
 the solve rate, and best-of-N by the verifier against majority vote.
 
-    python experiments/genrm_gsm8k.py                # about 2 hours on 2 CPU cores (three verifiers)
-    python experiments/genrm_gsm8k.py --lambdas 0.1 --no-best-of-n   # one verifier: about 60 minutes
+    python experiments/genrm_gsm8k.py                # three verifiers and best-of-N: about 3 hours on 2 CPU cores
+    python experiments/genrm_gsm8k.py --lambdas 0.1 --no-best-of-n   # one verifier: about 80 minutes (2026-12-07)
     python experiments/genrm_gsm8k.py --small        # every stage on a few rows (what CI runs)
 
 1. Data (<out>/data). The slice's two validation files, rm_*_batch_08_val (direct) and
