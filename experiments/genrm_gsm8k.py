@@ -44,8 +44,9 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import storage  # noqa: E402
-from experiments.genrm_real import (COMPUTE_LAMBDA, LAMBDAS, _ci, _commands, best_of_n, cached,  # noqa: E402
-                                    verification_table, verifier_command, verify_and_solve, with_auroc_intervals)
+from experiments.genrm_real import (LAMBDAS, best_of_n, cached, verifier_command, verify_and_solve,  # noqa: E402
+                                    with_auroc_intervals)
+from experiments.genrm_report import COMPUTE_LAMBDA, _ci, _commands, verification_table  # noqa: E402
 from experiments.real_prefs import START, git_commit  # noqa: E402
 from experiments.stages import run_stage, write_report  # noqa: E402
 from extension.critique_files import verification_rows  # noqa: E402

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments import genrm_real
+from experiments import genrm_real, genrm_report
 from extension.verifier import pool_study
 
 real_model = pytest.mark.skipif(
@@ -93,7 +93,7 @@ def test_the_small_variant_runs_every_stage_and_reports(tmp_path):
     methods = [r["method"] for r in report["compute"]["test"]]
     assert methods[:2] == ["fixed K=2", "fixed K=4"] and len(methods) == 2 + len(genrm_real.TAUS)
     assert set(report["best_of_n"]["table"]) == {"2", "4"}
-    assert set(report["best_of_n"]["table"]["4"]) == set(genrm_real.BON_METHODS)
+    assert set(report["best_of_n"]["table"]["4"]) == set(genrm_report.BON_METHODS)
     assert len(report["best_of_n"]["candidates"][0]) == max(s["ns"])
     assert set(report["stage_seconds"]) == {"verifier_lambda0.0", "verifier_lambda0.1", "verifier_lambda1.0",
                                             "verifier_inverse"}
