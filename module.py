@@ -358,9 +358,10 @@ class PostTrainingModule(L.LightningModule):
                 totals[k] = totals.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32).detach()
         # fp16 loss scaling meets inf gradients by design and its GradScaler skips those steps
         # itself; everywhere else a non-finite gradient norm means the step would ruin the weights.
-        grad_norm = None
+        grad_norm, with_grads = None, []
         if self.config.model.precision != "16-mixed":
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            with_grads = [p for p in self.model.parameters() if p.grad is not None]
+            grads = [p.grad for p in with_grads]
             grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
             totals["_nonfinite_grad"] = (~torch.isfinite(grad_norm)).float()
         # Reduced before the update, so every worker sees the same sums and skips together.
@@ -369,9 +370,14 @@ class PostTrainingModule(L.LightningModule):
             self._skip_nonfinite_step(opt, batch_idx)      # its NaNs are still logged, as they were
         else:
             self._nonfinite_streak = 0
-            if self.config.optim.gradient_clip_val:
-                self.clip_gradients(opt, gradient_clip_val=self.config.optim.gradient_clip_val,
-                                    gradient_clip_algorithm="norm")
+            clip = self.config.optim.gradient_clip_val
+            if clip and grad_norm is not None:
+                # Clipped with the norm measured above, as clip_grad_norm_ would. Lightning's
+                # clip_gradients is not used: under bf16-mixed it refuses the fused AdamW
+                # (it assumes a loss scaler that unscales inside the step; bf16 has none).
+                torch.nn.utils.clip_grads_with_norm_(with_grads, clip, grad_norm)
+            elif clip:      # fp16: the scaler unscales the gradients before they are clipped
+                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()

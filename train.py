@@ -293,6 +293,9 @@ def fit(c: Config, ray_worker: bool = False) -> dict:
     module = PostTrainingModule(c, model=model, tokenizer=tokenizer, val_prompts=val_prompts, reference=reference,
                                 win_rate=win_rate_setup(c, eval_prompts[:c.win_rate.win_rate_prompts]),
                                 verifier_rows=verifier_rows, rewards=rewards, metadata=metadata)
+    if c.model.precision == "bf16-true" and c.run.mode == "train":
+        from precision import check_bf16_true
+        check_bf16_true(module.model, c.optim.lr)       # before Lightning casts the weights
     trainer = build_trainer(c, out, ray_worker)
     ckpt_path = c.checkpoint.resume_from_checkpoint
     if ray_worker:

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = tempfile.mkdtemp(prefix="bench-compile-")
     paths = {"bundled": os.path.join(REPO, "embedded", "model")}
     if "qwen-vocab" in args.models:
-        workloads.build_model(argparse.Namespace(vocab=151936, hidden=256, layers=4, max_length=args.max_length,
+        workloads.build_model(argparse.Namespace(model="random", vocab=151936, hidden=256, layers=4, max_length=args.max_length,
                                                  seed=0), folder)
         paths["qwen-vocab"] = os.path.join(folder, "lm")
     results = []

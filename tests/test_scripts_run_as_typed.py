@@ -33,7 +33,8 @@ ENTRY_POINTS = {"train.py", "infer.py", "evaluate.py", "win_rate.py", "upload_to
                 "extension/verify.py", "extension/data_preparation.py", "bench/run.py", "bench/compile.py",
                 "bench/verifier.py", "experiments/replicate.py", "experiments/probe_base.py", "embedded/build.py",
                 "experiments/bt_anchor.py", "experiments/genrm_real.py", "bench/trl_losses.py", "bench/lora_memory.py",
-                "experiments/genrm_gsm8k.py"}
+                "experiments/genrm_gsm8k.py", "experiments/preference_family.py",
+                "experiments/bt_loop.py"}
 # Files with a __main__ block that are not commands.
 NOT_COMMANDS = {"embedded/task.py": "a library module whose __main__ prints sample problems; it takes no flags"}
 
@@ -83,10 +84,14 @@ SKIP = {
     "python extension/verify.py": "reads the reader's own pairs.jsonl / cands.jsonl (and runs/genrm-demo, skipped)",
     "python experiments/replicate.py": f"the whole SFT -> DPO -> GenRM pipeline, {SLOW}",
     "python experiments/bt_anchor.py": f"MiniLM bt training once a seed on the whole hh-rlhf slice, {SLOW}",
+    "python experiments/bt_loop.py": f"the plain BT loop on MiniLM once a seed, {SLOW} (tests/test_bt_anchor.py "
+                                     f"runs --small)",
     "python experiments/genrm_real.py": f"four SmolLM2 verifiers and their sampled rationales, {SLOW} "
                                         f"(tests/test_genrm_real.py runs --small)",
     "python experiments/genrm_gsm8k.py": f"SmolLM2 verifiers on GSM8K and their rationales, {SLOW} "
                                          f"(tests/test_genrm_gsm8k.py runs --small)",
+    "python experiments/preference_family.py": f"three LoRA runs on SmolLM2 and their held-out scoring, {SLOW} "
+                                               f"(tests/test_preference_family.py runs --small)",
     "python evaluate.py --models embedded/model runs/sft-demo runs/genrm-demo":
         "needs runs/genrm-demo (GenRM training, skipped)",
     "python plots.py --run runs/genrm-demo": "needs runs/genrm-demo (GenRM training, skipped)",
