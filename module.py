@@ -371,12 +371,12 @@ class PostTrainingModule(L.LightningModule):
         else:
             self._nonfinite_streak = 0
             clip = self.config.optim.gradient_clip_val
-            if clip and grad_norm is not None:
+            if clip and grad_norm is not None and self.config.distributed.strategy != "fsdp":
                 # Clipped with the norm measured above, as clip_grad_norm_ would. Lightning's
                 # clip_gradients is not used: under bf16-mixed it refuses the fused AdamW
                 # (it assumes a loss scaler that unscales inside the step; bf16 has none).
                 torch.nn.utils.clip_grads_with_norm_(with_grads, clip, grad_norm)
-            elif clip:      # fp16: the scaler unscales the gradients before they are clipped
+            elif clip:      # fp16's scaler unscales first; FSDP's norm spans every worker's shard
                 self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad(set_to_none=True)
