@@ -96,7 +96,7 @@ def fit_timed(module, loader, steps: int, callbacks=()) -> dict:
     return {"times": times, "cpu_times": cpu_times, "losses": losses}
 
 
-def run_ours(workload: str, variant: str, args, folder: str) -> dict:
+def run_ours(workload: str, variant: str, args, folder: str, callbacks=()) -> dict:
     import torch
 
     from collate_functions import PreferenceCollator, SFTCollator
@@ -123,7 +123,7 @@ def run_ours(workload: str, variant: str, args, folder: str) -> dict:
         supervised.append(0 if workload == "bt" else sup)
         total.append(tot)
     loader = torch.utils.data.DataLoader(rows, batch_size=args.batch_size, shuffle=False, collate_fn=collator)
-    return {**fit_timed(module, loader, steps), "supervised": supervised, "total": total, "loss_check": None}
+    return {**fit_timed(module, loader, steps, callbacks), "supervised": supervised, "total": total, "loss_check": None}
 
 
 def worker(spec: dict) -> dict:

@@ -71,3 +71,17 @@ def test_trl_loss_check_on_the_real_smollm2(tmp_path):
     assert len(checks) == 2       # trl-default and trl-best; the script refuses a gap above 1e-4 itself
     for c in checks:
         assert abs(c["trl"] - c["ours"]) <= 1e-4 * max(1.0, abs(c["trl"])) and c["ours"] > 0.3
+
+
+@pytest.mark.skipif(not HH_RLHF.exists(), reason="needs the hh-rlhf slice in ../shared/data")
+def test_profile_step_tiny():
+    """bench/profile_step.py: the profiled step's operators, shares summing to at most 1, and
+    the matmuls' line."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "profile_step.py"), *TINY, "--workloads", "sft",
+                           "--top", "5"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| aten::")]
+    assert len(rows) >= 3 and any(r[0] == "| aten::mm" for r in rows)
+    shares = [float(r[1].rstrip("%")) for r in rows]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.0
+    assert "| all matmuls (" in proc.stdout

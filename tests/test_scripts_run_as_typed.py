@@ -34,7 +34,7 @@ ENTRY_POINTS = {"train.py", "infer.py", "evaluate.py", "win_rate.py", "upload_to
                 "bench/verifier.py", "experiments/replicate.py", "experiments/probe_base.py", "embedded/build.py",
                 "experiments/bt_anchor.py", "experiments/genrm_real.py", "bench/trl_losses.py", "bench/lora_memory.py",
                 "experiments/genrm_gsm8k.py", "experiments/preference_family.py",
-                "experiments/bt_loop.py"}
+                "experiments/bt_loop.py", "bench/profile_step.py"}
 # Files with a __main__ block that are not commands.
 NOT_COMMANDS = {"embedded/task.py": "a library module whose __main__ prints sample problems; it takes no flags"}
 
@@ -57,6 +57,7 @@ SKIP = {
     "python bench/verifier.py": f"a benchmark: 100 solutions with adaptive K, {SLOW}",
     "python bench/trl_losses.py": "needs TRL (bench/requirements.txt, not the trainer's); "
                                   "tests/test_loss_preference.py runs the same comparison where it is installed",
+    "python bench/profile_step.py": f"a benchmark: SmolLM2 training steps under torch.profiler, {SLOW}",
     "python bench/compile.py": f"a benchmark: compiles the training step of two models, {SLOW} (bench/README.md)",
     "python bench/lora_memory.py": f"a benchmark: DPO steps on the real model in four processes, {SLOW} "
                                    f"(tests/test_bench_lora.py runs it on the bundled model)",
