@@ -50,13 +50,11 @@ def profile(workload: str, args, folder: str) -> list[tuple[str, float, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    top = 12
-    if "--top" in argv:
-        i = argv.index("--top")
-        top = int(argv[i + 1])
-        del argv[i:i + 2]
-    args = parse_args(argv)
+    import argparse
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--top", type=int, default=12, help="operators listed a workload")
+    known, rest = own.parse_known_args(sys.argv[1:] if argv is None else argv)
+    top, args = known.top, parse_args(rest)
     import torch
     args.threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.threads)

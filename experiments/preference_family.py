@@ -59,15 +59,15 @@ def method_command(name: str, folder: str, s: dict, b: dict, common: list[str]) 
             "--lora-r", str(b["lora_r"]), "--lora-alpha", str(b["lora_alpha"]), "--name", name, *common]
 
 
-def accuracies(logps: list[tuple[float, float, int, int]], start: list[tuple[float, float, int, int]],
+def accuracies(logps: list[tuple[float, float, int, int]], start: list[tuple[float, float, int, int]] | None,
                seed: int) -> dict:
-    """Both held-out accuracies (module docstring) of one model's pair log-probs against the
-    start model's, each with its bootstrap interval; dpo_acc is None for the start model itself."""
+    """Both held-out accuracies (module docstring) of one model's pair log-probs, each with its
+    bootstrap interval; dpo_acc (against the start model's log-probs) is None without `start`."""
     from win_stats import bootstrap_interval
     mean_right = [float(c / nc > r / nr) for c, r, nc, nr in logps]
     out = {"mean_logp_acc": sum(mean_right) / len(mean_right), "mean_logp_ci95": list(bootstrap_interval(mean_right, seed=seed)),
            "dpo_acc": None, "dpo_ci95": None}
-    if logps is not start:
+    if start is not None:
         dpo_right = [float(c - r > c0 - r0) for (c, r, _, _), (c0, r0, _, _) in zip(logps, start)]
         out.update(dpo_acc=sum(dpo_right) / len(dpo_right), dpo_ci95=list(bootstrap_interval(dpo_right, seed=seed)))
     return out
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_trained(model_name)
         logps[row] = pair_logps(model, tokenizer, pairs, s["max_length"])
         print(f"[{row}] scored {len(pairs)} evaluation pairs", flush=True)
-    table = {row: accuracies(v, logps["start"], args.seed) for row, v in logps.items()}
+    table = {row: accuracies(v, None if row == "start" else logps["start"], args.seed) for row, v in logps.items()}
     for name in commands:
         table[name]["val_rewards_accuracies"] = last_scalar(storage.join(out, name), "val/rewards/accuracies")
     report = {"setting": setting, "date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "seed": args.seed,

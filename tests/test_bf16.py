@@ -39,9 +39,9 @@ def loss_under(module, batch, count, precision: str) -> tuple[float, float]:
 def test_bf16_loss_is_the_fp32_loss_within_the_tolerance(tokenizer, training_type):
     import rollouts
     from module import PostTrainingModule
-    argv = ["--training-type", training_type, "--train-dataset-length", "16", "--batch-size", "4",
-            "--no-precompute-ref-log-probs"] if training_type == "dpo" else \
-        ["--training-type", training_type, "--train-dataset-length", "16", "--batch-size", "4"]
+    argv = ["--training-type", training_type, "--train-dataset-length", "16", "--batch-size", "4"]
+    if training_type == "dpo":      # the reference scored live, in the step's own precision
+        argv.append("--no-precompute-ref-log-probs")
     if training_type == "grpo":
         argv += ["--num-generations", "4", "--max-new-tokens", "16"]
     config = flags.resolve(flags.parse_config(argv)[0])

@@ -23,7 +23,7 @@ def test_accuracies_by_hand():
     # Log-ratios: model -0.5, 2.0, -1.0 against start -2.0, 3.0, 0.0: only the first rose.
     assert a["dpo_acc"] == pytest.approx(1 / 3)
     assert a["dpo_ci95"][0] <= 1 / 3 <= a["dpo_ci95"][1]
-    s = preference_family.accuracies(start, start, seed=0)
+    s = preference_family.accuracies(start, None, seed=0)
     assert s["dpo_acc"] is None and s["mean_logp_acc"] == pytest.approx(2 / 3)    # -2 > -4, -2 > -3, -2 < -1
 
 

@@ -285,7 +285,11 @@ def test_orpo_on_two_workers_equals_one_local_process_with_twice_the_batch(ray_c
     statistic), so 2 workers x batch 4 end at the weights of one local run with batch 8."""
     # 1e-4, a tenth of one AdamW step at lr 1e-3: DDP's averaged gradient differs from batch 8's in
     # its last bits, and Adam's m / sqrt(v) magnifies that where a gradient is near 0 (measured: 1.1e-5).
-    two_workers_and_one_local(tmp_path, atol=1e-4, training_type="orpo")
+    two, _ = two_workers_and_one_local(tmp_path, atol=1e-4, training_type="orpo")
+    start = load_file(str(REPO / "embedded" / "model" / "model.safetensors"))
+    moved = [k for k, v in two["state_dict"].items() if k.removeprefix("model.") in start
+             and not torch.equal(v, start[k.removeprefix("model.")])]
+    assert len(moved) == len(start)      # the two ORPO steps moved every weight, on both layouts alike
 
 
 def test_kto_on_two_workers(ray_cluster, tmp_path):
