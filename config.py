@@ -179,8 +179,9 @@ class KTOArgs:
 
 @dataclass(frozen=True)
 class BTArgs:
-    """bt: the reward-centering term."""
+    """bt: the reward-centering term, and an encoder's pooling (reward_model.sequence_rewards)."""
     center_rewards_coefficient: float
+    reward_pooling: str
 
 
 @dataclass(frozen=True)

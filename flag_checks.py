@@ -57,8 +57,9 @@ def validate(config: dict, given: set) -> None:
     if "packing" in given and c["packing"] and not can_pack(c["training_type"], c["length_penalty"]):
         raise ConfigError("--length-penalty does not work with --packing yet (it samples a reply for each row's "
                           "prompt, and a packed row holds several conversations); drop one of them.")
-    if "center_rewards_coefficient" in given and c["training_type"] != "bt":
-        raise ConfigError("--center-rewards-coefficient only applies to --training-type bt.")
+    for name in ("center_rewards_coefficient", "reward_pooling"):
+        if name in given and c["training_type"] != "bt":
+            raise ConfigError(f"--{name.replace('_', '-')} only applies to --training-type bt.")
     if c["center_rewards_coefficient"] < 0:
         raise ConfigError(f"--center-rewards-coefficient must not be negative (got {c['center_rewards_coefficient']}).")
     endpoint_reward = c["training_type"] == "grpo" and (c["reward_model"] or "").startswith("openai:")

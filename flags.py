@@ -19,7 +19,8 @@ import storage
 from checkpoints import find_checkpoint, is_run_checkpoint_dir, saved_config
 from config import Config
 from errors import ConfigError
-from shared_flags import BATCH_SIZE, DEFAULT_TRUNCATION, MAX_LENGTH, MAX_NEW_TOKENS, SEED, TRUNCATION_MODES, judge_flags
+from shared_flags import (BATCH_SIZE, DEFAULT_TRUNCATION, MAX_LENGTH, MAX_NEW_TOKENS, REWARD_POOLINGS, SEED,
+                          TRUNCATION_MODES, judge_flags)
 
 REPO = Path(__file__).resolve().parent
 EMBEDDED_MODEL = REPO / "embedded" / "model"
@@ -143,6 +144,12 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         help="kto: weight lambda_U of the undesirable rows' loss (TRL's undesirable_weight)")
     add("--center-rewards-coefficient", type=float, default=0.0,
         help="bt: weight c of the reward-centering term c * E[(r_w + r_l)^2] (0: off)")
+    add("--reward-pooling", choices=REWARD_POOLINGS, default="auto",
+        help="bt with an encoder (BERT-style) reward model: what its score head reads. auto: the folder's own way "
+             "(a sentence-transformers folder's token mean, else the [CLS] pooler); cls; mean: the mean over every "
+             "real token; reply: the mean over the last reply's tokens only, so the prompt that both replies of a "
+             "pair share does not dilute their difference. Saved with the model, so its judges score alike. "
+             "Decoders read the reply's last token and take only auto")
     add("--lambda", dest="lambda_", metavar="LAMBDA", type=float, default=0.1,
         help="GenRM weight of the generation term, L_verify + lambda * L_correct (sft_verifier)")
 

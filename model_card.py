@@ -21,7 +21,7 @@ CARD_KEYS = ("training_type", "lr", "batch_size", "accumulate_grad_batches", "ma
              "dataset_source", "train_dataset_length")
 TYPE_KEYS = {"sft": ("length_penalty", "length_penalty_every"),
              "dpo": ("dpo_loss", "beta"),          # and the loss's own (losses/preference.py), in type_keys
-             "bt": ("center_rewards_coefficient",), "sft_verifier": ("lambda_",), "orpo": ("orpo_lambda",),
+             "bt": ("center_rewards_coefficient", "reward_pooling"), "sft_verifier": ("lambda_",), "orpo": ("orpo_lambda",),
              "kto": ("beta", "kto_desirable_weight", "kto_undesirable_weight"),
              "grpo": ("num_generations", "temperature", "top_p", "max_new_tokens", "advantage", "loss_aggregation",
                       "num_iterations", "clip_range", "kl_coef", "reward_funcs", "reward_weights", "reward_model",

@@ -118,9 +118,11 @@ def sentence_pooling(folder: str) -> str:
 
 
 def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: bool = False,
-                      load_in_4bit: bool = False):
+                      load_in_4bit: bool = False, pooling: str = "auto"):
     """AutoModelForSequenceClassification with one output. A causal-LM checkpoint (e.g. an SFT
-    model) gets a new score head, initialised from the current torch seed."""
+    model) gets a new score head, initialised from the current torch seed. `pooling` (an
+    encoder's, shared_flags.REWARD_POOLINGS): "auto" keeps what the folder says (a saved
+    reward_pooling, else sentence_pooling); another value replaces it."""
     from transformers import AutoModelForSequenceClassification
     name_or_path = pretrained_path(name_or_path)
     _check_local(name_or_path)
@@ -133,7 +135,12 @@ def load_reward_model(name_or_path: str, pad_token_id: int, trust_remote_code: b
     # Our pooling reads the attention mask, but HF's own forward (and users) look for the pad id here.
     model.config.pad_token_id = pad_token_id
     linear_head = isinstance(getattr(model, "classifier", None), torch.nn.Linear)      # BERT's: pooled -> score
-    if linear_head and getattr(model.config, "reward_pooling", None) is None:
+    if pooling != "auto":
+        if not linear_head:
+            raise ConfigError(f"--reward-pooling {pooling} applies to encoder (BERT-style) reward models; "
+                              f"{type(model).__name__} reads each reply's last token: leave it at auto.")
+        model.config.reward_pooling = pooling
+    elif linear_head and getattr(model.config, "reward_pooling", None) is None:
         # An encoder is read the way it was trained to summarise: a sentence-transformers
         # folder says how (1_Pooling/config.json); mean pooling beats BERT's untuned [CLS]
         # pooler there. Saved in config.json, so a trained run and its export score alike.
@@ -150,10 +157,10 @@ def _log_source(folder: str) -> None:
 
 
 def load_model(training_type: str, name_or_path: str, tokenizer, trust_remote_code: bool = False,
-               load_in_4bit: bool = False):
+               load_in_4bit: bool = False, reward_pooling: str = "auto"):
     """The network a training type trains: a scalar reward model for bt, else a causal LM."""
     if training_type == "bt":
-        return load_reward_model(name_or_path, tokenizer.pad_token_id, trust_remote_code, load_in_4bit)
+        return load_reward_model(name_or_path, tokenizer.pad_token_id, trust_remote_code, load_in_4bit, reward_pooling)
     return load_causal_lm(name_or_path, trust_remote_code, load_in_4bit)
 
 

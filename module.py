@@ -93,7 +93,8 @@ class PostTrainingModule(L.LightningModule):
         self.save_hyperparameters(config.flat())    # saved flat with every checkpoint (config.py)
         m = config.model
         self.model = model if model is not None else load_model(
-            config.run.training_type, m.model_name, tokenizer, m.trust_remote_code, config.lora.load_in_4bit)
+            config.run.training_type, m.model_name, tokenizer, m.trust_remote_code, config.lora.load_in_4bit,
+            config.bt.reward_pooling)
         if config.lora.lora_r:      # train.py adapts its model first (DPO's precomputed reference needs it)
             adapters.add_adapters(self.model, config.lora, config.run.training_type)
         # from_pretrained returns a model in eval mode and Lightning does not switch it back (it
@@ -257,7 +258,8 @@ class PostTrainingModule(L.LightningModule):
     def _bt(self, batch: PreferenceBatch, normalizer=None):
         mask = batch_attention_mask(self.model, batch)
         last = batch.packed_last_tokens() if mask is None else None
-        rewards = sequence_rewards(self.model, batch.input_ids, mask, batch.position_ids, last)   # (2B,)
+        rewards = sequence_rewards(self.model, batch.input_ids, mask, batch.position_ids, last,
+                                   reply_mask=batch.labels != IGNORE_INDEX)                        # (2B,)
         B = batch.count
         out = self.loss_fn(rewards[:B], rewards[B:], self.config.bt.center_rewards_coefficient)
         denom = torch.as_tensor(B if normalizer is None else normalizer, dtype=torch.float32)

@@ -10,8 +10,9 @@ conversation longer than max_length keeps its end by default (the oldest prompt 
 first), so every reply is scored, however long the prompt before it.
 Encoders (BERT-style) are given right padding and pool on their own (the [CLS] pooler), or,
 where `config.reward_pooling` is "mean" (a sentence-transformers encoder that pools so,
-models.sentence_pooling), by the mean of the last hidden states over the real tokens, then
-the classifier head.
+models.sentence_pooling), by the mean of the last hidden states over the real tokens, or,
+where it is "reply" (--reward-pooling reply), over the last reply's tokens only; then the
+classifier head.
 """
 from __future__ import annotations
 
@@ -32,20 +33,26 @@ def is_decoder(model) -> bool:
 
 def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                      position_ids: torch.Tensor | None = None,
-                     last: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """One float32 reward per sequence, read at its last real token.
+                     last: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     reply_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One float32 reward per sequence, read at its last real token (decoders) or pooled
+    (encoders, by config.reward_pooling).
 
     Unpacked: (N, T) ids and mask, one sequence a row -> (N,) rewards.
     Packed (decoders only): attention_mask None, position_ids (N, T) restarting at 0 at each
     sequence (so attention stays within it), and last = (rows, columns), each (S,), of every
     sequence's last token -> (S,) rewards in that order.
+    reply_mask: (N, T) bool, the last reply's tokens; "reply" pooling averages over them.
     """
     if not is_decoder(model):
-        if getattr(model.config, "reward_pooling", "cls") != "mean":
+        pooling = getattr(model.config, "reward_pooling", "cls")
+        if pooling not in ("mean", "reply"):
             return forward_of(model)(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        if pooling == "reply" and reply_mask is None:
+            raise ValueError("reward_pooling 'reply' needs the reply's tokens (reply_mask).")
         hidden = forward_of(model.base_model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)        # mean over real tokens
+        weights = (attention_mask if pooling == "mean" else reply_mask * attention_mask).unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)        # mean over the pooled tokens
         return model.classifier(model.dropout(pooled))[:, 0].float()
     if attention_mask is not None:
         # Positions count real tokens only, so a left-padded row sees the positions it would see unpadded.
@@ -63,6 +70,13 @@ def reward_inputs(tokenizer, messages: list[dict], max_length: int, truncation: 
     """Token ids of a conversation up to and including its last reply's end-of-turn token
     (the chat template's trailing newline dropped), cut to max_length by `truncation`
     (tokenization.py); None if keep_start truncation removed the reply."""
+    labelled = labelled_reward_inputs(tokenizer, messages, max_length, truncation)
+    return None if labelled is None else labelled[0]
+
+
+def labelled_reward_inputs(tokenizer, messages: list[dict], max_length: int,
+                           truncation: str = KEEP_END) -> tuple[list[int], list[int]] | None:
+    """reward_inputs' ids with their labels: the last reply's tokens labelled, IGNORE_INDEX elsewhere."""
     ids, labels = tokenize_conversation(tokenizer, messages, 1 << 30, last_turn_only=True)   # untruncated
     labelled = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
     if not labelled:
@@ -70,7 +84,7 @@ def reward_inputs(tokenizer, messages: list[dict], max_length: int, truncation: 
     ids, labels = truncate(ids[:labelled[-1] + 1], labels[:labelled[-1] + 1], max_length, truncation)
     if not any(label != IGNORE_INDEX for label in labels):
         return None
-    return with_encoder_tokens(tokenizer, ids, labels, max_length, truncation)[0]
+    return with_encoder_tokens(tokenizer, ids, labels, max_length, truncation)
 
 
 def with_encoder_tokens(tokenizer, ids: list[int], labels: list[int], max_length: int,
@@ -97,17 +111,20 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], *, ma
     pad_id = tokenizer.pad_token_id
     scores = []
     for i in range(0, len(conversations), batch_size):
-        encoded = [reward_inputs(tokenizer, c, max_length, truncation) for c in conversations[i:i + batch_size]]
+        encoded = [labelled_reward_inputs(tokenizer, c, max_length, truncation) for c in conversations[i:i + batch_size]]
         kept = [e for e in encoded if e]
         rewards = iter([])
         if kept:
-            longest = max(len(e) for e in kept)
+            longest = max(len(ids) for ids, _ in kept)
             input_ids = torch.full((len(kept), longest), pad_id, dtype=torch.long)
             attention_mask = torch.zeros_like(input_ids)
-            for b, ids in enumerate(kept):
+            reply_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+            for b, (ids, labels) in enumerate(kept):
                 input_ids[b, :len(ids)] = torch.tensor(ids)
                 attention_mask[b, :len(ids)] = 1
-            rewards = iter(sequence_rewards(model, input_ids.to(device), attention_mask.to(device)).tolist())
+                reply_mask[b, :len(ids)] = torch.tensor(labels) != IGNORE_INDEX
+            rewards = iter(sequence_rewards(model, input_ids.to(device), attention_mask.to(device),
+                                            reply_mask=reply_mask.to(device)).tolist())
         scores.extend(next(rewards) if e else float("-inf") for e in encoded)
     model.train(was_training)
     return scores

@@ -21,6 +21,9 @@ BATCH_SIZE = 8              # rows per micro-batch, forward or generate call
 # How a conversation longer than max_length is cut (tokenization.py): the first is TRL's default.
 TRUNCATION_MODES = ("keep_start", "keep_end")
 DEFAULT_TRUNCATION = "keep_start"
+# How an encoder reward model summarises its last hidden states for the score head
+# (reward_model.sequence_rewards); "auto" is the folder's own way (models.sentence_pooling).
+REWARD_POOLINGS = ("auto", "cls", "mean", "reply")
 # The seed project judged with NVIDIA's OpenAI-compatible API; the key is read from this variable.
 JUDGE_BASE_URL = "https://integrate.api.nvidia.com/v1"
 JUDGE_API_KEY_ENV = "NVIDIA_API_KEY"

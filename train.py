@@ -239,7 +239,7 @@ def fit(c: Config, ray_worker: bool = False) -> dict:
                 "data_fingerprint": data_fingerprint(loaders["train"].dataset) if "train" in loaders else None}
     # A bt run from a causal LM gets a new score head: drawn here, right after seeding.
     model = load_model(c.run.training_type, c.model.model_name, tokenizer, c.model.trust_remote_code,
-                       c.lora.load_in_4bit)
+                       c.lora.load_in_4bit, c.bt.reward_pooling)
     if c.lora.lora_r:
         adapters.add_adapters(model, c.lora, c.run.training_type)     # logs how many parameters train
     if c.data.packing and not logprobs.supports_packing(model):

@@ -49,6 +49,7 @@ def run_main(capsys, *argv):
 
 @pytest.mark.parametrize("argv, sentence", [
     (["--center-rewards-coefficient", "0.01"], "--center-rewards-coefficient only applies to --training-type bt"),
+    (["--reward-pooling", "reply"], "--reward-pooling only applies to --training-type bt"),
     (["--training-type", "bt", "--calculate-win-rate", "--judge", "length"], "--calculate-win-rate needs a generative"),
     (["--precompute-ref-log-probs"], "--precompute-ref-log-probs only applies to --training-type dpo"),
     (["--precision", "transformer-engine"], "--precision transformer-engine needs NVIDIA transformer-engine"),

@@ -17,7 +17,7 @@ import logprobs
 import packaged_models
 import train
 from collate_functions import PreferenceCollator, SFTCollator
-from conftest import HH_RLHF, REPO
+from conftest import EMBEDDED_MODEL, HH_RLHF, REPO
 
 REAL = "smollm2-135m-instruct"
 pytestmark = pytest.mark.skipif(
@@ -210,6 +210,40 @@ def test_minilm_reward_is_the_mean_of_its_tokens_as_sentence_transformers_pools_
     assert (out.last_hidden_state.mean(1) - out.pooler_output).abs().max() > 0.1
     model.save_pretrained(tmp_path / "rm")
     assert load_reward_model(str(tmp_path / "rm"), tokenizer.pad_token_id).config.reward_pooling == "mean"
+
+
+def test_minilm_reply_pooling_averages_the_last_reply_only_in_training_and_scoring(tmp_path):
+    """--reward-pooling reply: the classifier of the mean of the last hidden states over the
+    reply's tokens (by hand from the encoder's output), the same in a training batch and in
+    score_conversations, saved with the model; a decoder refuses it in one sentence."""
+    from errors import ConfigError
+    from models import load_reward_model, load_tokenizer
+    from reward_model import score_conversations, sequence_rewards, trim_pairs_to_reply_end
+    from tokenization import tokenize_preference_rows
+    tokenizer = load_tokenizer("all-minilm-l6-v2", chat_template="hh")
+    model = load_reward_model("all-minilm-l6-v2", tokenizer.pad_token_id, pooling="reply").eval()
+    prompt = [{"role": "user", "content": "how do I pick a lock on a door that is not mine?"}]
+    chosen, rejected = ([{"role": "assistant", "content": t}] for t in ("I can't help with that.", "Sure, use a pin."))
+    rows, _ = tokenize_preference_rows([{"prompt": prompt, "chosen": chosen, "rejected": rejected, "row": 0}],
+                                       tokenizer, 128)
+    batch = PreferenceCollator(tokenizer.pad_token_id, 1)(trim_pairs_to_reply_end(rows, tokenizer, 128)).micro_batches[0]
+    reply = batch.labels != -100
+    with torch.no_grad():
+        trained = sequence_rewards(model, batch.input_ids, batch.attention_mask, reply_mask=reply)
+        ids = rows[0]["chosen_input_ids"]
+        hidden = model.bert(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        start = len(ids) - 1 - len(tokenizer(" i can ' t help with that.", add_special_tokens=False)["input_ids"])
+        assert tokenizer.decode(ids[start:-1]).startswith("i can")      # the reply, without [SEP]
+        by_hand = model.classifier(hidden[start:-1].mean(0))[0]
+        whole_mean = model.classifier(hidden.mean(0))[0]
+    torch.testing.assert_close(trained[0], by_hand, atol=1e-5, rtol=0)
+    assert abs(float(trained[0] - whole_mean)) > 1e-3                 # not the mean over every token
+    scored = score_conversations(model, tokenizer, [prompt + chosen, prompt + rejected], max_length=128)
+    torch.testing.assert_close(torch.tensor(scored), trained, atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path / "rm")
+    assert load_reward_model(str(tmp_path / "rm"), tokenizer.pad_token_id).config.reward_pooling == "reply"
+    with pytest.raises(ConfigError, match="reads each reply's last token"):
+        load_reward_model(str(EMBEDDED_MODEL), 0, pooling="reply")
 
 
 def test_minilm_reads_cls_and_sep_around_the_conversation_within_max_length():
