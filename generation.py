@@ -129,7 +129,10 @@ def _generate_batch(model, prompt_ids: list[list[int]], max_new_tokens: int, eos
         group = []
         for row in generated[b * num_return_sequences:(b + 1) * num_return_sequences]:
             stop = row.index(eos_id) + 1 if eos_id in row else None
-            group.append(row[:stop] if stop else [t for t in row if t != pad_id])
+            # generate pads a row only after its eos: one without ran to max_new_tokens, every token
+            # sampled, the pad id too (a base model's <|endoftext|> is often its pad token). Dropping
+            # those made a rollout's update score a sequence other than the one sampled.
+            group.append(row[:stop] if stop else row)
         groups.append(group)
     return groups
 

@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['model']} | {'compiled' if r['compile'] else 'eager'} | {r['median_s']:.3f} | {r['first_s']:.2f} | "
               f"{r['compile_steps_s']:.1f} | {r['graphs'] if r['compile'] else '-'} |")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"settings": {k: v for k, v in vars(args).items() if k not in ("json", "worker")},
-                       "rows": results}, f, indent=1)
+        workloads.write_json(args.json, args, results)
     return 0
 
 

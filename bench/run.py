@@ -4,10 +4,14 @@
     python bench/run.py --json bench-run.json       # the full size: Qwen2.5 vocabulary, max length 512
     python bench/run.py --steps 2 --warmup 1 --batch-size 2 --max-length 128 --hidden 64 --vocab 4096  # tiny
     python bench/run.py --model smollm2 --precision bf16-mixed --workloads sft,dpo   # the real SmolLM2, bf16 autocast
+    python bench/run.py --model smollm2 --workloads grpo --batch-size 2 --max-length 256 --steps 3 --warmup 1  # GRPO
 
 Workloads: sft (assistant-only loss on the chat form of the hh-rlhf slice in ../shared/data:
-each transcript's chosen side as messages), dpo (its pairs, beta 0.1, sigmoid loss) and bt (a
-Bradley-Terry reward model on its pairs). Model (--model): random, a Qwen2 of --vocab (151,936:
+each transcript's chosen side as messages), dpo (its pairs, beta 0.1, sigmoid loss), bt (a
+Bradley-Terry reward model on its pairs) and grpo (whole GRPO steps on its prompts: --num-generations
+completions of each, of at most --max-new-tokens tokens, sampled, scored by rewards.py's length reward,
+group advantages, one update; against TRL's GRPOTrainer; bench/grpo_side.py says what both sides share
+and how its loss check works). Model (--model): random, a Qwen2 of --vocab (151,936:
 Qwen2.5's vocabulary size) x --hidden (256), --layers (4), tied embeddings, random init from
 --seed; qwen2.5-0.5b, Qwen2.5-0.5B's exact config (24 layers, hidden 896, 14 heads, 2 KV heads,
 intermediate 4,864, tied) with random weights; in both the bundled tokenizer turns text into
@@ -23,7 +27,7 @@ run --warmup + --steps optimizer steps.
 
 Configurations, each in its own subprocess (so each peak RSS is its own):
   ours          train.py's defaults (for dpo: precomputed reference log-probs) but --no-packing
-  ours-packed   train.py's defaults (--packing is one)
+  ours-packed   train.py's defaults (--packing is one); not for grpo, whose rows are never packed
   trl-default   TRL's default config, but at --precision: TRL 1.16's configs default to
                 bf16=True, which on CPU is bf16 autocast, so bf16 follows --precision to keep
                 both sides on the same arithmetic
@@ -42,13 +46,16 @@ folder) scores a little apart from the policy on equal weights, where ours and T
 agree with a float64 log-softmax; the JSON records that gap (trl_reference_max_abs_error).
 
 Figures: median step time after the warm-up steps; supervised tokens/s (SFT: labelled
-tokens; DPO: completion tokens of both replies; BT: none) and total tokens/s (non-padding
-tokens fed to the policy); peak RSS of the configuration's process; model FLOPs/s as a fraction
-of this machine's matmul peak in the run's precision (fp32, or bf16 for bf16-mixed; measured
-here, same thread count). Model FLOPs per step =
+tokens; DPO: completion tokens of both replies; BT: none; GRPO: completion tokens sampled) and
+total tokens/s (non-padding tokens fed to the policy); peak RSS of the configuration's process;
+model FLOPs/s as a fraction of this machine's matmul peak in the run's precision (fp32, or bf16
+for bf16-mixed; measured here, same thread count). Model FLOPs per step =
 6 x tokens x (non-embedding parameters + the LM head's hidden x vocab, not for bt), the same
 formula for both sides, so a side that skips work (padding, logits nobody needs) is not
-credited for it. Prints one table and, with --json, writes it.
+credited for it; for grpo 8 x, the rollout's forward over the same tokens (2 x) before the
+update's (6 x). For grpo also: completion tokens a step, and the median rollout time (sampling,
+rewards, advantages) with its share of the step, the rest being the update. Prints one table
+(and one for grpo's figures) and, with --json, writes it.
 """
 from __future__ import annotations
 
@@ -66,11 +73,16 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-from bench.trl_side import run_trl, trl_available  # noqa: E402 - after the path bootstrap above
-from bench.workloads import MODELS, bench_tokenizer, build_model, counts_of, our_config, tokenized_rows  # noqa: E402
+from bench.grpo_side import run_ours_grpo, run_trl_grpo  # noqa: E402 - after the path bootstrap above
+from bench.trl_side import run_trl, trl_available  # noqa: E402
+from bench.workloads import (MODELS, bench_tokenizer, build_model, counts_of, our_config, tokenized_rows,  # noqa: E402
+                             write_json)
 
-WORKLOADS = ("sft", "dpo", "bt")
-CONFIGS = {w: ("ours", "ours-packed", "trl-default", "trl-best") for w in ("sft", "dpo", "bt")}
+WORKLOADS = ("sft", "dpo", "bt", "grpo")
+CONFIGS = {**{w: ("ours", "ours-packed", "trl-default", "trl-best") for w in ("sft", "dpo", "bt")},
+           "grpo": ("ours", "trl-default", "trl-best")}
+# Model FLOPs per token and parameter: forward and backward; grpo's rollout adds a forward.
+PASSES = {"grpo": 8}
 
 
 def fit_timed(module, loader, steps: int, callbacks=()) -> dict:
@@ -131,7 +143,11 @@ def worker(spec: dict) -> dict:
     import torch
     torch.set_num_threads(spec["args"]["threads"])
     args = argparse.Namespace(**spec["args"])
-    run = run_ours if spec["variant"].startswith("ours") else run_trl
+    ours = spec["variant"].startswith("ours")
+    if spec["workload"] == "grpo":
+        run = run_ours_grpo if ours else run_trl_grpo
+    else:
+        run = run_ours if ours else run_trl
     result = run(spec["workload"], spec["variant"], args, spec["folder"])
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["params"] = spec["params"]
@@ -174,8 +190,14 @@ def summarise(workload: str, variant: str, result: dict, args, peak: float) -> d
     times, sup, tot = result["times"][timed], result["supervised"][timed], result["total"][timed]
     seconds = sum(times)
     dense, head = result["params"]
-    flops = 6 * sum(tot) * (dense + (0 if workload == "bt" else head))
+    flops = PASSES.get(workload, 6) * sum(tot) * (dense + (0 if workload == "bt" else head))
     check = result["loss_check"]
+    grpo = {}
+    if "rollout_times" in result:
+        rollout = result["rollout_times"][timed]
+        grpo = {"completion_tokens_per_step": statistics.median(sup) if sup else None,
+                "median_rollout_s": statistics.median(rollout) if rollout else None,
+                "rollout_share": sum(rollout) / seconds if seconds else None}
     return {"workload": workload, "config": variant, "steps_timed": len(times),
             "median_step_s": statistics.median(times) if times else float("nan"),
             # CPU time of the process: with one thread, what the step costs whatever else the machine runs.
@@ -183,17 +205,20 @@ def summarise(workload: str, variant: str, result: dict, args, peak: float) -> d
             "supervised_tokens_per_s": sum(sup) / seconds if workload != "bt" and seconds else None,
             "total_tokens_per_s": sum(tot) / seconds if seconds else float("nan"),
             "peak_rss_mib": result["peak_rss_mib"], "flops_fraction_of_peak": flops / seconds / peak if seconds else None,
-            "loss_check": check, "first_loss": result["losses"][0] if result["losses"] else None}
+            "loss_check": check, "first_loss": result["losses"][0] if result["losses"] else None, **grpo}
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--workloads", default="sft,dpo,bt", help="comma-separated: sft, dpo, bt")
+    p.add_argument("--workloads", default="sft,dpo,bt", help="comma-separated: sft, dpo, bt, grpo")
     p.add_argument("--sides", default="ours,trl", help="ours, trl, or both (trl needs bench/requirements.txt)")
     p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
-    p.add_argument("--batch-size", type=int, default=4, help="rows (SFT) or pairs (DPO, BT) per step")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per conversation (and per packed row)")
+    p.add_argument("--batch-size", type=int, default=4, help="rows (SFT), pairs (DPO, BT) or prompts (GRPO) per step")
+    p.add_argument("--max-length", type=int, default=512,
+                   help="tokens per conversation (and per packed row); GRPO: per prompt, longer ones are skipped")
+    p.add_argument("--num-generations", type=int, default=4, help="GRPO: completions sampled per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="GRPO: token budget of each completion")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate, constant")
     p.add_argument("--model", choices=MODELS, default="random",
                    help="random: a random Qwen2 of --vocab/--hidden/--layers; smollm2: SmolLM2-135M-Instruct's real "
@@ -247,13 +272,16 @@ def main(argv: list[str] | None = None) -> int:
             if check and abs(check["trl"] - check["ours"]) > 1e-4 * max(1.0, abs(check["trl"])):
                 raise SystemExit(f"{workload} {variant}: TRL's first-batch loss {check['trl']:.6f} differs from "
                                  f"ours {check['ours']:.6f} on the same batch; the timings would compare different work.")
+            # grpo's loss does not see the log-probs (bench/grpo_side.py); in fp32 they must agree too (under
+            # bf16-mixed TRL scores them under autocast, ours here in fp32: ~1e-3 apart, recorded).
+            if check and args.precision == "32-true" and check.get("logps_max_abs_error", 0) > 1e-4:
+                raise SystemExit(f"{workload} {variant}: TRL's completion log-probs differ from ours by up to "
+                                 f"{check['logps_max_abs_error']:.2e} on the same batch.")
             table.append(row)
             print(f"done: {workload} {variant} ({row['median_step_s']:.2f} s/step)", file=sys.stderr, flush=True)
     print_table(table, args, peak)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"settings": {k: v for k, v in vars(args).items() if k not in ("json", "worker")},
-                       "matmul_peak_gflops": peak / 1e9, "rows": table, "ratios": ratios(table)}, f, indent=1)
+        write_json(args.json, args, table, matmul_peak_gflops=peak / 1e9, ratios=ratios(table))
     return 0
 
 
@@ -285,6 +313,19 @@ def print_table(table: list[dict], args, peak: float) -> None:
         print(f"| {r['workload']} | {r['config']} | {check_text} | {r['median_step_s']:.3f} | {r['median_step_cpu_s']:.3f} | "
               f"{fmt(r['supervised_tokens_per_s'], '.0f')} | {r['total_tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | "
               f"{fmt(r['flops_fraction_of_peak'], '.1%')} |")
+    grpo = [r for r in table if r["workload"] == "grpo"]
+    if grpo:
+        print(f"\ngrpo: {args.batch_size} prompts x {args.num_generations} completions of at most "
+              f"{args.max_new_tokens} tokens a step")
+        print("| config | completion tokens / step | median rollout (s) | rollout share of the steps | "
+              "loss check: log-probs max abs error |")
+        print("|---|---|---|---|---|")
+        for r in grpo:
+            check = r["loss_check"] or {}
+            substituted = f" ({' and '.join(check['substituted'])} substituted)" if check.get("substituted") else ""
+            print(f"| {r['config']} | {fmt(r['completion_tokens_per_step'], '.0f')} | "
+                  f"{fmt(r['median_rollout_s'], '.3f')} | {fmt(r['rollout_share'], '.0%')} | "
+                  f"{fmt(check.get('logps_max_abs_error'), '.1e')}{substituted} |")
     for name, value in ratios(table).items():
         print(f"{name} (total tokens/s): {value:.2f}x")
 

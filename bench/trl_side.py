@@ -1,5 +1,6 @@
-"""TRL's side of bench/run.py: its trainers on the same rows, models and settings as ours, and
-the check that TRL's compute_loss and our module score its first batch alike (see bench/run.py).
+"""TRL's side of bench/run.py for sft, dpo and bt (grpo: bench/grpo_side.py): its trainers on the same
+rows, models and settings as ours, and the check that TRL's compute_loss and our module score its first
+batch alike (see bench/run.py).
 """
 from __future__ import annotations
 
@@ -33,10 +34,20 @@ def trl_batch_to_ours(workload: str, batch: dict):
     return PreferenceBatch(batch["input_ids"], batch["attention_mask"], batch["input_ids"])
 
 
+def common_args(args, variant: str) -> dict:
+    """The TrainingArguments every TRL configuration shares with our side: --warmup + --steps optimizer steps,
+    AdamW at a constant --lr without weight decay, gradient norm clipped to 1.0, --precision, on the CPU;
+    trl-best turns TRL's activation checkpointing off."""
+    return dict(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=args.batch_size,
+                max_steps=args.warmup + args.steps, learning_rate=args.lr, lr_scheduler_type="constant",
+                warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", report_to="none",
+                save_strategy="no", logging_steps=1, use_cpu=True, dataloader_num_workers=0, seed=args.seed,
+                disable_tqdm=True, bf16=args.precision == "bf16-mixed", activation_checkpointing=variant != "trl-best")
+
+
 def run_trl(workload: str, variant: str, args, folder: str) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
 
     import logprobs
     import trl
@@ -47,11 +58,7 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
     best = variant == "trl-best"
     # Packed rows hold more conversations each: give every configuration enough rows.
     rows = tokenized_rows(workload, tokenizer, args.max_length, steps * args.batch_size * (4 if best and workload == "sft" else 1))
-    common = dict(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=args.batch_size,
-                  max_steps=steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-                  weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", report_to="none", save_strategy="no",
-                  logging_steps=1, use_cpu=True, dataloader_num_workers=0, seed=args.seed, max_length=args.max_length,
-                  disable_tqdm=True, bf16=args.precision == "bf16-mixed", activation_checkpointing=not best)
+    common = dict(common_args(args, variant), max_length=args.max_length)
     if workload == "sft":
         data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
         model = load_causal_lm(os.path.join(folder, "lm"))
@@ -102,7 +109,7 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
         our_loss = float(ours.compute(our_batch)[0])
     del ours
 
-    times, cpu_times, supervised, total, start = [], [], [], [], [0.0, 0.0]
+    supervised, total = [], []
     real_compute_loss = trainer.compute_loss
 
     def counting_compute_loss(model, inputs, *a, **k):
@@ -120,6 +127,16 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
         return real_compute_loss(model, inputs, *a, **k)
     trainer.compute_loss = counting_compute_loss
 
+    return {**train_timed(trainer), "supervised": supervised, "total": total,
+            "loss_check": {"trl": trl_loss, "ours": our_loss, "trl_reference_max_abs_error": reference_error}}
+
+
+def train_timed(trainer) -> dict:
+    """trainer.train(): each optimizer step's wall and CPU seconds (its on_step_begin hook to its
+    on_step_end hook) and the logged losses."""
+    from transformers import TrainerCallback
+    times, cpu_times, start = [], [], [0.0, 0.0]
+
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
             start[:] = time.perf_counter(), time.process_time()
@@ -129,6 +146,5 @@ def run_trl(workload: str, variant: str, args, folder: str) -> dict:
             cpu_times.append(time.process_time() - start[1])
     trainer.add_callback(Timer())
     trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"times": times, "cpu_times": cpu_times, "supervised": supervised, "total": total, "losses": losses,
-            "loss_check": {"trl": trl_loss, "ours": our_loss, "trl_reference_max_abs_error": reference_error}}
+    return {"times": times, "cpu_times": cpu_times,
+            "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}

@@ -1,6 +1,6 @@
 """The benchmarks' shared work: the models both sides load (random Qwen2 shapes or SmolLM2), the hh-rlhf
 rows tokenised as train.py does, our side's train.py config, and the token counts of a batch.
-bench/run.py and bench/compile.py time what these build.
+bench/run.py, bench/compile.py and bench/rollout_speed.py time what these build.
 """
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ MODELS = ("random", "smollm2", "qwen2.5-0.5b")
 QWEN25_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
 SMOLLM2 = "smollm2-135m-instruct"
+# The grpo workload's reward (rewards.py): 1 - completion tokens / --max-new-tokens. Replies that end at
+# different lengths score apart, so a group's advantages are not all 0 (with SmolLM2; random weights
+# rarely sample the end-of-turn token, so their completions all run to the budget and score alike).
+GRPO_REWARD = "length"
 
 
 def build_model(args, folder: str) -> None:
@@ -58,17 +62,20 @@ def bench_tokenizer(args, folder: str):
 
 
 def tokenized_rows(workload: str, tokenizer, max_length: int, count: int) -> list[dict]:
-    """The first `count` usable rows of the hh-rlhf slice, tokenised as train.py does."""
-    from tokenization import tokenize_preference_rows, tokenize_sft_rows
+    """The first `count` usable rows of the hh-rlhf slice, tokenised as train.py does (grpo: each
+    pair's prompt with the generation prompt, under max_length tokens, its chosen reply the reference)."""
+    from tokenization import tokenize_preference_rows, tokenize_prompt_rows, tokenize_sft_rows
     from custom_dataset import CustomDataset
     from reward_model import trim_pairs_to_reply_end
-    kind = "sft" if workload == "sft" else "dpo"
+    kind = workload if workload in ("sft", "grpo") else "dpo"
     # Tokenising all 1,600 pairs takes a while: read a margin over `count` first (tokenisation
     # drops rows whose reply is truncated away), and everything only if that is not enough.
     for length in (4 * count + 64, None):
         ds = CustomDataset(HH_RLHF, "train", kind, skip_bad_rows=True, length=length)
         if workload == "sft":
             rows, _ = tokenize_sft_rows(ds, tokenizer, max_length)
+        elif workload == "grpo":
+            rows, _ = tokenize_prompt_rows(ds, tokenizer, max_length)
         else:
             # Cut after the reply's end-of-turn token, so every token TRL sees as completion is labelled here too.
             rows = trim_pairs_to_reply_end(tokenize_preference_rows(ds, tokenizer, max_length)[0])
@@ -84,7 +91,12 @@ def our_config(workload: str, args, packing: bool):
     from flags import parse_config, resolve
     argv = ["--training-type", workload, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size),
             "--lr", str(args.lr), "--seed", str(args.seed), "--precision", args.precision]
-    argv.append("--packing" if packing else "--no-packing")
+    if workload == "grpo":      # prompts are laid out at each rollout: --packing does not apply
+        # No reference model (--kl-coef 0, TRL's default beta); sampling at train.py's --temperature and --top-p.
+        argv += ["--num-generations", str(args.num_generations), "--max-new-tokens", str(args.max_new_tokens),
+                 "--kl-coef", "0", "--reward-funcs", GRPO_REWARD]
+    else:
+        argv.append("--packing" if packing else "--no-packing")
     return resolve(parse_config(argv)[0])
 
 
@@ -95,3 +107,11 @@ def counts_of(batch) -> tuple[int, int]:
     if isinstance(batch, PreferenceBatch) and batch.labels is None:
         supervised = 0
     return supervised, int(batch.attention_mask.sum())
+
+
+def write_json(path: str, args, rows: list[dict], **extra) -> None:
+    """A benchmark's --json file: its settings (every flag but --json and --worker), its rows and `extra`."""
+    import json
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"settings": {k: v for k, v in vars(args).items() if k not in ("json", "worker")},
+                   **extra, "rows": rows}, f, indent=1)

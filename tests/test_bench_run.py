@@ -1,6 +1,7 @@
 """bench/run.py on a tiny configuration: our side's figures for every workload, and with TRL
 installed (bench/requirements.txt, which requirements-dev.txt includes) TRL's side and the first-batch
-loss check, which the script itself enforces (to 1e-4) before it times anything."""
+loss check, which the script itself enforces (to 1e-4) before it times anything; grpo's whole steps
+against TRL's GRPOTrainer; bench/profile_step.py and bench/rollout_speed.py run tiny."""
 import json
 import subprocess
 import sys
@@ -85,3 +86,43 @@ def test_profile_step_tiny():
     shares = [float(r[1].rstrip("%")) for r in rows]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.0
     assert "| all matmuls (" in proc.stdout
+
+
+@pytest.mark.skipif(not HH_RLHF.exists(), reason="needs the hh-rlhf slice in ../shared/data")
+def test_grpo_workload_and_loss_check_tiny(tmp_path):
+    """grpo: our step and TRL's GRPOTrainer on the same prompts; TRL's first generation round scored by
+    both (the script refuses a loss gap above 1e-4, and in fp32 a log-prob gap above 1e-4)."""
+    pytest.importorskip("trl", reason="TRL is not installed (pip install -r bench/requirements.txt)")
+    result, stdout = run_bench(tmp_path, "ours,trl", "--workloads", "grpo", "--max-new-tokens", "8")
+    rows = {r["config"]: r for r in result["rows"]}
+    assert set(rows) == {"ours", "trl-default", "trl-best"}
+    for r in rows.values():
+        # 2 prompts x 4 completions of at most 8 tokens, the end-of-turn token included
+        assert r["steps_timed"] == 1 and 0 < r["completion_tokens_per_step"] <= 64
+        assert 0 < r["median_rollout_s"] < r["median_step_s"] and 0 < r["rollout_share"] < 1
+        assert r["total_tokens_per_s"] > r["supervised_tokens_per_s"] > 0     # prompts count in the total
+    assert rows["ours"]["loss_check"] is None
+    for config in ("trl-default", "trl-best"):
+        check = rows[config]["loss_check"]
+        assert abs(check["trl"] - check["ours"]) <= 1e-4 * max(1.0, abs(check["trl"]))
+        assert check["logps_max_abs_error"] <= 1e-4
+        # Random weights: completions run to the budget and score alike, and the check then takes seeded
+        # advantages and lengths (bench/grpo_side.py); either way its loss is not the 0 that checks nothing.
+        assert set(check["substituted"]) <= {"advantages", "lengths"} and abs(check["ours"]) > 1e-3
+    assert "| grpo | ours |" in stdout and "completion tokens / step" in stdout
+
+
+@pytest.mark.skipif(not HH_RLHF.exists(), reason="needs the hh-rlhf slice in ../shared/data")
+def test_rollout_speed_tiny(tmp_path):
+    """bench/rollout_speed.py: every variant samples a step's completions (2 prompts in micro-batches of
+    1, x 4 completions of at most 8 tokens) and reports their tokens/s."""
+    out = tmp_path / "rollouts.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "rollout_speed.py"), *TINY, "--max-new-tokens", "8",
+                           "--micro-batch-size", "1", "--json", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"ours", "default", "per-prompt", "one-call", "static-cache"}
+    for r in rows.values():
+        assert 0 < r["completion_tokens_per_step"] <= 2 * 4 * 8 and r["completion_tokens_per_s"] > 0
+    assert "| static-cache |" in proc.stdout
