@@ -255,10 +255,11 @@ def rule_score(solution: str) -> float:
 
 
 def best_of_n(verifier_path: str, parts: dict, s: dict, seed: int, out: str,
-              modes: tuple[str, ...] = ("cot", "direct"), rule: bool = True) -> dict:
+              modes: tuple[str, ...] = ("cot", "direct"), rule: bool = True, policy_path: str | None = None) -> dict:
     """Candidates sampled from the verifier itself (the unified GenRM model: its generation
-    term trained it to solve), scored by it in each of `modes`: CoT (K = bon_k, the rationales
-    kept) and direct (module docstring, 5.); with `rule`, also picked by rule_score."""
+    term trained it to solve), or from `policy_path` when given, scored by the verifier in each
+    of `modes`: CoT (K = bon_k, the rationales kept) and direct (module docstring, 5.); with
+    `rule`, also picked by rule_score."""
     from extension.selection import selection_outcomes
     from win_stats import bootstrap_interval
     problems = parts["test"][:s["bon_problems"]]
@@ -267,7 +268,7 @@ def best_of_n(verifier_path: str, parts: dict, s: dict, seed: int, out: str,
     def sample():
         from generation import generate_completions
         from models import load_trained
-        model, tokenizer = load_trained(verifier_path)
+        model, tokenizer = load_trained(policy_path or verifier_path)
         groups = generate_completions(model, tokenizer, [[{"role": "user", "content": p["question"]}] for p in problems],
                                       max_new_tokens=s["solve_tokens"], batch_size=4, temperature=1.0,
                                       num_return_sequences=n, seed=seed + 2, progress="policy samples")

@@ -146,3 +146,37 @@ def test_candidate_summaries_split_the_rationales_by_the_candidates_answer():
     assert found["wrong answer"]["rationales"] == 2
     assert (found["wrong answer"]["written_slips"], found["wrong answer"]["slips_copied"]) == (2, 1)
     assert found["wrong answer"]["value_right"] == 1
+
+
+def test_on_policy_rows_keep_a_sample_only_where_the_rule_agrees_with_its_answer():
+    from experiments.genrm_onpolicy import candidate_aurocs, on_policy_rows
+    problem = {"question": "Ann has 19 pens and gives 13 away. She buys 11. How many now?", "answer": 17}
+    samples = ["19 - 13 = 6. Then 6 + 11 = 17. The answer is 17.",      # right: kept, critique says Yes
+               "19 - 13 = 12. Then 12 + 11 = 23. The answer is 23.",    # a slip, wrong answer: kept, No
+               "19 + 13 = 32. Then 32 + 11 = 43. The answer is 43.",    # steps hold, wrong plan: dropped
+               "19 - 13 = 5. Then 6 + 11 = 17. The answer is 17.",      # a slip, right answer: dropped
+               "She has 17 pens. The answer is 17."]                    # no step: dropped
+    rows, counts = on_policy_rows(problem, samples)
+    assert counts == {"right": 1, "wrong": 1, "dropped_steps_hold_answer_wrong": 1, "dropped_slip_answer_right": 1,
+                      "dropped_no_step": 1}
+    assert [r["task"] for r in rows] == ["verify", "verify"]
+    assert samples[0] in rows[0]["messages"][0]["content"] and samples[1] in rows[1]["messages"][0]["content"]
+    assert rows[0]["messages"][1]["content"].endswith("Yes") and rows[1]["messages"][1]["content"].endswith("No")
+    # Candidate AUROC: right answers (the first of each pair) scored above wrong ones, one tie.
+    bon = {"candidates": [[samples[0], samples[1]], [samples[0], samples[2]]],
+           "scores": {"cot": [[0.9, 0.1], [0.5, 0.5]], "direct": [[0.2, 0.8], [0.1, 0.9]], "rule": [[1, 0], [1, 1]]}}
+    found = candidate_aurocs(bon, [problem, problem])
+    assert found["candidates"] == 4 and found["right"] == 2
+    # cot: pairs (right, wrong) = (0.9>0.1) 1, (0.9>0.5) 1, (0.5>0.1) 1, (0.5=0.5) 0.5 -> 3.5 / 4
+    assert found["cot"] == pytest.approx(0.875) and found["direct"] == pytest.approx(0.0)
+    assert found["rule"] == pytest.approx(0.75)
+
+
+def test_stored_candidates_are_taken_only_for_the_same_held_out_problems(tmp_path):
+    from experiments.genrm_onpolicy import stored_candidates
+    problems = [{"question_id": 7}, {"question_id": 9}]
+    report = {"question_ids": {"test": [7, 9, 11]}, "best_of_n": {"problems": 2, "candidates": [["a"], ["b"]]}}
+    (tmp_path / "results.json").write_text(json.dumps(report))
+    assert stored_candidates(str(tmp_path / "results.json"), problems)["candidates"] == [["a"], ["b"]]
+    with pytest.raises(ValueError, match="not these 2 held-out problems"):
+        stored_candidates(str(tmp_path / "results.json"), problems[::-1])

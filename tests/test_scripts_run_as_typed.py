@@ -34,7 +34,8 @@ ENTRY_POINTS = {"train.py", "infer.py", "evaluate.py", "win_rate.py", "upload_to
                 "bench/verifier.py", "experiments/replicate.py", "experiments/probe_base.py", "embedded/build.py",
                 "experiments/bt_anchor.py", "experiments/genrm_real.py", "bench/trl_losses.py", "bench/lora_memory.py",
                 "experiments/genrm_gsm8k.py", "experiments/preference_family.py",
-                "experiments/bt_loop.py", "bench/profile_step.py"}
+                "experiments/bt_loop.py", "bench/profile_step.py", "bench/rollout_speed.py",
+                "experiments/genrm_onpolicy.py"}
 # Files with a __main__ block that are not commands.
 NOT_COMMANDS = {"embedded/task.py": "a library module whose __main__ prints sample problems; it takes no flags"}
 
@@ -89,6 +90,8 @@ SKIP = {
                                      f"runs --small)",
     "python experiments/genrm_real.py": f"four SmolLM2 verifiers and their sampled rationales, {SLOW} "
                                         f"(tests/test_genrm_real.py runs --small)",
+    "python experiments/genrm_onpolicy.py": f"a SmolLM2 verifier trained on its policy's samples, {SLOW} "
+                                            f"(its --small takes 6 min; tests/test_genrm_real.py checks its rows)",
     "python experiments/genrm_gsm8k.py": f"SmolLM2 verifiers on GSM8K and their rationales, {SLOW} "
                                          f"(tests/test_genrm_gsm8k.py runs --small)",
     "python experiments/preference_family.py": f"three LoRA runs on SmolLM2 and their held-out scoring, {SLOW} "
