@@ -97,6 +97,23 @@ def candidate_aurocs(bon: dict, problems: list[dict], modes: tuple[str, ...] = (
             for mode in modes} | {"candidates": len(labels), "right": sum(labels)}
 
 
+def paired_gains(bon: dict, problems: list[dict], ns, seed: int) -> dict:
+    """For each N, the verifier's CoT pick against the random pick, the first sample and majority
+    vote on the same problems: the mean per-problem difference in accuracy with its bootstrap 95%
+    interval (the problems resampled together, which the per-method intervals ignore)."""
+    from extension.selection import selection_outcomes
+    from win_stats import bootstrap_interval
+    out = {}
+    for n in ns:
+        found = selection_outcomes([{"answers": [answer_of(c) for c in cs[:n]], "gold": str(p["answer"]),
+                                     "scores": sc[:n]} for p, cs, sc in zip(problems, bon["candidates"], bon["scores"]["cot"])])
+        out[n] = {}
+        for base in ("random", "first", "majority"):
+            d = [v - b for v, b in zip(found["verifier"], found[base])]
+            out[n][base] = {"gain": sum(d) / len(d), "ci95": list(bootstrap_interval(d, seed=seed))}
+    return out
+
+
 def stored_candidates(path: str, problems: list[dict]) -> dict:
     """A genrm_real report's best-of-N candidates and its verifier's scores, checked to be of the
     same held-out problems in the same order."""
@@ -125,6 +142,9 @@ def markdown(r: dict) -> str:
              "|---" * (len(BON_METHODS) + 1) + "|"]
     for n, t in bon["table"].items():
         lines.append(f"| {n} | " + " | ".join(f"{t[m]['accuracy']:.3f} {_ci(t[m])}" for m in BON_METHODS) + " |")
+    lines += ["", "The CoT pick's gain over each baseline, paired on the same problems [95%]: " + "; ".join(
+        f"N = {n}: " + ", ".join(f"{b} {g['gain']:+.3f} {_ci(g)}" for b, g in gains.items())
+        for n, gains in r["paired_gains"].items()) + "."]
     if "policy_as_verifier" in r:
         old = r["policy_as_verifier"]
         lines += ["", f"The policy's own scores of the same candidates ({r['candidates_from']}): candidate-level AUROC " +
@@ -181,7 +201,8 @@ def run(small: bool, out: str, policy_out: str, seed: int, argv: list[str], cand
               "commit": git_commit(), "command": f"python experiments/genrm_onpolicy.py {shlex.join(argv)}",
               "policy": policy, "data": {**counts, "bundled_rows": len(bundled), "on_policy_rows": len(extra)},
               "train_samples": samples, "commands": commands, "stage_seconds": seconds, "models": evaluation,
-              "candidate_auroc": candidate_aurocs(bon, held_out), "best_of_n": bon, **extra_report,
+              "candidate_auroc": candidate_aurocs(bon, held_out), "best_of_n": bon,
+              "paired_gains": paired_gains(bon, held_out, s["ns"], seed), **extra_report,
               "wall_minutes": (time.perf_counter() - began) / 60}
     write_report(out, report, markdown(report))
     return 0

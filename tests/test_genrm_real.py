@@ -180,3 +180,16 @@ def test_stored_candidates_are_taken_only_for_the_same_held_out_problems(tmp_pat
     assert stored_candidates(str(tmp_path / "results.json"), problems)["candidates"] == [["a"], ["b"]]
     with pytest.raises(ValueError, match="not these 2 held-out problems"):
         stored_candidates(str(tmp_path / "results.json"), problems[::-1])
+
+
+def test_paired_gains_are_the_mean_per_problem_difference():
+    from experiments.genrm_onpolicy import paired_gains
+    problems = [{"answer": 5}, {"answer": 6}]
+    # Problem 1: the verifier picks the right second candidate (first sample wrong, random 1/2);
+    # problem 2: it picks the wrong first one (first wrong, random 1/2, majority "7" wrong).
+    bon = {"candidates": [["The answer is 4.", "The answer is 5."], ["The answer is 7.", "The answer is 6."]],
+           "scores": {"cot": [[0.1, 0.9], [0.8, 0.2]]}}
+    gains = paired_gains(bon, problems, (2,), seed=0)[2]
+    assert gains["random"]["gain"] == pytest.approx(0.0)          # (1 - 0.5 + 0 - 0.5) / 2
+    assert gains["first"]["gain"] == pytest.approx(0.5)           # (1 - 0 + 0 - 0) / 2
+    assert gains["first"]["ci95"] == [0.0, 1.0]                   # resampling two problems: 0, 0.5 or 1
