@@ -59,6 +59,8 @@ SKIP = {
     "python bench/trl_losses.py": "needs TRL (bench/requirements.txt, not the trainer's); "
                                   "tests/test_loss_preference.py runs the same comparison where it is installed",
     "python bench/profile_step.py": f"a benchmark: SmolLM2 training steps under torch.profiler, {SLOW}",
+    "python bench/rollout_speed.py": f"a benchmark: SmolLM2 rollouts sampled five ways, {SLOW} "
+                                     f"(tests/test_bench_run.py runs it on a tiny model)",
     "python bench/compile.py": f"a benchmark: compiles the training step of two models, {SLOW} (bench/README.md)",
     "python bench/lora_memory.py": f"a benchmark: DPO steps on the real model in four processes, {SLOW} "
                                    f"(tests/test_bench_lora.py runs it on the bundled model)",
