@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--warmup must be at least 1: the first step compiles.")
     from bench import run as bench_run
     from bench import workloads
-    folder = tempfile.mkdtemp(prefix="bench-compile-")
+    folder = workloads.scratch_folder("bench-compile-")
     paths = {"bundled": os.path.join(REPO, "embedded", "model")}
     if "qwen-vocab" in args.models:
         workloads.build_model(argparse.Namespace(model="random", vocab=151936, hidden=256, layers=4, max_length=args.max_length,

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 from bench.run import parse_args, run_ours  # noqa: E402
-from bench.workloads import build_model  # noqa: E402
+from bench.workloads import build_model, scratch_folder  # noqa: E402
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
            "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::linear_backward")
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     args.threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    folder = tempfile.mkdtemp(prefix="bench-profile-")
+    folder = scratch_folder("bench-profile-")
     build_model(args, folder)
     for workload in [w for w in args.workloads.split(",") if w]:
         rows = profile(workload, args, folder)

@@ -36,7 +36,6 @@ import contextlib
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 # `python <folder>/<script>.py` puts <folder>/ on sys.path, not the repository root that holds storage.py & co.
@@ -45,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 from bench.run import parse_args  # noqa: E402 - after the path bootstrap above
-from bench.workloads import bench_tokenizer, build_model, tokenized_rows, write_json  # noqa: E402
+from bench.workloads import bench_tokenizer, build_model, scratch_folder, tokenized_rows, write_json  # noqa: E402
 
 VARIANTS = ("ours", "default", "per-prompt", "one-call", "static-cache")
 
@@ -80,7 +79,7 @@ def measure(args) -> list[dict]:
     import torch
 
     from models import load_causal_lm
-    folder = tempfile.mkdtemp(prefix="bench-rollouts-")
+    folder = scratch_folder("bench-rollouts-")
     build_model(args, folder)
     tokenizer = bench_tokenizer(args, folder)
     model = load_causal_lm(os.path.join(folder, "lm")).eval()

@@ -76,7 +76,7 @@ if REPO not in sys.path:
 from bench.grpo_side import run_ours_grpo, run_trl_grpo  # noqa: E402 - after the path bootstrap above
 from bench.trl_side import run_trl, trl_available  # noqa: E402
 from bench.workloads import (MODELS, bench_tokenizer, build_model, counts_of, our_config, tokenized_rows,  # noqa: E402
-                             write_json)
+                             scratch_folder, write_json)
 
 WORKLOADS = ("sft", "dpo", "bt", "grpo")
 CONFIGS = {**{w: ("ours", "ours-packed", "trl-default", "trl-best") for w in ("sft", "dpo", "bt")},
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--workloads takes {', '.join(WORKLOADS)} and --sides ours, trl.")
     if "trl" in sides and not trl_available():
         raise SystemExit("--sides trl needs TRL: pip install -r bench/requirements.txt (or pass --sides ours).")
-    folder = tempfile.mkdtemp(prefix="bench-model-")
+    folder = scratch_folder("bench-model-")
     build_model(args, folder)
     from transformers import AutoModelForCausalLM
     lm = AutoModelForCausalLM.from_pretrained(os.path.join(folder, "lm"))

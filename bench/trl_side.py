@@ -5,10 +5,9 @@ batch alike (see bench/run.py).
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
-from bench.workloads import bench_tokenizer, our_config, tokenized_rows
+from bench.workloads import bench_tokenizer, our_config, scratch_folder, tokenized_rows
 
 
 def trl_available() -> bool:
@@ -38,7 +37,7 @@ def common_args(args, variant: str) -> dict:
     """The TrainingArguments every TRL configuration shares with our side: --warmup + --steps optimizer steps,
     AdamW at a constant --lr without weight decay, gradient norm clipped to 1.0, --precision, on the CPU;
     trl-best turns TRL's activation checkpointing off."""
-    return dict(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=args.batch_size,
+    return dict(output_dir=scratch_folder("bench-trl-"), per_device_train_batch_size=args.batch_size,
                 max_steps=args.warmup + args.steps, learning_rate=args.lr, lr_scheduler_type="constant",
                 warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", report_to="none",
                 save_strategy="no", logging_steps=1, use_cpu=True, dataloader_num_workers=0, seed=args.seed,

@@ -115,3 +115,14 @@ def write_json(path: str, args, rows: list[dict], **extra) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"settings": {k: v for k, v in vars(args).items() if k not in ("json", "worker")},
                    **extra, "rows": rows}, f, indent=1)
+
+
+def scratch_folder(prefix: str) -> str:
+    """A temporary folder for the models a benchmark saves (a GB or more for SmolLM2, more for
+    Qwen2.5-0.5B), removed when this process exits; the worker processes it starts end first."""
+    import atexit
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, True)
+    return folder

@@ -48,7 +48,7 @@ from experiments.genrm_real import (LAMBDAS, best_of_n, cached, verifier_command
                                     with_auroc_intervals)
 from experiments.genrm_report import COMPUTE_LAMBDA, _ci, _commands, verification_table  # noqa: E402
 from experiments.real_prefs import START, git_commit  # noqa: E402
-from experiments.stages import run_stage, write_report  # noqa: E402
+from experiments.stages import experiment_parser, run_stage, write_report  # noqa: E402
 from extension.critique_files import verification_rows  # noqa: E402
 from shared_flags import SEED  # noqa: E402
 
@@ -201,9 +201,7 @@ def run(small: bool, out: str | None, seed: int, argv: list[str], *, lambdas: tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--small", action="store_true", help="every stage on a few rows and steps (what CI runs)")
+    p = experiment_parser(__doc__)
     p.add_argument("--out", default=None, help="output folder; None: runs/genrm-gsm8k[-small]")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS),

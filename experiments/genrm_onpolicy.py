@@ -30,7 +30,6 @@ Writes results.json (the data counts, every sample, score and pick) and results.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -47,7 +46,7 @@ from experiments.genrm_real import (SETTINGS, answer_of, best_of_n, cached, eval
                                     verifier_rows, write_data)
 from experiments.genrm_report import BON_METHODS, COMPUTE_LAMBDA, _ci, verification_table  # noqa: E402
 from experiments.real_prefs import git_commit  # noqa: E402
-from experiments.stages import run_stage, write_report  # noqa: E402
+from experiments.stages import experiment_parser, run_stage, write_report  # noqa: E402
 from shared_flags import SEED  # noqa: E402
 
 SAMPLES_PER_PROBLEM = 4
@@ -209,9 +208,7 @@ def run(small: bool, out: str, policy_out: str, seed: int, argv: list[str], cand
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--small", action="store_true", help="every stage on a few rows and steps (what CI runs)")
+    p = experiment_parser(__doc__, "every stage on a few rows and steps (about 6 min; CI tests its parts)")
     p.add_argument("--out", default="runs/genrm-onpolicy", help="output folder")
     p.add_argument("--policy-out", default=None,
                    help="genrm_real's output folder, whose lambda 0.1 verifier is the policy (trained there if "

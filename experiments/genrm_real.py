@@ -57,7 +57,7 @@ if REPO not in sys.path:
 import storage  # noqa: E402
 from experiments.real_prefs import START, common_args, git_commit  # noqa: E402
 from experiments.genrm_report import AUROC_SHARE, COMPUTE_LAMBDA, figures, markdown  # noqa: E402
-from experiments.stages import run_stage, write_report  # noqa: E402
+from experiments.stages import experiment_parser, run_stage, write_report  # noqa: E402
 from extension.critiques import STYLES  # noqa: E402
 from shared_flags import SEED  # noqa: E402
 
@@ -353,9 +353,7 @@ def run(small: bool, out: str | None, seed: int, argv: list[str], *, overrides: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--small", action="store_true", help="every stage on a few rows and steps (what CI runs)")
+    p = experiment_parser(__doc__)
     p.add_argument("--out", default=None, help="output folder; None: runs/genrm-real[-small]")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--train-problems", type=int, default=None, help="training problems; None: the setting's")

@@ -3,9 +3,11 @@ runs, and a stage whose run folder already holds a finished run of the same comm
 reused, so an interrupted experiment continues where it stopped.
 
     seconds = run_stage("sft", ["--training-type", "sft", ..., "--storage-path", out], out)
+    p = experiment_parser(__doc__)          # an experiment's command line, with --small
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import subprocess
@@ -53,3 +55,12 @@ def write_report(out: str, report: dict, table: str) -> None:
     storage.write_text_atomic(storage.join(out, "results.md"), table)
     print(table)
     print(f"Report: {storage.join(out, 'results.md')} and results.json; figures in {storage.join(out, 'figures')}.")
+
+
+def experiment_parser(doc: str, small_help: str = "every stage on a few rows and steps (what CI runs)"
+                      ) -> argparse.ArgumentParser:
+    """An experiment's command line: its docstring's first line as the description, defaults
+    shown, and --small (its few-rows setting)."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--small", action="store_true", help=small_help)
+    return p
