@@ -34,7 +34,6 @@ def worker(spec: dict) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
-    from bench import run as bench_run
     from bench import workloads
     from collate_functions import SFTCollator
     from flags import parse_config, resolve
@@ -61,7 +60,7 @@ def worker(spec: dict) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             compiled.append(counters["stats"]["unique_graphs"] > graphs[0])
     loader = torch.utils.data.DataLoader(rows, batch_size=spec["batch_size"], shuffle=False, collate_fn=collator)
-    times = bench_run.fit_timed(module, loader, steps, callbacks=[Graphs()])["times"]
+    times = workloads.fit_timed(module, loader, steps, callbacks=[Graphs()])["times"]
     return {"first_s": times[0], "graphs": counters["stats"]["unique_graphs"], "times": times, "compiled": compiled}
 
 

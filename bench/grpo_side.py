@@ -39,7 +39,7 @@ import os
 import time
 
 from bench.trl_side import common_args, train_timed
-from bench.workloads import bench_tokenizer, our_config, tokenized_rows
+from bench.workloads import bench_tokenizer, fit_timed, our_config, tokenized_rows
 
 # Our --loss-aggregation -> the TRL loss_type with the same normaliser (see above); the bench runs our default.
 # ("sequence", summed over a completion's tokens and averaged over completions, has the form of TRL's "luspo",
@@ -74,7 +74,6 @@ def run_ours_grpo(workload: str, variant: str, args, folder: str) -> dict:
     import torch
 
     import rollouts
-    from bench.run import fit_timed         # here, not at the top: bench/run.py imports this module
     from collate_functions import PromptCollator
     from losses.labels import IGNORE_INDEX
     from models import load_causal_lm

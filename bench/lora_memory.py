@@ -97,7 +97,7 @@ def worker(spec: dict) -> dict:
     import torch
 
     import adapters
-    from bench.run import fit_timed
+    from bench.workloads import fit_timed
     from bench.workloads import tokenized_rows
     from collate_functions import PreferenceCollator
     from models import load_causal_lm, load_tokenizer

@@ -75,37 +75,14 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 from bench.grpo_side import run_ours_grpo, run_trl_grpo  # noqa: E402 - after the path bootstrap above
 from bench.trl_side import run_trl, trl_available  # noqa: E402
-from bench.workloads import (MODELS, bench_tokenizer, build_model, counts_of, our_config, tokenized_rows,  # noqa: E402
-                             scratch_folder, write_json)
+from bench.workloads import (MODELS, bench_tokenizer, build_model, counts_of, fit_timed, our_config,  # noqa: E402
+                             scratch_folder, tokenized_rows, write_json)
 
 WORKLOADS = ("sft", "dpo", "bt", "grpo")
 CONFIGS = {**{w: ("ours", "ours-packed", "trl-default", "trl-best") for w in ("sft", "dpo", "bt")},
            "grpo": ("ours", "trl-default", "trl-best")}
 # Model FLOPs per token and parameter: forward and backward; grpo's rollout adds a forward.
 PASSES = {"grpo": 8}
-
-
-def fit_timed(module, loader, steps: int, callbacks=()) -> dict:
-    """`steps` real training steps of `module` on `loader`'s batches (lightning.Trainer, CPU, no
-    logger, checkpoint or validation): each step's wall and CPU seconds, start hook to end hook,
-    and its train/loss."""
-    import lightning as L
-    times, cpu_times, losses, start = [], [], [], [0.0, 0.0]
-
-    class Timer(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            start[:] = time.perf_counter(), time.process_time()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            times.append(time.perf_counter() - start[0])
-            cpu_times.append(time.process_time() - start[1])
-            losses.append(float(trainer.callback_metrics["train/loss"]))
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, precision=module.config.model.precision,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                        callbacks=[Timer(), *callbacks])
-    trainer.fit(module, loader)
-    return {"times": times, "cpu_times": cpu_times, "losses": losses}
 
 
 def run_ours(workload: str, variant: str, args, folder: str, callbacks=()) -> dict:

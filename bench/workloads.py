@@ -1,6 +1,6 @@
 """The benchmarks' shared work: the models both sides load (random Qwen2 shapes or SmolLM2), the hh-rlhf
 rows tokenised as train.py does, our side's train.py config, and the token counts of a batch.
-bench/run.py, bench/compile.py and bench/rollout_speed.py time what these build.
+bench/run.py, bench/compile.py and bench/rollout_speed.py time what these build (fit_timed: our side's steps).
 """
 from __future__ import annotations
 
@@ -126,3 +126,28 @@ def scratch_folder(prefix: str) -> str:
     folder = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, folder, True)
     return folder
+
+
+def fit_timed(module, loader, steps: int, callbacks=()) -> dict:
+    """`steps` real training steps of `module` on `loader`'s batches (lightning.Trainer, CPU, no
+    logger, checkpoint or validation): each step's wall and CPU seconds, start hook to end hook,
+    and its train/loss."""
+    import time
+
+    import lightning as L
+    times, cpu_times, losses, start = [], [], [], [0.0, 0.0]
+
+    class Timer(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            start[:] = time.perf_counter(), time.process_time()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            times.append(time.perf_counter() - start[0])
+            cpu_times.append(time.process_time() - start[1])
+            losses.append(float(trainer.callback_metrics["train/loss"]))
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, precision=module.config.model.precision,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        callbacks=[Timer(), *callbacks])
+    trainer.fit(module, loader)
+    return {"times": times, "cpu_times": cpu_times, "losses": losses}

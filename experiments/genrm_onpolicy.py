@@ -42,8 +42,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import storage  # noqa: E402
-from experiments.genrm_real import (SETTINGS, answer_of, best_of_n, cached, evaluate_model, verifier_command,  # noqa: E402
-                                    verifier_rows, write_data)
+from experiments.genrm_real import (SETTINGS, answer_of, best_of_n, cached, evaluate_model, solutions,  # noqa: E402
+                                    verifier_command, verifier_rows, with_auroc_intervals, write_data)
 from experiments.genrm_report import BON_METHODS, COMPUTE_LAMBDA, _ci, verification_table  # noqa: E402
 from experiments.real_prefs import git_commit  # noqa: E402
 from experiments.stages import experiment_parser, run_stage, write_report  # noqa: E402
@@ -186,7 +186,6 @@ def run(small: bool, out: str, policy_out: str, seed: int, argv: list[str], cand
     verifier = storage.join(out, name)
     evaluation = {"on-policy verifier": cached(storage.join(out, "eval", "on_policy.json"),
                                                lambda: evaluate_model(verifier, parts, s, seed))}
-    from experiments.genrm_real import solutions, with_auroc_intervals
     with_auroc_intervals(evaluation, solutions(parts["test"])[1], solutions(parts["test"][:s["cot_problems"]])[1], seed)
     held_out = parts["test"][:s["bon_problems"]]
     extra_report = {}
