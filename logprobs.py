@@ -177,6 +177,45 @@ def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     return out.masked_scatter(mask, picked)
 
 
+def last_logits(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
+    """(N, V) float32 next-token logits after each token-id row's last token, without gradients.
+
+    The head runs on those N positions only (the full logits of 32 rationales of 300 tokens
+    would be 1.9 GB), and the longest token prefix that all rows share runs once, its KV cache
+    repeated for every row: a verifier's K rationales of one solution share its prompt, which
+    is most of each row. Models without a separate head (uses_chunked_head) run each row whole.
+    """
+    device = next(model.parameters()).device
+    chunked = uses_chunked_head(model)
+    shared = 0
+    if chunked and len(rows) > 1:      # the prefix leaves each row at least one token of its own
+        limit = min(len(r) for r in rows) - 1
+        while shared < limit and all(r[shared] == rows[0][shared] for r in rows):
+            shared += 1
+    tails = [r[shared:] for r in rows]
+    longest = max(len(t) for t in tails)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, tail in enumerate(tails):          # right padding: each row's last real position is read
+        input_ids[i, :len(tail)] = torch.tensor(tail)
+        attention_mask[i, :len(tail)] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    picked = (torch.arange(len(rows), device=device), torch.tensor([len(t) - 1 for t in tails], device=device))
+    with torch.no_grad():
+        if not chunked:
+            return model(input_ids=input_ids, attention_mask=attention_mask).logits[picked].float()
+        decoder, head = _parts(model)
+        extra = {}
+        if shared:
+            cache = decoder(input_ids=torch.tensor([rows[0][:shared]], device=device), use_cache=True).cache
+            cache.batch_repeat_interleave(len(rows))
+            extra = dict(cache=cache, position_ids=shared + torch.arange(longest, device=device).expand(len(rows), -1))
+            attention_mask = torch.cat([attention_mask.new_ones(len(rows), shared), attention_mask], dim=1)
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=bool(shared),
+                         **extra).last_hidden_state
+        return head(hidden[picked]).float()
+
+
 def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) float32 sums of token_logps over each row's labelled tokens (0 for none)."""

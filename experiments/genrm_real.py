@@ -68,7 +68,8 @@ DEFAULT_STYLES = ("check", "inverse")   # the first at every lambda, the second 
 SETTINGS = {
     # Measured on 2 CPU cores (2026-12-04): a training step of 8 rows (~180 tokens each, padded to
     # the longest) takes ~7 s (10.5 min a verifier of 240 problems: 80 verified only 0.56 to 0.59),
-    # a trained model's evaluation ~4 min, 32 rationales of a solution ~15 s, 8 policy samples
+    # a trained model's evaluation ~4 min, 32 rationales of a solution ~21 s (31 s before p(Yes) shared the
+    # prompt's KV cache, 2026-12-07), 8 policy samples
     # and their CoT scores (K = 1) ~1 s a problem. The pool is 50 held-out and 20 validation solutions
     # (12 and 6 until 2026-12-07: too few to judge adaptive compute's 98% bar), best-of-N's K is 4
     # (1 until then: a candidate-level AUROC of 0.61).

@@ -27,6 +27,7 @@ import torch
 from tokenization import render
 from extension.critiques import QUESTION, direct_prompt, verification_prompt
 from generation import generate_completions, generate_replies, progress_bar
+from logprobs import last_logits
 
 def _first_difference(tokenizer, text: str, yes: str, no: str) -> tuple[list[int], int, int]:
     """Token ids of `text` up to where its "yes" and "no" continuations part, and the
@@ -45,16 +46,8 @@ def _first_difference(tokenizer, text: str, yes: str, no: str) -> tuple[list[int
 def p_yes(model, tokenizer, texts: list[str], yes: str = " Yes", no: str = " No") -> list[float]:
     """r = p(yes) / (p(yes) + p(no)) for the answer that follows each text."""
     parts = [_first_difference(tokenizer, t, yes, no) for t in texts]
-    device = next(model.parameters()).device
-    longest = max(len(ids) for ids, _, _ in parts)
-    input_ids = torch.full((len(parts), longest), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, (ids, _, _) in enumerate(parts):          # right padding: each row's last real position is read
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        attention_mask[i, :len(ids)] = 1
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float()
-    last = torch.tensor([len(ids) - 1 for ids, _, _ in parts], device=device)
-    rows = logits[torch.arange(len(parts), device=device), last]                   # (N, V)
+    rows = last_logits(model, [ids for ids, _, _ in parts], tokenizer.pad_token_id)   # (N, V)
+    device = rows.device
     yes_ids = torch.tensor([y for _, y, _ in parts], device=device)
     no_ids = torch.tensor([n for _, _, n in parts], device=device)
     margin = rows.gather(1, yes_ids[:, None])[:, 0] - rows.gather(1, no_ids[:, None])[:, 0]

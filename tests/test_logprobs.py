@@ -154,3 +154,21 @@ def test_packed_rows_equal_unpacked_rows_values_and_gradients(model):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for name, value in grads(model).items():
         torch.testing.assert_close(value, want_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_last_logits_with_a_shared_prefix_equal_each_row_run_alone(model):
+    """Three rows sharing a 9-token prefix (run once, its KV cache repeated) and of different
+    lengths after it, and two rows sharing none: each row's last logits equal those of the row
+    run alone through the model's own forward."""
+    model.eval()
+    g = torch.Generator().manual_seed(3)
+    prefix = torch.randint(3, 1129, (9,), generator=g).tolist()
+    shared = [prefix + torch.randint(3, 1129, (n,), generator=g).tolist() for n in (1, 5, 3)]
+    apart = [[7, 8, 9, 10], [11, 12]]
+    for rows in (shared, apart):
+        with torch.no_grad():
+            alone = torch.stack([model(input_ids=torch.tensor([r])).logits[0, -1] for r in rows])
+        got = logprobs.last_logits(model, rows, pad_id=0)
+        assert got.shape == alone.shape
+        torch.testing.assert_close(got, alone, rtol=1e-4, atol=1e-4)
+    assert logprobs.uses_chunked_head(model)     # so the shared-prefix path is the one checked
