@@ -158,9 +158,10 @@ def markdown(r: dict) -> str:
 
 
 def run(small: bool, out: str, policy_out: str, seed: int, argv: list[str], candidates_from: str | None = None,
-        bon_k: int | None = None) -> int:
+        bon_k: int | None = None, bon_problems: int | None = None) -> int:
     began = time.perf_counter()
-    s = {**SETTINGS["small" if small else "real"], **({"bon_k": bon_k} if bon_k else {})}
+    s = {**SETTINGS["small" if small else "real"], **({"bon_k": bon_k} if bon_k else {}),
+         **({"bon_problems": bon_problems} if bon_problems else {})}
     out, policy_out = (p if "://" in p else os.path.abspath(p) for p in (out, policy_out))
     parts = write_data(s, policy_out)        # genrm_real's data, where its policy stage expects it
     policy_name = f"verifier_lambda{COMPUTE_LAMBDA}"
@@ -217,9 +218,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="a genrm_real results.json whose best-of-N candidates (the same held-out problems) are "
                         "scored instead of sampling them again; its verifier's scores are shown beside")
     p.add_argument("--bon-k", type=int, default=None, help="rationales a candidate in CoT mode; None: the setting's")
+    p.add_argument("--bon-problems", type=int, default=None,
+                   help="held-out problems for best-of-N, the first of genrm_real's held-out part (at most its "
+                        "size); None: the setting's")
     args = p.parse_args(argv)
+    held_out = SETTINGS["small" if args.small else "real"]["test"]
+    if args.bon_problems is not None and not 1 <= args.bon_problems <= held_out:
+        p.error(f"--bon-problems must be between 1 and the held-out part's {held_out} problems (got {args.bon_problems})")
     return run(args.small, args.out, args.policy_out or args.out, args.seed,
-               list(sys.argv[1:] if argv is None else argv), args.candidates_from, args.bon_k)
+               list(sys.argv[1:] if argv is None else argv), args.candidates_from, args.bon_k, args.bon_problems)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,10 @@ from shared_flags import SEED  # noqa: E402
 
 PROBLEMS = os.path.join(REPO, "embedded", "data", "problems")
 LAMBDAS = (0.0, 0.1, 1.0)
-TAUS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+# The seed's tau is 0.05. A trained verifier's p(Yes) sits near 0 or 1, so a round of 8's variance is
+# about d(8-d)/64 with d dissenting rationales: 0.109 for one, 0.19 for two, 0.23 for three. Every tau
+# below 0.1 stops only on a unanimous round; 0.1 and 0.2 (added 2026-12-07) let one or two dissents stop.
+TAUS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 DEFAULT_STYLES = ("check", "inverse")   # the first at every lambda, the second at COMPUTE_LAMBDA
 SETTINGS = {
     # Measured on 2 CPU cores (2026-12-04): a training step of 8 rows (~180 tokens each, padded to
@@ -223,9 +226,10 @@ def compute_study(model_path: str, parts: dict, s: dict, seed: int) -> dict:
     return out
 
 
-def compute_tables(pool: dict, s: dict) -> dict:
+def compute_tables(pool: dict, s: dict, seed: int = SEED) -> dict:
     """Fixed K and adaptive rows on the held-out pool, tau chosen on the validation pool, and
     the spread of Var(p_yes) after the first round."""
+    from extension.selection import auroc_interval, auroc_ratio_interval
     from extension.verifier import pool_study
     study = {part: pool_study(pool[part]["scores"], pool[part]["labels"], s["ks"], TAUS, k_min=s["k_min"],
                               step=s["step"]) for part in ("test", "val")}
@@ -233,13 +237,16 @@ def compute_tables(pool: dict, s: dict) -> dict:
     good = [r for r in study["val"] if "tau" in r and r["auroc"] >= AUROC_SHARE * full["val"]["auroc"]]
     chosen = min(good, key=lambda r: (r["mean_k"], -r["tau"]))["tau"] if good else None
     per = pool["test"]["seconds_per_rationale"]
+    labels = pool["test"]["labels"]
     for row in study["test"]:
         row["share_of_kmax"] = row["mean_k"] / max(s["ks"])
         row["auroc_share"] = row["auroc"] / full["test"]["auroc"] if full["test"]["auroc"] else float("nan")
+        row["auroc_ci95"] = list(auroc_interval(row["scores"], labels, seed=seed))
+        row["auroc_share_ci95"] = list(auroc_ratio_interval(row["scores"], full["test"]["scores"], labels, seed=seed))
         row["seconds"] = row["mean_k"] * per * len(pool["test"]["labels"])      # rationales x their measured cost
     first = [sum((x - sum(p[:s["k_min"]]) / s["k_min"]) ** 2 for x in p[:s["k_min"]]) / s["k_min"]
              for p in pool["test"]["scores"]]
-    cuts = (0.001, 0.01, 0.05, 0.1)
+    cuts = (0.001, 0.01, 0.05, 0.1, 0.2)
     return {"test": study["test"], "val": study["val"], "tau_chosen_on_val": chosen,
             "first_round_variance": {"values": first, "share_below": {c: sum(v < c for v in first) / len(first)
                                                                       for c in cuts}}}
@@ -343,7 +350,7 @@ def run(small: bool, out: str | None, seed: int, argv: list[str], *, overrides: 
             raise ValueError(f"--lambdas: the compute and best-of-N studies use the lambda {COMPUTE_LAMBDA} verifier; "
                              f"add {COMPUTE_LAMBDA} or pass --verification-only")
         pool = cached(storage.join(out, "eval", "pool.json"), lambda: compute_study(verifier, parts, s, seed))
-        report.update(compute=compute_tables(pool, s), pool=pool)
+        report.update(compute=compute_tables(pool, s, seed), pool=pool)
         if with_best_of_n:
             report["best_of_n"] = best_of_n(verifier, parts, s, seed, out)
     report["wall_minutes"] = (time.perf_counter() - began) / 60

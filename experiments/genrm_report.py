@@ -55,11 +55,12 @@ def markdown(r: dict) -> str:
               f"{2 * s['pool_test']} held-out solutions, a pool of {max(s['ks'])} rationales each; adaptive: "
               f"rounds of {s['step']} from {s['k_min']}, stopping once Var(p_yes) < tau. Wall time: the rationales "
               "times their measured cost.", "",
-              "| method | mean K | share of K_max | AUROC | share of K_max's AUROC | accuracy | wall time (s) |",
-              "|---|---|---|---|---|---|---|"]
+              "| method | mean K | share of K_max | AUROC [95%] | share of K_max's AUROC [95%, paired] | accuracy | "
+              "wall time (s) |", "|---|---|---|---|---|---|---|"]
     for row in comp["test"]:
-        lines.append(f"| {row['method']} | {row['mean_k']:.1f} | {row['share_of_kmax']:.2f} | {row['auroc']:.3f} | "
-                     f"{row['auroc_share']:.3f} | {row['accuracy']:.3f} | {row['seconds']:.0f} |")
+        lines.append(f"| {row['method']} | {row['mean_k']:.1f} | {row['share_of_kmax']:.2f} | {row['auroc']:.3f} "
+                     f"{_ci(row, 'auroc_ci95')} | {row['auroc_share']:.3f} {_ci(row, 'auroc_share_ci95')} | "
+                     f"{row['accuracy']:.3f} | {row['seconds']:.0f} |")
     below = comp["first_round_variance"]["share_below"]
     lines += ["", f"Var(p_yes) after the first round of {s['k_min']}: share of solutions below " +
               ", ".join(f"{c}: {v:.2f}" for c, v in below.items()) +

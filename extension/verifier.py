@@ -162,13 +162,14 @@ def pool_study(pool: list[list[float]], labels: list[bool], ks: tuple[int, ...],
                k_min: int, step: int) -> list[dict]:
     """Fixed K against adaptive compute on a pool of scores (cot_pool): fixed K = n scores each
     solution by its first n; adaptive (adaptive_verify, up to the pool's size) takes rounds from
-    the pool in order. One row a method: mean rationales, AUROC and accuracy (score > 0.5)."""
+    the pool in order. One row a method: mean rationales, AUROC, accuracy (score > 0.5) and each
+    solution's score."""
     from extension.selection import auroc
 
     def row(method, results):
         scores = [r.score for r in results]
         return {"method": method, "mean_k": sum(r.k for r in results) / len(results), "auroc": auroc(scores, labels),
-                "accuracy": sum((x > 0.5) == y for x, y in zip(scores, labels)) / len(labels)}
+                "accuracy": sum((x > 0.5) == y for x, y in zip(scores, labels)) / len(labels), "scores": scores}
 
     def drawn(scores):
         it = iter(scores)

@@ -49,7 +49,8 @@ def test_the_pool_study_matches_a_hand_computation():
     rows = {r["method"]: r for r in pool_study(pool, labels, ks=(2, 4, 8), taus=(0.05, 0.5), k_min=2, step=2)}
     assert set(rows) == {"fixed K=2", "fixed K=4", "adaptive tau=0.05", "adaptive tau=0.5"}   # K=8 > the pool
     # Fixed K=2: 0.9 against 0.5, both right (0.9 > 0.5 is Yes; 0.5 is not above 0.5: No).
-    assert rows["fixed K=2"] == {"method": "fixed K=2", "mean_k": 2, "auroc": 1.0, "accuracy": 1.0}
+    assert rows["fixed K=2"] == {"method": "fixed K=2", "mean_k": 2, "auroc": 1.0, "accuracy": 1.0,
+                                 "scores": pytest.approx([0.9, 0.5])}
     # Fixed K=4: 0.85 against 0.4.
     assert rows["fixed K=4"]["auroc"] == 1.0 and rows["fixed K=4"]["mean_k"] == 4
     # tau 0.05: the first pair's variance is 0 (stops at 2), the second's 0.16 (goes on to 4).
@@ -72,7 +73,7 @@ def test_compute_tables_choose_tau_on_validation_and_count_the_first_round_varia
     assert tables["tau_chosen_on_val"] == max(genrm_real.TAUS)
     first = tables["first_round_variance"]
     assert first["values"] == pytest.approx([0.0, 0.16])
-    assert first["share_below"] == {0.001: 0.5, 0.01: 0.5, 0.05: 0.5, 0.1: 0.5}
+    assert first["share_below"] == {0.001: 0.5, 0.01: 0.5, 0.05: 0.5, 0.1: 0.5, 0.2: 1.0}
     fixed4 = next(r for r in tables["test"] if r["method"] == "fixed K=4")
     assert fixed4["share_of_kmax"] == 1.0 and fixed4["seconds"] == 4 * 2.0 * 2 and fixed4["auroc_share"] == 1.0
 
@@ -193,3 +194,12 @@ def test_paired_gains_are_the_mean_per_problem_difference():
     assert gains["random"]["gain"] == pytest.approx(0.0)          # (1 - 0.5 + 0 - 0.5) / 2
     assert gains["first"]["gain"] == pytest.approx(0.5)           # (1 - 0 + 0 - 0) / 2
     assert gains["first"]["ci95"] == [0.0, 1.0]                   # resampling two problems: 0, 0.5 or 1
+
+
+def test_bon_problems_beyond_the_held_out_part_are_refused(capsys):
+    from experiments import genrm_onpolicy
+    for value, held_out in (("101", 100), ("0", 100), ("4", 3)):
+        with pytest.raises(SystemExit):
+            genrm_onpolicy.main(["--bon-problems", value, *(["--small"] if held_out == 3 else [])])
+        assert f"--bon-problems must be between 1 and the held-out part's {held_out} problems (got {value})" \
+            in capsys.readouterr().err

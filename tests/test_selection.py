@@ -63,3 +63,28 @@ def test_auroc_interval_brackets_the_auroc_and_matches_a_hand_bootstrap():
     # Perfectly separated scores stay at 1 in every draw; one class alone has no interval.
     assert auroc_interval([0.9, 0.8, 0.1], [True, True, False]) == (1.0, 1.0)
     assert all(np.isnan(auroc_interval([0.9, 0.8], [True, True])))
+
+
+def test_auroc_ratio_interval_matches_a_hand_paired_bootstrap():
+    """Two methods scored on the same 3 positives and 3 negatives: each draw resamples the items
+    once and scores both on it (the same draws as auroc_interval's), the ratio's percentiles."""
+    from extension.selection import auroc_ratio_interval
+    from win_stats import BOOTSTRAP_RESAMPLES
+    import numpy as np
+    labels = [True, True, True, False, False, False]
+    a, b = [0.9, 0.8, 0.4, 0.7, 0.3, 0.1], [0.9, 0.2, 0.6, 0.5, 0.3, 0.1]
+    low, high = auroc_ratio_interval(a, b, labels, seed=5)
+    rng, ratios = np.random.default_rng(5), []
+    for start in range(0, BOOTSTRAP_RESAMPLES, 200):
+        n = min(200, BOOTSTRAP_RESAMPLES - start)
+        ps, ns = rng.integers(0, 3, (n, 3)), rng.integers(0, 3, (n, 3))
+        for i, j in zip(ps, ns):
+            items = [*i, *(3 + j)]
+            ra, rb = (auroc([s[k] for k in items], labels) for s in (a, b))
+            if rb > 0:
+                ratios.append(ra / rb)
+    assert (low, high) == pytest.approx((np.quantile(ratios, 0.025), np.quantile(ratios, 0.975)))
+    assert low <= auroc(a, labels) / auroc(b, labels) <= high     # 8/9 against 7/9: 1.143
+    # A method against itself is 1 in every draw; one class alone has no interval.
+    assert auroc_ratio_interval(a, a, labels) == (1.0, 1.0)
+    assert all(np.isnan(auroc_ratio_interval([0.9, 0.8], [0.1, 0.2], [True, True])))
