@@ -97,6 +97,21 @@ def _step_checkpoint_class():
                 self._save_topk_checkpoint(trainer, candidates)
                 self._save_last_checkpoint(trainer, candidates)
 
+        def _save_last_checkpoint(self, trainer, monitor_candidates):
+            # last.ckpt right after the same step's checkpoint was written (every save of a local
+            # run): a hard link to that file, not a second serialisation and write of the same
+            # state (1.6 GB and about 4 s a save for SmolLM2-135M with its optimizer state).
+            saved = self._last_checkpoint_saved
+            if not (self.save_last and saved and not storage.is_url(saved) and trainer.world_size == 1
+                    and self._last_global_step_saved == trainer.global_step and os.path.isfile(saved)):
+                return super()._save_last_checkpoint(trainer, monitor_candidates)
+            path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+            previous, self.last_model_path = self.last_model_path, path
+            if os.path.abspath(saved) != os.path.abspath(path):
+                storage.link_atomic(saved, path)
+            if previous and self._should_remove_checkpoint(trainer, previous, path):
+                self._remove_checkpoint(trainer, previous)
+
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.schedule.begin(trainer)
 

@@ -205,6 +205,20 @@ def write_bytes_atomic(path: str, data: bytes, midway=None) -> None:
     retrying("Writing", path, lambda: filesystem(path).pipe_file(path, data))
 
 
+def link_atomic(source: str, path: str) -> None:
+    """Make the local `path` a hard link to the local file `source`, replacing what `path` was
+    atomically (a link under a temporary name, then a rename), so a reader finds the old file or
+    the new one, whole. The two names share the bytes: removing either leaves the other."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.link(source, tmp)
+    try:
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
 def load_torch(path: str, map_location="cpu"):
     """torch.load of a checkpoint file (weights only): a URL is read whole, with retries, before
     unpickling (a half-read stream would fail with no retry); a local file is memory-mapped,

@@ -1,11 +1,13 @@
 """Crash-safe checkpoint writes: a training process killed (SIGKILL) half-way through writing
-last.ckpt leaves the previous last.ckpt whole, locally and on S3 (moto's server on
+epoch 1's checkpoint leaves the previous last.ckpt whole, locally and on S3 (moto's server on
 127.0.0.1), and no partial file under a checkpoint's name; --resume-from-checkpoint then
 continues from that previous checkpoint. Removing old checkpoints never takes the last one.
 
-The kill is placed by storage.CHECKPOINT_WRITE_HOOK: the 4th checkpoint write of the run
-(epoch 1's last.ckpt; writes 1-3 are epoch=0-step=2.ckpt, last.ckpt, epoch=1-step=4.ckpt)
-writes half its bytes, creates a marker file and waits; the test kills it there."""
+The kill is placed by storage.CHECKPOINT_WRITE_HOOK: the N-th checkpoint write of the run
+writes half its bytes, creates a marker file and waits; the test kills it there. Locally
+last.ckpt is a hard link to the step's checkpoint, not a write, so epoch 1's
+epoch=1-step=4.ckpt is the 2nd write; on S3 every save writes both, and the 4th write is
+epoch 1's last.ckpt (writes 1-3: epoch=0-step=2.ckpt, last.ckpt, epoch=1-step=4.ckpt)."""
 import os
 import signal
 import subprocess
@@ -24,10 +26,10 @@ ARGV = ["--name", "crash", "--train-dataset-length", "8", "--test-dataset-length
         "--log-every-n-steps", "1", "--lr", "1e-3"]
 
 
-def kill_during_fourth_write(storage_path: str, tmp_path) -> str:
-    """Run train.py in a subprocess until it is inside its 4th checkpoint write; SIGKILL it there."""
+def kill_during_write(storage_path: str, tmp_path, write: int) -> str:
+    """Run train.py in a subprocess until it is inside its `write`-th checkpoint write; SIGKILL it there."""
     marker = tmp_path / "inside-write"
-    env = {**os.environ, storage.CHECKPOINT_WRITE_HOOK: f"4:{marker}", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, storage.CHECKPOINT_WRITE_HOOK: f"{write}:{marker}", "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "train.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "train.py", "--storage-path", storage_path, *ARGV], cwd=REPO,
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -66,21 +68,24 @@ def test_killed_save_keeps_the_previous_checkpoint_and_resume_continues_from_it(
         storage_path = "s3://test-bucket/runs"
     else:
         storage_path = str(tmp_path / "runs")
-    run = kill_during_fourth_write(storage_path, tmp_path)
+    run = kill_during_write(storage_path, tmp_path, 2 if where == "local" else 4)
     checkpoints = storage.join(run, "checkpoints")
     storage.filesystem(checkpoints).invalidate_cache()
     entries = storage.listdir(checkpoints)
     complete = sorted(e for e in entries if e.endswith(".ckpt"))
-    assert complete == ["epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "last.ckpt"]
     # Every file under a checkpoint's name loads whole; last.ckpt is still epoch 0's.
-    assert [global_step(storage.join(checkpoints, e)) for e in complete] == [2, 4, 2]
     if where == "local":
+        assert complete == ["epoch=0-step=2.ckpt", "last.ckpt"]
+        assert [global_step(storage.join(checkpoints, e)) for e in complete] == [2, 2]
+        assert os.path.samefile(os.path.join(checkpoints, "last.ckpt"), os.path.join(checkpoints, complete[0]))
         # The half-written bytes sit in a hidden temporary file, never under the final name.
         partial = [e for e in entries if not e.endswith(".ckpt")]
-        assert len(partial) == 1 and partial[0].startswith(".last.ckpt.tmp-")
+        assert len(partial) == 1 and partial[0].startswith(".epoch=1-step=4.ckpt.tmp-")
         size = os.path.getsize(os.path.join(checkpoints, partial[0]))
         assert 0 < size < os.path.getsize(os.path.join(checkpoints, "last.ckpt"))
     else:
+        assert complete == ["epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "last.ckpt"]
+        assert [global_step(storage.join(checkpoints, e)) for e in complete] == [2, 4, 2]
         assert entries == complete                # an S3 object appears only once its upload completes
 
     before = set(storage.listdir(storage.join(run, "tensorboard")))
@@ -91,6 +96,8 @@ def test_killed_save_keeps_the_previous_checkpoint_and_resume_continues_from_it(
     # --ckpt-to-keep 2 plus last.ckpt; the killed run's temporary file was cleared by the next save.
     assert storage.listdir(checkpoints) == ["epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"]
     assert global_step(storage.join(checkpoints, "last.ckpt")) == 6
+    if where == "local":     # the link follows the newest checkpoint; pruning step 2's kept it whole
+        assert os.path.samefile(os.path.join(checkpoints, "last.ckpt"), os.path.join(checkpoints, "epoch=2-step=6.ckpt"))
 
 
 def test_removing_never_deletes_the_last_checkpoint(tmp_path):
