@@ -106,9 +106,12 @@ def _step_checkpoint_class():
                     and self._last_global_step_saved == trainer.global_step and os.path.isfile(saved)):
                 return super()._save_last_checkpoint(trainer, monitor_candidates)
             path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
-            previous, self.last_model_path = self.last_model_path, path
             if os.path.abspath(saved) != os.path.abspath(path):
-                storage.link_atomic(saved, path)
+                try:
+                    storage.link_atomic(saved, path)
+                except OSError:     # a file system without hard links: written, as Lightning does
+                    return super()._save_last_checkpoint(trainer, monitor_candidates)
+            previous, self.last_model_path = self.last_model_path, path
             if previous and self._should_remove_checkpoint(trainer, previous, path):
                 self._remove_checkpoint(trainer, previous)
 

@@ -81,7 +81,7 @@ def generate_completions(model, tokenizer, conversations: list[list[dict]], *, m
                          num_beams, length_penalty, num_return_sequences, progress)
 
 
-NUCLEUS_CANDIDATES = 256    # the likeliest tokens NucleusFromTopK sorts before it falls back to all
+NUCLEUS_CANDIDATES = 256    # the likeliest tokens nucleus_from_top_k sorts before it falls back to all
 
 
 def nucleus_from_top_k(scores: torch.Tensor, top_p: float, k: int = NUCLEUS_CANDIDATES) -> torch.Tensor:

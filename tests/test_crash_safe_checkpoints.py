@@ -120,3 +120,17 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         storage.write_bytes_atomic(str(path), b"new bytes that never finish", midway=fail)
     assert path.read_bytes() == b"old complete bytes" and os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_without_hard_links_last_ckpt_is_written(tmp_path, monkeypatch):
+    """A file system that refuses hard links (os.link raises) gets last.ckpt written whole, as a
+    file of its own, and the run finishes."""
+    def refuse(source, path):
+        raise OSError(95, "Operation not supported")
+    monkeypatch.setattr(storage, "link_atomic", refuse)
+    argv = [a if a != "3" else "1" for a in ARGV]           # --max-epochs 1
+    assert train.main(["--storage-path", str(tmp_path), *argv]) == 0
+    checkpoints = tmp_path / "crash" / "checkpoints"
+    assert sorted(os.listdir(checkpoints)) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    assert not os.path.samefile(checkpoints / "last.ckpt", checkpoints / "epoch=0-step=2.ckpt")
+    assert global_step(str(checkpoints / "last.ckpt")) == 2
