@@ -243,7 +243,7 @@ def compute_tables(pool: dict, s: dict, seed: int = SEED) -> dict:
         row["auroc_share"] = row["auroc"] / full["test"]["auroc"] if full["test"]["auroc"] else float("nan")
         row["auroc_ci95"] = list(auroc_interval(row["scores"], labels, seed=seed))
         row["auroc_share_ci95"] = list(auroc_ratio_interval(row["scores"], full["test"]["scores"], labels, seed=seed))
-        row["seconds"] = row["mean_k"] * per * len(pool["test"]["labels"])      # rationales x their measured cost
+        row["seconds"] = row["mean_k"] * per * len(labels)      # rationales x their measured cost
     first = [sum((x - sum(p[:s["k_min"]]) / s["k_min"]) ** 2 for x in p[:s["k_min"]]) / s["k_min"]
              for p in pool["test"]["scores"]]
     cuts = (0.001, 0.01, 0.05, 0.1, 0.2)

@@ -64,27 +64,42 @@ def auroc(scores: list[float], labels: list[bool]) -> float:
     return wins / (len(pos) * len(neg))
 
 
+def _bootstrap_aurocs(columns: list[list[float]], labels: list[bool], seed: int):
+    """(methods, BOOTSTRAP_RESAMPLES) AUROCs of each column of scores on the same stratified
+    bootstrap draws (positives and negatives resampled each on their own, so every draw holds
+    both), 200 draws at a time: a (methods, 200, P, N) comparison. None without both classes."""
+    import numpy as np
+
+    from win_stats import BOOTSTRAP_RESAMPLES
+    scores = np.asarray(columns, dtype=np.float64)                        # (methods, items)
+    y = np.asarray(labels, dtype=bool)
+    pos, neg = scores[:, y], scores[:, ~y]
+    if not pos.shape[1] or not neg.shape[1]:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, BOOTSTRAP_RESAMPLES, 200):
+        n = min(200, BOOTSTRAP_RESAMPLES - start)
+        p = pos[:, rng.integers(0, pos.shape[1], (n, pos.shape[1]))][..., :, None]    # (methods, n, P, 1)
+        q = neg[:, rng.integers(0, neg.shape[1], (n, neg.shape[1]))][..., None, :]    # (methods, n, 1, N)
+        values.append(((p > q) + 0.5 * (p == q)).mean(axis=(2, 3)))
+    return np.concatenate(values, axis=1)
+
+
+def _percentiles(values) -> tuple[float, float]:
+    import numpy as np
+
+    from win_stats import CONFIDENCE
+    tail = (1.0 - CONFIDENCE) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))
+
+
 def auroc_interval(scores: list[float], labels: list[bool], *, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap 95% interval of auroc: positives and negatives are resampled each on
     their own (a stratified bootstrap, so every draw holds both), as win_stats resamples a mean;
     (nan, nan) without both a positive and a negative."""
-    import numpy as np
-
-    from win_stats import BOOTSTRAP_RESAMPLES, CONFIDENCE
-    pos = np.asarray([s for s, y in zip(scores, labels) if y], dtype=np.float64)
-    neg = np.asarray([s for s, y in zip(scores, labels) if not y], dtype=np.float64)
-    if not pos.size or not neg.size:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    values = []
-    for start in range(0, BOOTSTRAP_RESAMPLES, 200):        # 200 draws at a time: a (200, P, N) comparison
-        n = min(200, BOOTSTRAP_RESAMPLES - start)
-        p = pos[rng.integers(0, pos.size, (n, pos.size))][:, :, None]
-        q = neg[rng.integers(0, neg.size, (n, neg.size))][:, None, :]
-        values.append(((p > q) + 0.5 * (p == q)).mean(axis=(1, 2)))
-    values = np.concatenate(values)
-    tail = (1.0 - CONFIDENCE) / 2
-    return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))
+    values = _bootstrap_aurocs([scores], labels, seed)
+    return (float("nan"), float("nan")) if values is None else _percentiles(values[0])
 
 
 def auroc_ratio_interval(scores: list[float], reference: list[float], labels: list[bool], *,
@@ -93,22 +108,8 @@ def auroc_ratio_interval(scores: list[float], reference: list[float], labels: li
     each draw resamples the positives and the negatives (stratified, as auroc_interval) and scores
     both methods on the same draw, so what the two share cancels. A draw whose reference AUROC is
     0 is skipped; (nan, nan) without both a positive and a negative."""
-    import numpy as np
-
-    from win_stats import BOOTSTRAP_RESAMPLES, CONFIDENCE
-    both = np.asarray([scores, reference], dtype=np.float64)              # (2, items)
-    y = np.asarray(labels, dtype=bool)
-    pos, neg = both[:, y], both[:, ~y]
-    if not pos.shape[1] or not neg.shape[1]:
+    values = _bootstrap_aurocs([scores, reference], labels, seed)
+    if values is None:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    ratios = []
-    for start in range(0, BOOTSTRAP_RESAMPLES, 200):
-        n = min(200, BOOTSTRAP_RESAMPLES - start)
-        p = pos[:, rng.integers(0, pos.shape[1], (n, pos.shape[1]))][..., :, None]    # (2, n, P, 1)
-        q = neg[:, rng.integers(0, neg.shape[1], (n, neg.shape[1]))][..., None, :]    # (2, n, 1, N)
-        a = ((p > q) + 0.5 * (p == q)).mean(axis=(2, 3))                               # (2, n)
-        ratios.append(a[0][a[1] > 0] / a[1][a[1] > 0])
-    ratios = np.concatenate(ratios)
-    tail = (1.0 - CONFIDENCE) / 2
-    return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1.0 - tail))
+    kept = values[1] > 0
+    return _percentiles(values[0][kept] / values[1][kept])
